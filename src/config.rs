@@ -1,0 +1,255 @@
+//! Limiter configuration: a builder with validated options.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::limiter::RateLimiter;
+use crate::random::{RandomSource, SplitMix64};
+use crate::time::Clock;
+
+/// Default window `W`.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+/// Default bucket width `G`.
+pub const DEFAULT_BUCKET: Duration = Duration::from_millis(10);
+/// Default hard-limit factor `h` of the suppressed strategy.
+pub const DEFAULT_HARD_LIMIT_FACTOR: f64 = 1.5;
+/// Default idle time after which a key is evicted, as a multiple of the window.
+pub const DEFAULT_STALE_AFTER_WINDOWS: u32 = 10;
+/// Longest accepted window (about 49.7 days: windows are kept in 32-bit milliseconds).
+pub const MAX_WINDOW: Duration = Duration::from_millis(u32::MAX as u64);
+/// Most shards a limiter may have.
+pub const MAX_SHARDS: usize = 1 << 16;
+
+/// Why a limiter configuration was refused.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The window is shorter than 1 ms (sub-millisecond parts are dropped).
+    ZeroWindow,
+    /// The window is longer than [`MAX_WINDOW`].
+    WindowTooLong,
+    /// The bucket width is shorter than 1 ms.
+    ZeroBucket,
+    /// The bucket width is longer than the window.
+    BucketLargerThanWindow,
+    /// The hard-limit factor is below 1, NaN or infinite.
+    InvalidHardLimitFactor(f64),
+    /// Zero shards, or more than [`MAX_SHARDS`].
+    InvalidShardCount(usize),
+    /// A key cap of zero.
+    ZeroMaxKeys,
+    /// A sweep interval shorter than 1 ms.
+    ZeroSweepInterval,
+    /// The background sweeper thread could not be started.
+    SweeperSpawn(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroWindow => f.write_str("window must be at least 1 ms"),
+            ConfigError::WindowTooLong => f.write_str("window must be at most 4294967295 ms"),
+            ConfigError::ZeroBucket => f.write_str("bucket width must be at least 1 ms"),
+            ConfigError::BucketLargerThanWindow => {
+                f.write_str("bucket width must not exceed the window")
+            }
+            ConfigError::InvalidHardLimitFactor(h) => {
+                write!(
+                    f,
+                    "hard limit factor must be finite and at least 1, got {h}"
+                )
+            }
+            ConfigError::InvalidShardCount(n) => {
+                write!(f, "shard count must be within 1..={MAX_SHARDS}, got {n}")
+            }
+            ConfigError::ZeroMaxKeys => f.write_str("maximum number of keys must be at least 1"),
+            ConfigError::ZeroSweepInterval => f.write_str("sweep interval must be at least 1 ms"),
+            ConfigError::SweeperSpawn(e) => write!(f, "could not start the sweeper thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Makes the random source of each shard (argument: shard index).
+pub(crate) type RandomFactory = Arc<dyn Fn(usize) -> Box<dyn RandomSource> + Send + Sync>;
+
+/// Builds a [`RateLimiter`]; see [`RateLimiter::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use eyelet::RateLimiter;
+///
+/// let rl = RateLimiter::builder()
+///     .window(Duration::from_secs(60))
+///     .bucket(Duration::from_millis(100))
+///     .hard_limit_factor(2.0)
+///     .max_keys(1_000_000)
+///     .stale_after(Duration::from_secs(600))
+///     .build()
+///     .unwrap();
+/// # drop(rl);
+/// ```
+#[must_use]
+#[derive(Clone)]
+pub struct RateLimiterBuilder {
+    pub(crate) window: Duration,
+    pub(crate) bucket: Duration,
+    pub(crate) hard_limit_factor: f64,
+    pub(crate) stale_after: Option<Duration>,
+    pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) sweeper: bool,
+    pub(crate) max_keys: Option<usize>,
+    pub(crate) shards: Option<usize>,
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) random: Option<RandomFactory>,
+}
+
+impl fmt::Debug for RateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("window", &self.window)
+            .field("bucket", &self.bucket)
+            .field("hard_limit_factor", &self.hard_limit_factor)
+            .field("stale_after", &self.stale_after)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("sweeper", &self.sweeper)
+            .field("max_keys", &self.max_keys)
+            .field("shards", &self.shards)
+            .field("custom_clock", &self.clock.is_some())
+            .field("seed", &self.seed)
+            .field("custom_random", &self.random.is_some())
+            .finish()
+    }
+}
+
+impl Default for RateLimiterBuilder {
+    fn default() -> Self {
+        Self {
+            window: DEFAULT_WINDOW,
+            bucket: DEFAULT_BUCKET,
+            hard_limit_factor: DEFAULT_HARD_LIMIT_FACTOR,
+            stale_after: None,
+            sweep_interval: None,
+            sweeper: true,
+            max_keys: None,
+            shards: None,
+            clock: None,
+            seed: None,
+            random: None,
+        }
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Window length `W` (default 1 s; whole milliseconds).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Bucket width `G` (default 10 ms; whole milliseconds, at most the window). Requests within
+    /// `G` of a key's newest bucket join it: the only imprecision the limiter allows.
+    pub fn bucket(mut self, bucket: Duration) -> Self {
+        self.bucket = bucket;
+        self
+    }
+
+    /// The suppressed strategy's hard-limit factor `h ≥ 1` (default 1.5): accepted weight per
+    /// window never exceeds `floor(W_eff·r·h)`.
+    pub fn hard_limit_factor(mut self, h: f64) -> Self {
+        self.hard_limit_factor = h;
+        self
+    }
+
+    /// Idle time after which the sweeper evicts a key (default 10 × the window). A key is
+    /// never evicted while any of its buckets still counts.
+    pub fn stale_after(mut self, after: Duration) -> Self {
+        self.stale_after = Some(after);
+        self
+    }
+
+    /// How often the background sweeper runs (default: the window, at least 100 ms).
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = Some(every);
+        self
+    }
+
+    /// Whether to run the background sweeper thread (default true). Without it, call
+    /// [`RateLimiter::sweep`] yourself.
+    pub fn sweeper(mut self, enabled: bool) -> Self {
+        self.sweeper = enabled;
+        self
+    }
+
+    /// Maximum number of live keys (both strategies together; default unlimited).
+    ///
+    /// At the cap, a new key replaces a key of the same shard whose buckets have all expired
+    /// (such a key behaves exactly like a new one, so no decision changes); if a bounded scan
+    /// finds none, the call returns [`RateLimitDecision::KeyCapacityExceeded`] and records
+    /// nothing. Existing keys are always served.
+    ///
+    /// [`RateLimitDecision::KeyCapacityExceeded`]: crate::RateLimitDecision::KeyCapacityExceeded
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = Some(max);
+        self
+    }
+
+    /// Number of shards per strategy, rounded up to a power of two (default 64).
+    pub fn shards(mut self, count: usize) -> Self {
+        self.shards = Some(count);
+        self
+    }
+
+    /// The clock (default [`SystemClock`](crate::SystemClock)); inject a
+    /// [`ManualClock`](crate::ManualClock) to drive time in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Seeds the default random source (SplitMix64, one stream per shard), making suppressed
+    /// decisions reproducible for a given sequence of calls.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// A custom random source: `make(shard_index)` is called once per shard.
+    pub fn random_source<F, R>(mut self, make: F) -> Self
+    where
+        F: Fn(usize) -> R + Send + Sync + 'static,
+        R: RandomSource,
+    {
+        self.random = Some(Arc::new(move |i| {
+            Box::new(make(i)) as Box<dyn RandomSource>
+        }));
+        self
+    }
+
+    /// Validates the options and starts the limiter (and its sweeper thread).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a zero or too long window, a zero bucket or one longer than the
+    /// window, a hard-limit factor below 1 or not finite, a bad shard count, a zero key cap or
+    /// sweep interval, or a sweeper thread that could not be spawned.
+    pub fn build(self) -> Result<Arc<RateLimiter>, ConfigError> {
+        RateLimiter::from_builder(self)
+    }
+
+    pub(crate) fn random_factory(&self) -> RandomFactory {
+        if let Some(r) = &self.random {
+            return r.clone();
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            // Different per limiter unless seeded.
+            ahash::RandomState::new().hash_one(std::time::SystemTime::now())
+        });
+        Arc::new(move |i| {
+            let mut mix = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+            Box::new(SplitMix64::new(mix.next_u64())) as Box<dyn RandomSource>
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! # eyelet
+//!
+//! Exact per-key rate limiting on an actor runtime that needs no threads of its own.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use eyelet::{RateLimit, RateLimitDecision, RateLimiter};
+//!
+//! let rl: Arc<RateLimiter> = RateLimiter::builder()
+//!     .window(Duration::from_secs(1))      // W
+//!     .bucket(Duration::from_millis(10))   // G
+//!     .hard_limit_factor(1.5)              // suppressed strategy's h
+//!     .build()
+//!     .unwrap();
+//! let rate = RateLimit::try_from(10.0).unwrap(); // 10 req/s
+//!
+//! match rl.local().absolute().inc("user_123", &rate, 1) {
+//!     RateLimitDecision::Allowed => { /* proceed */ }
+//!     RateLimitDecision::Rejected { retry_after_ms, .. } => eprintln!("retry in {retry_after_ms}ms"),
+//!     _ => {}
+//! }
+//! match rl.local().suppressed().inc("user_123", &rate, 1) {
+//!     RateLimitDecision::Allowed => { /* proceed */ }
+//!     RateLimitDecision::Suppressed { is_allowed, suppression_factor, .. } => { let _ = (is_allowed, suppression_factor); }
+//!     _ => {}
+//! }
+//! ```
+//!
+//! ## How it works
+//! - **Decisions** follow one contract for every provider: a sliding window of `W` made of
+//!   buckets at most `G` wide; capacity `C = floor(W_eff·r)` with `W_eff` stretched for rates
+//!   below one per window; absolute admits iff `live + n ≤ C`, all or nothing, with a tight
+//!   `retry_after_ms`; suppressed sheds with probability `1 − R/P` from the attempted rate, never
+//!   above `H = floor(W_eff·r·h)`. The rules are pure functions (state, time, request in;
+//!   decision out).
+//! - **Shards are actors**: keys are spread by ahash over shard actors, each owning the windows
+//!   of its keys. An actor has no thread: the caller that finds it idle takes its run token,
+//!   serves its own request and those queued meanwhile (a few per turn), then releases or hands
+//!   the token to a spinning waiter. Idle, a decision costs a few atomics; under contention one
+//!   executor serves many requests with the state hot in its cache. The protocol is model-checked
+//!   with loom (`loom-tests/`).
+//! - **Async callers** get the same shards through futures that never park the runtime thread
+//!   and are cancel-safe.
+//! - **Cleanup**: a sweeper thread holding only a `Weak` reference evicts idle keys; an optional
+//!   key cap bounds memory.
+
+mod config;
+mod decision;
+mod limiter;
+mod local;
+mod math;
+mod random;
+mod rate;
+mod router;
+mod shard;
+mod sweeper;
+mod sync;
+mod time;
+
+pub use config::{
+    ConfigError, RateLimiterBuilder, DEFAULT_BUCKET, DEFAULT_HARD_LIMIT_FACTOR,
+    DEFAULT_STALE_AFTER_WINDOWS, DEFAULT_WINDOW, MAX_SHARDS, MAX_WINDOW,
+};
+pub use decision::{RateLimitDecision, Stamped, SuppressedSnapshot, RETRY_NEVER};
+pub use limiter::{RateLimiter, DEFAULT_SHARDS};
+pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
+pub use random::{RandomSource, SplitMix64};
+pub use rate::{RateError, RateLimit, MAX_RATE_PER_SECOND, MIN_RATE_PER_SECOND};
+pub use time::{Clock, ManualClock, SystemClock};
+
+/// The shard protocol, exposed only to the loom models in `loom-tests/`.
+#[cfg(eyelet_loom)]
+#[doc(hidden)]
+pub mod loom_support;

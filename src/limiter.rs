@@ -1,0 +1,171 @@
+//! The public façade: one `RateLimiter` per process or purpose, shared as `Arc<RateLimiter>`.
+
+use std::fmt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::{
+    ConfigError, RateLimiterBuilder, DEFAULT_STALE_AFTER_WINDOWS, MAX_SHARDS, MAX_WINDOW,
+};
+use crate::local::LocalProvider;
+use crate::shard::Shared;
+use crate::sweeper::Sweeper;
+use crate::time::{ClockSource, SystemClock};
+
+/// Default number of shards per strategy.
+pub const DEFAULT_SHARDS: usize = 64;
+/// Shortest default sweep interval.
+const MIN_DEFAULT_SWEEP: Duration = Duration::from_millis(100);
+
+/// A per-key rate limiter: providers (`local()`), each with two strategies.
+///
+/// Create it with [`RateLimiter::builder`]; share the returned `Arc` across threads, tasks and
+/// actors. Dropping the last `Arc` stops the background sweeper.
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use eyelet::{RateLimit, RateLimitDecision, RateLimiter};
+///
+/// let rl: Arc<RateLimiter> = RateLimiter::builder()
+///     .window(Duration::from_secs(1))
+///     .bucket(Duration::from_millis(10))
+///     .hard_limit_factor(1.5)
+///     .build()
+///     .unwrap();
+/// let rate = RateLimit::try_from(10.0).unwrap();
+/// match rl.local().absolute().inc("user_123", &rate, 1) {
+///     RateLimitDecision::Allowed => { /* proceed */ }
+///     RateLimitDecision::Rejected { retry_after_ms, .. } => eprintln!("retry in {retry_after_ms}ms"),
+///     _ => {}
+/// }
+/// ```
+pub struct RateLimiter {
+    local: LocalProvider,
+    shared: Arc<Shared>,
+    sweeper: OnceLock<Sweeper>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("window_ms", &self.shared.window_ms)
+            .field("bucket_ms", &self.shared.bucket_ms)
+            .field("hard_limit_factor", &self.shared.hard_limit_factor)
+            .field("stale_after_ms", &self.shared.stale_after_ms)
+            .field("clock", &self.shared.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+fn whole_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RateLimiter {
+    /// A builder with the documented defaults: 1 s window, 10 ms buckets, `h = 1.5`, keys
+    /// evicted after 10 idle windows, 64 shards, no key cap, system clock, random seed.
+    pub fn builder() -> RateLimiterBuilder {
+        RateLimiterBuilder::default()
+    }
+
+    pub(crate) fn from_builder(b: RateLimiterBuilder) -> Result<Arc<Self>, ConfigError> {
+        let window_ms = whole_ms(b.window);
+        let bucket_ms = whole_ms(b.bucket);
+        if window_ms == 0 {
+            return Err(ConfigError::ZeroWindow);
+        }
+        if b.window > MAX_WINDOW {
+            return Err(ConfigError::WindowTooLong);
+        }
+        if bucket_ms == 0 {
+            return Err(ConfigError::ZeroBucket);
+        }
+        if bucket_ms > window_ms {
+            return Err(ConfigError::BucketLargerThanWindow);
+        }
+        let h = b.hard_limit_factor;
+        if !h.is_finite() || h < 1.0 {
+            return Err(ConfigError::InvalidHardLimitFactor(h));
+        }
+        let shards = b.shards.unwrap_or(DEFAULT_SHARDS);
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(ConfigError::InvalidShardCount(shards));
+        }
+        let shards = shards.next_power_of_two();
+        if b.max_keys == Some(0) {
+            return Err(ConfigError::ZeroMaxKeys);
+        }
+        let sweep_interval = b
+            .sweep_interval
+            .unwrap_or_else(|| b.window.max(MIN_DEFAULT_SWEEP));
+        if whole_ms(sweep_interval) == 0 {
+            return Err(ConfigError::ZeroSweepInterval);
+        }
+        let stale_after_ms = b
+            .stale_after
+            .map(whole_ms)
+            .unwrap_or_else(|| window_ms.saturating_mul(u64::from(DEFAULT_STALE_AFTER_WINDOWS)));
+        let clock = match &b.clock {
+            Some(c) => ClockSource::Custom(c.clone()),
+            None => ClockSource::System(SystemClock::new()),
+        };
+        let shared = Arc::new(Shared {
+            window_ms,
+            bucket_ms,
+            hard_limit_factor: h,
+            stale_after_ms,
+            max_keys: b.max_keys.unwrap_or(usize::MAX),
+            live_keys: AtomicUsize::new(0),
+            clock,
+        });
+        let random = b.random_factory();
+        let hasher = ahash::RandomState::new();
+        let local = LocalProvider::new(shards, &shared, hasher, &random);
+        let rl = Arc::new(RateLimiter {
+            local,
+            shared,
+            sweeper: OnceLock::new(),
+        });
+        if b.sweeper {
+            let sweeper = Sweeper::spawn(Arc::downgrade(&rl), sweep_interval)
+                .map_err(|e| ConfigError::SweeperSpawn(e.to_string()))?;
+            let _ = rl.sweeper.set(sweeper);
+        }
+        Ok(rl)
+    }
+
+    /// The in-process provider: decisions in this process only, exact under any concurrency.
+    pub fn local(&self) -> &LocalProvider {
+        &self.local
+    }
+
+    /// Runs one cleanup pass now: evicts keys idle for `stale_after` whose buckets have all
+    /// expired. Returns the number of keys evicted. The background sweeper calls this.
+    pub fn sweep(&self) -> usize {
+        self.local.sweep()
+    }
+
+    /// The window length `W`.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.shared.window_ms)
+    }
+
+    /// The bucket width `G`.
+    pub fn bucket(&self) -> Duration {
+        Duration::from_millis(self.shared.bucket_ms)
+    }
+
+    /// Current reading of the limiter's clock, in milliseconds (the time decisions use).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+}
+
+impl Drop for RateLimiter {
+    fn drop(&mut self) {
+        if let Some(s) = self.sweeper.get() {
+            s.stop();
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The absolute strategy: a sliding-window hard limit with exact retry hints.
+
+use std::time::Duration;
+
+use super::{Request, Window};
+use crate::decision::{RateLimitDecision, RETRY_NEVER};
+
+/// Decides `req` at `now` against `window`, recording it if admitted and `req.record`.
+///
+/// Admits iff `live + n ≤ C`. A rejection carries the shortest wait after which the same request
+/// fits (from the bucket expiries) and the capacity free at that moment.
+#[inline]
+pub(crate) fn decide_absolute(
+    window: &mut Window<u64>,
+    now: u64,
+    bucket_ms: u64,
+    req: Request,
+) -> RateLimitDecision {
+    let Request { limits, n, record } = req;
+    let w_eff = limits.window_ms;
+    let cap = limits.capacity;
+    window.advance(now, w_eff);
+    if n > cap {
+        return RateLimitDecision::Rejected {
+            retry_after_ms: RETRY_NEVER,
+            remaining_after_waiting: cap,
+            window: Duration::from_millis(w_eff),
+        };
+    }
+    // A probe (n = 0) gets the decision a unit request would get.
+    let need = n.max(1);
+    let live = window.live(now, w_eff);
+    if live.saturating_add(need) <= cap {
+        if record && n > 0 {
+            window.record(now, bucket_ms, n);
+        }
+        return RateLimitDecision::Allowed;
+    }
+    // Walk the live buckets oldest first until enough has expired.
+    let mut remaining_live = live;
+    let mut retry_at = now;
+    for b in window.live_buckets(now, w_eff) {
+        remaining_live = remaining_live.saturating_sub(b.counts);
+        retry_at = b.start.saturating_add(w_eff);
+        if remaining_live.saturating_add(need) <= cap {
+            break;
+        }
+    }
+    // Buckets live at `retry_at` are exactly those counted in `remaining_live` (all started
+    // after the expiring one, and none expires earlier).
+    RateLimitDecision::Rejected {
+        retry_after_ms: retry_at.saturating_sub(now),
+        remaining_after_waiting: cap.saturating_sub(remaining_live),
+        window: Duration::from_millis(w_eff),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Limits;
+
+    fn req(window_ms: u64, capacity: u64, n: u64) -> Request {
+        Request {
+            limits: Limits {
+                window_ms,
+                capacity,
+            },
+            n,
+            record: true,
+        }
+    }
+
+    fn rejected(retry_after_ms: u64, remaining: u64, w: u64) -> RateLimitDecision {
+        RateLimitDecision::Rejected {
+            retry_after_ms,
+            remaining_after_waiting: remaining,
+            window: Duration::from_millis(w),
+        }
+    }
+
+    #[test]
+    fn admits_up_to_capacity_then_rejects_with_tight_retry() {
+        let mut w = Window::new();
+        for t in [0, 100, 200] {
+            assert_eq!(
+                decide_absolute(&mut w, t, 10, req(1000, 3, 1)),
+                RateLimitDecision::Allowed
+            );
+        }
+        // at 500: full; the oldest bucket (0) expires at 1000
+        assert_eq!(
+            decide_absolute(&mut w, 500, 10, req(1000, 3, 1)),
+            rejected(500, 1, 1000)
+        );
+        // a weight of 2 must wait for the second bucket too
+        assert_eq!(
+            decide_absolute(&mut w, 500, 10, req(1000, 3, 2)),
+            rejected(600, 2, 1000)
+        );
+        assert_eq!(
+            decide_absolute(&mut w, 999, 10, req(1000, 3, 1)),
+            rejected(1, 1, 1000)
+        );
+        assert_eq!(
+            decide_absolute(&mut w, 1000, 10, req(1000, 3, 1)),
+            RateLimitDecision::Allowed
+        );
+    }
+
+    #[test]
+    fn oversized_weight_is_never_admissible() {
+        let mut w = Window::new();
+        let d = decide_absolute(&mut w, 0, 10, req(1000, 3, 4));
+        assert_eq!(d, rejected(RETRY_NEVER, 3, 1000));
+        assert!(d.is_never_admissible());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn probe_records_nothing() {
+        let mut w = Window::new();
+        assert_eq!(
+            decide_absolute(&mut w, 0, 10, req(1000, 1, 0)),
+            RateLimitDecision::Allowed
+        );
+        assert!(w.is_empty());
+        assert_eq!(
+            decide_absolute(&mut w, 0, 10, req(1000, 1, 1)),
+            RateLimitDecision::Allowed
+        );
+        assert_eq!(
+            decide_absolute(&mut w, 5, 10, req(1000, 1, 0)),
+            rejected(995, 1, 1000)
+        );
+    }
+
+    #[test]
+    fn rejection_records_nothing() {
+        let mut w = Window::new();
+        assert_eq!(
+            decide_absolute(&mut w, 0, 10, req(1000, 2, 2)),
+            RateLimitDecision::Allowed
+        );
+        for t in 1..50 {
+            assert!(!decide_absolute(&mut w, t * 10, 10, req(1000, 2, 1)).is_allowed());
+        }
+        assert_eq!(w.live(500, 1000), 2);
+    }
+}

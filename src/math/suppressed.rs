@@ -1,0 +1,199 @@
+//! The suppressed strategy: probabilistic shedding between the soft and the hard limit.
+//!
+//! The suppression factor comes from the *attempted* rate, measured over the key's observed
+//! span: `sf = clamp(1 − R / P, 0, 1)` with target `R = S / W_eff` and `P = T / span`,
+//! `span = clamp(now − oldest live bucket, G, W_eff)`. Basing it on accepted traffic would make
+//! the accepted rate oscillate; measuring over the whole window would let a young key burst.
+
+use std::time::Duration;
+
+use super::{Attempts, Request, Window};
+use crate::decision::{RateLimitDecision, RETRY_NEVER};
+
+/// A suppressed key: its window plus the soft limit and window of the last call, so that
+/// `get` can report the factor a request would see now.
+#[derive(Debug, Default)]
+pub(crate) struct SuppressedKey {
+    pub(crate) window: Window<Attempts>,
+    pub(crate) last_soft: u64,
+    pub(crate) last_window_ms: u64,
+}
+
+/// The suppression factor at `now` for soft limit `soft` over `w_eff`.
+pub(crate) fn suppression_factor(
+    window: &Window<Attempts>,
+    now: u64,
+    bucket_ms: u64,
+    w_eff: u64,
+    soft: u64,
+) -> f64 {
+    let live = window.live(now, w_eff);
+    factor_from(
+        live.total,
+        window.oldest_live_start(now, w_eff),
+        now,
+        bucket_ms,
+        w_eff,
+        soft,
+    )
+}
+
+#[inline]
+fn factor_from(
+    attempted: u64,
+    oldest: Option<u64>,
+    now: u64,
+    bucket_ms: u64,
+    w_eff: u64,
+    soft: u64,
+) -> f64 {
+    let Some(oldest) = oldest else { return 0.0 };
+    if attempted == 0 {
+        return 0.0;
+    }
+    let span = now
+        .saturating_sub(oldest)
+        .clamp(bucket_ms.min(w_eff), w_eff.max(1));
+    // R / P = (S / W_eff) / (T / span) = S·span / (W_eff·T)
+    let ratio = (soft as f64 * span as f64) / (w_eff as f64 * attempted as f64);
+    (1.0 - ratio).clamp(0.0, 1.0)
+}
+
+/// Decides `req` at `now` for soft limit `C` and hard limit `hard`; `draw` is a uniform sample
+/// in `[0, 1)` used only in the probabilistic band.
+#[inline]
+pub(crate) fn decide_suppressed(
+    key: &mut SuppressedKey,
+    now: u64,
+    bucket_ms: u64,
+    req: Request,
+    hard: u64,
+    draw: impl FnOnce() -> f64,
+) -> RateLimitDecision {
+    let Request { limits, n, record } = req;
+    let w_eff = limits.window_ms;
+    let soft = limits.capacity;
+    let window = &mut key.window;
+    window.advance(now, w_eff);
+    if record {
+        key.last_soft = soft;
+        key.last_window_ms = w_eff;
+    }
+    if n > hard {
+        // Can never be accepted at this rate; not an attempt of an admissible request.
+        return RateLimitDecision::Rejected {
+            retry_after_ms: RETRY_NEVER,
+            remaining_after_waiting: hard,
+            window: Duration::from_millis(w_eff),
+        };
+    }
+    let need = n.max(1);
+    let live = window.live(now, w_eff);
+    let accepted = live.total.saturating_sub(live.declined);
+    let (decision, declined) = if accepted.saturating_add(need) <= soft {
+        (RateLimitDecision::Allowed, false)
+    } else if accepted.saturating_add(need) > hard {
+        (
+            RateLimitDecision::Suppressed {
+                is_allowed: false,
+                suppression_factor: 1.0,
+            },
+            true,
+        )
+    } else {
+        let sf = factor_from(
+            live.total,
+            window.oldest_live_start(now, w_eff),
+            now,
+            bucket_ms,
+            w_eff,
+            soft,
+        );
+        let is_allowed = sf <= 0.0 || (sf < 1.0 && draw() >= sf);
+        (
+            RateLimitDecision::Suppressed {
+                is_allowed,
+                suppression_factor: sf,
+            },
+            !is_allowed,
+        )
+    };
+    if record && n > 0 {
+        window.record(
+            now,
+            bucket_ms,
+            Attempts {
+                total: n,
+                declined: if declined { n } else { 0 },
+            },
+        );
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Limits;
+
+    fn req(window_ms: u64, capacity: u64, n: u64) -> Request {
+        Request {
+            limits: Limits {
+                window_ms,
+                capacity,
+            },
+            n,
+            record: true,
+        }
+    }
+
+    #[test]
+    fn soft_then_band_then_hard() {
+        let mut k = SuppressedKey::default();
+        for t in 0..10 {
+            let d = decide_suppressed(&mut k, t, 10, req(1000, 10, 1), 15, || 0.0);
+            assert_eq!(d, RateLimitDecision::Allowed);
+        }
+        // all in one bucket (span clamps to G = 10 ms): P = 10/10ms, far above R
+        match decide_suppressed(&mut k, 10, 10, req(1000, 10, 1), 15, || 0.99) {
+            RateLimitDecision::Suppressed {
+                is_allowed: true,
+                suppression_factor,
+            } => assert!(suppression_factor > 0.9),
+            d => panic!("{d:?}"),
+        }
+        for _ in 0..4 {
+            let d = decide_suppressed(&mut k, 10, 10, req(1000, 10, 1), 15, || 0.9999);
+            assert!(d.is_allowed());
+        }
+        // accepted = 15 = H: hard cutoff
+        assert_eq!(
+            decide_suppressed(&mut k, 11, 10, req(1000, 10, 1), 15, || 0.99),
+            RateLimitDecision::Suppressed {
+                is_allowed: false,
+                suppression_factor: 1.0
+            }
+        );
+        let live = k.window.live(11, 1000);
+        assert_eq!((live.total, live.declined), (16, 1));
+    }
+
+    #[test]
+    fn h_one_matches_absolute_admission() {
+        let mut k = SuppressedKey::default();
+        let mut admitted = 0;
+        for t in 0..100 {
+            if decide_suppressed(&mut k, t, 10, req(1000, 10, 1), 10, || 0.5).is_allowed() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn factor_is_zero_below_target() {
+        let mut k = SuppressedKey::default();
+        decide_suppressed(&mut k, 0, 10, req(1000, 10, 1), 15, || 0.0);
+        assert_eq!(suppression_factor(&k.window, 500, 10, 1000, 10), 0.0);
+    }
+}

@@ -1,0 +1,281 @@
+//! Validated request rates.
+
+use std::fmt;
+
+/// Smallest accepted rate, in requests per second (one request every ~31.7 years).
+pub const MIN_RATE_PER_SECOND: f64 = 1e-9;
+/// Largest accepted rate, in requests per second.
+pub const MAX_RATE_PER_SECOND: f64 = 1e12;
+
+/// A rate in requests per second: finite, within
+/// [`MIN_RATE_PER_SECOND`]..=[`MAX_RATE_PER_SECOND`], never subnormal.
+///
+/// The rate is taken from each call, not pinned to a key: calling with another rate changes the
+/// key's capacity from that call on.
+///
+/// ```
+/// use eyelet::RateLimit;
+///
+/// let r = RateLimit::try_from(0.5).unwrap(); // one request every 2 s
+/// assert_eq!(r.as_per_second(), 0.5);
+/// assert_eq!(RateLimit::per_minute(30.0).unwrap(), r);
+/// assert!(RateLimit::try_from(f64::NAN).is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+pub struct RateLimit {
+    per_second: f64,
+}
+
+impl fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RateLimit({}/s)", self.per_second)
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} req/s", self.per_second)
+    }
+}
+
+/// Why a number is not a valid rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateError {
+    /// NaN.
+    NotANumber,
+    /// Positive or negative infinity.
+    Infinite,
+    /// Zero or negative.
+    NotPositive,
+    /// A subnormal float (too small to carry full precision).
+    Subnormal,
+    /// Below [`MIN_RATE_PER_SECOND`] or above [`MAX_RATE_PER_SECOND`] requests per second.
+    OutOfRange,
+}
+
+impl fmt::Display for RateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateError::NotANumber => "rate is NaN",
+            RateError::Infinite => "rate is infinite",
+            RateError::NotPositive => "rate must be greater than zero",
+            RateError::Subnormal => "rate is a subnormal float",
+            RateError::OutOfRange => "rate is outside 1e-9..=1e12 requests per second",
+        })
+    }
+}
+
+impl std::error::Error for RateError {}
+
+impl RateLimit {
+    /// A rate of `n` requests per second.
+    ///
+    /// # Errors
+    /// [`RateError`] for NaN, infinities, zero, negatives, subnormals and values outside the
+    /// accepted range.
+    pub fn per_second(n: f64) -> Result<Self, RateError> {
+        check_number(n)?;
+        if !(MIN_RATE_PER_SECOND..=MAX_RATE_PER_SECOND).contains(&n) {
+            return Err(RateError::OutOfRange);
+        }
+        Ok(Self { per_second: n })
+    }
+
+    /// A rate of `n` requests per minute.
+    ///
+    /// # Errors
+    /// As [`per_second`](Self::per_second), applied to `n / 60`.
+    pub fn per_minute(n: f64) -> Result<Self, RateError> {
+        Self::scaled(n, 60.0)
+    }
+
+    /// A rate of `n` requests per hour.
+    ///
+    /// # Errors
+    /// As [`per_second`](Self::per_second), applied to `n / 3600`.
+    pub fn per_hour(n: f64) -> Result<Self, RateError> {
+        Self::scaled(n, 3600.0)
+    }
+
+    /// A rate of `n` requests per day.
+    ///
+    /// # Errors
+    /// As [`per_second`](Self::per_second), applied to `n / 86400`.
+    pub fn per_day(n: f64) -> Result<Self, RateError> {
+        Self::scaled(n, 86_400.0)
+    }
+
+    fn scaled(n: f64, seconds: f64) -> Result<Self, RateError> {
+        check_number(n)?;
+        Self::per_second(n / seconds)
+    }
+
+    /// Requests per second.
+    pub fn as_per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
+fn check_number(n: f64) -> Result<(), RateError> {
+    if n.is_nan() {
+        Err(RateError::NotANumber)
+    } else if n.is_infinite() {
+        Err(RateError::Infinite)
+    } else if n <= 0.0 {
+        Err(RateError::NotPositive)
+    } else if n.is_subnormal() {
+        Err(RateError::Subnormal)
+    } else {
+        Ok(())
+    }
+}
+
+impl TryFrom<f64> for RateLimit {
+    type Error = RateError;
+
+    /// Requests per second; see [`RateLimit::per_second`].
+    fn try_from(n: f64) -> Result<Self, RateError> {
+        Self::per_second(n)
+    }
+}
+
+/// Relative distance within which a `W·r` product counts as the integer next to it, so that a
+/// decimal rate whose binary float is a hair off its value (e.g. `0.3 × 10 s`) still yields the
+/// capacity a person expects.
+const ROUNDING_SLACK: f64 = 1e-12;
+
+/// `floor(x)`, or the nearest integer if `x` is within float noise of it.
+#[inline]
+fn floor_tolerant(x: f64) -> f64 {
+    let y = x.round();
+    if (x - y).abs() <= x.abs() * ROUNDING_SLACK {
+        y
+    } else {
+        x.floor()
+    }
+}
+
+/// `ceil(x)`, or the nearest integer if `x` is within float noise of it.
+#[inline]
+fn ceil_tolerant(x: f64) -> f64 {
+    let y = x.round();
+    if (x - y).abs() <= x.abs() * ROUNDING_SLACK {
+        y
+    } else {
+        x.ceil()
+    }
+}
+
+/// Window length, capacity and hard limit for one call: the numbers the decision rules use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `W_eff` in milliseconds.
+    pub(crate) window_ms: u64,
+    /// `C = floor(W_eff·r)`, at least 1.
+    pub(crate) capacity: u64,
+}
+
+impl Limits {
+    /// The limits of rate `rate` on a limiter with window `window_ms`.
+    #[inline]
+    pub(crate) fn new(window_ms: u64, rate: &RateLimit) -> Self {
+        let r = rate.per_second;
+        let w = window_ms as f64 / 1000.0;
+        let window_ms = if w * r < 1.0 {
+            // Stretch to the shortest whole-millisecond window that holds one request.
+            let x = 1000.0 / r;
+            float_to_u64(ceil_tolerant(x)).max(window_ms)
+        } else {
+            window_ms
+        };
+        let capacity = floor_product(window_ms, r, 1.0).max(1);
+        Self {
+            window_ms,
+            capacity,
+        }
+    }
+
+    /// The suppressed strategy's hard limit `H = floor(W_eff·r·h)`, at least `C`.
+    #[inline]
+    pub(crate) fn hard_limit(&self, rate: &RateLimit, factor: f64) -> u64 {
+        floor_product(self.window_ms, rate.per_second, factor).max(self.capacity)
+    }
+}
+
+#[inline]
+fn floor_product(window_ms: u64, r: f64, factor: f64) -> u64 {
+    let x = window_ms as f64 * r * factor / 1000.0;
+    float_to_u64(floor_tolerant(x))
+}
+
+#[inline]
+fn float_to_u64(x: f64) -> u64 {
+    // `as` saturates: values above u64::MAX become u64::MAX, NaN becomes 0 (not reachable:
+    // rates are validated finite and positive).
+    x as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(window_ms: u64, r: f64) -> Limits {
+        Limits::new(
+            window_ms,
+            &RateLimit::per_second(r).unwrap_or(RateLimit { per_second: 1.0 }),
+        )
+    }
+
+    #[test]
+    fn capacity_and_stretching() {
+        assert_eq!(
+            limits(1000, 10.0),
+            Limits {
+                window_ms: 1000,
+                capacity: 10
+            }
+        );
+        assert_eq!(limits(2000, 5.5).capacity, 11);
+        assert_eq!(
+            limits(1000, 0.5),
+            Limits {
+                window_ms: 2000,
+                capacity: 1
+            }
+        );
+        assert_eq!(
+            limits(1000, 0.4),
+            Limits {
+                window_ms: 2500,
+                capacity: 1
+            }
+        );
+        assert_eq!(limits(10_000, 0.3).capacity, 3);
+        assert_eq!(
+            limits(1000, 0.3),
+            Limits {
+                window_ms: 3334,
+                capacity: 1
+            }
+        );
+        assert_eq!(limits(1000, 1e-9).capacity, 1);
+        assert_eq!(limits(3_600_000, 1e12).capacity, 3_600_000_000_000_000);
+    }
+
+    #[test]
+    fn hard_limit() {
+        let r = RateLimit::per_second(10.0).unwrap_or(RateLimit { per_second: 1.0 });
+        let l = Limits::new(1000, &r);
+        assert_eq!(l.hard_limit(&r, 1.5), 15);
+        assert_eq!(l.hard_limit(&r, 1.0), 10);
+    }
+
+    #[test]
+    fn unit_constructors() {
+        assert_eq!(RateLimit::per_minute(60.0), RateLimit::per_second(1.0));
+        assert_eq!(RateLimit::per_hour(f64::NAN), Err(RateError::NotANumber));
+        assert_eq!(RateLimit::per_minute(-1.0), Err(RateError::NotPositive));
+        assert_eq!(RateLimit::per_day(1e-6), Err(RateError::OutOfRange));
+    }
+}

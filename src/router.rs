@@ -1,0 +1,267 @@
+//! The shard router: ahash of the key picks the shard; one set of shards per strategy.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::decision::{RateLimitDecision, Stamped};
+use crate::random::RandomSource;
+use crate::rate::RateLimit;
+use crate::shard::mailbox::{ActorCell, Detach};
+use crate::shard::{
+    BatchItem, Clear, Get, Inc, IncMany, KeyRef, Len, Reset, Shard, ShardActor, Shared, Strategy,
+    Sweep, SWEEP_BUDGET,
+};
+
+/// All shards of one strategy.
+pub(crate) struct ShardSet<S: Strategy> {
+    shards: Box<[Shard<S>]>,
+    /// `shards.len() - 1` (a power of two minus one).
+    mask: usize,
+    hasher: ahash::RandomState,
+}
+
+impl<S: Strategy> ShardSet<S> {
+    /// `count` must be a power of two.
+    pub(crate) fn new(
+        count: usize,
+        shared: &Arc<Shared>,
+        hasher: ahash::RandomState,
+        mut rng: impl FnMut(usize) -> Box<dyn RandomSource>,
+    ) -> Self {
+        let shards = (0..count)
+            .map(|i| CachePadded::new(ActorCell::new(ShardActor::new(shared.clone(), rng(i)))))
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Self {
+            mask: count - 1,
+            shards,
+            hasher,
+        }
+    }
+
+    #[inline]
+    fn key<'a>(&self, key: &'a str) -> KeyRef<'a> {
+        KeyRef {
+            key: Cow::Borrowed(key),
+            hash: self.hasher.hash_one(key),
+        }
+    }
+
+    /// Shard of a hash. Uses bits 32.. so that the table inside the shard (low bits for the
+    /// position, top 7 bits for the tag) still sees well-spread hashes.
+    #[inline]
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.mask
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &ActorCell<ShardActor<S>> {
+        &self.shards[self.shard_of(hash)]
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self, key: &str, rate: &RateLimit, n: u64, record: bool) -> Stamped {
+        let key = self.key(key);
+        self.shard(key.hash).call(Inc {
+            key,
+            rate: *rate,
+            n,
+            record,
+        })
+    }
+
+    pub(crate) fn inc_async<'a>(
+        &'a self,
+        key: &'a str,
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+    ) -> impl Future<Output = Stamped> + Send + 'a {
+        let key = self.key(key);
+        let shard = self.shard(key.hash);
+        call_async(
+            shard,
+            Inc {
+                key,
+                rate: *rate,
+                n,
+                record,
+            },
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> S::Snapshot {
+        let key = self.key(key);
+        self.shard(key.hash).call(Get { key })
+    }
+
+    pub(crate) fn get_async<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = S::Snapshot> + Send + 'a {
+        let key = self.key(key);
+        call_async(self.shard(key.hash), Get { key })
+    }
+
+    pub(crate) fn reset(&self, key: &str) -> bool {
+        let key = self.key(key);
+        self.shard(key.hash).call(Reset { key })
+    }
+
+    pub(crate) fn reset_async<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        let key = self.key(key);
+        call_async(self.shard(key.hash), Reset { key })
+    }
+
+    /// Groups `keys` by shard (counting sort, stable) into batch messages.
+    fn group<'a, K: AsRef<str>>(&self, keys: &'a [K]) -> (Vec<BatchItem<'a>>, Vec<usize>) {
+        let mut counts = vec![0usize; self.shards.len() + 1];
+        let hashed: Vec<(usize, KeyRef<'a>)> = keys
+            .iter()
+            .map(|k| {
+                let key = self.key(k.as_ref());
+                let s = self.shard_of(key.hash);
+                counts[s + 1] += 1;
+                (s, key)
+            })
+            .collect();
+        for i in 1..counts.len() {
+            counts[i] += counts[i - 1];
+        }
+        let bounds = counts.clone();
+        let mut slots: Vec<Option<BatchItem<'a>>> = vec![None; keys.len()];
+        for (pos, (s, key)) in hashed.into_iter().enumerate() {
+            slots[counts[s]] = Some(BatchItem {
+                key,
+                pos: pos as u32,
+            });
+            counts[s] += 1;
+        }
+        (slots.into_iter().flatten().collect(), bounds)
+    }
+
+    pub(crate) fn inc_many_into<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+        out: &mut Vec<RateLimitDecision>,
+    ) {
+        out.clear();
+        if keys.is_empty() {
+            return;
+        }
+        if keys.len() > u32::MAX as usize {
+            // Positions are u32; split absurdly large batches.
+            for chunk in keys.chunks(u32::MAX as usize) {
+                let mut part = Vec::new();
+                self.inc_many_into(chunk, rate, n, record, &mut part);
+                out.extend(part);
+            }
+            return;
+        }
+        out.resize(keys.len(), RateLimitDecision::Allowed);
+        let (items, bounds) = self.group(keys);
+        for s in 0..self.shards.len() {
+            let (lo, hi) = (bounds[s], bounds[s + 1]);
+            if lo == hi {
+                continue;
+            }
+            let replies = self.shards[s].call(IncMany {
+                items: Cow::Borrowed(&items[lo..hi]),
+                rate: *rate,
+                n,
+                record,
+            });
+            for (pos, d) in replies {
+                out[pos as usize] = d;
+            }
+        }
+    }
+
+    pub(crate) async fn inc_many_async<K: AsRef<str> + Sync>(
+        &self,
+        keys: &[K],
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+    ) -> Vec<RateLimitDecision> {
+        let mut out = vec![RateLimitDecision::Allowed; keys.len()];
+        if keys.is_empty() || keys.len() > u32::MAX as usize {
+            if !keys.is_empty() {
+                for (o, k) in out.iter_mut().zip(keys) {
+                    *o = self.inc_async(k.as_ref(), rate, n, record).await.decision;
+                }
+            }
+            return out;
+        }
+        let (items, bounds) = self.group(keys);
+        for s in 0..self.shards.len() {
+            let (lo, hi) = (bounds[s], bounds[s + 1]);
+            if lo == hi {
+                continue;
+            }
+            let msg = IncMany {
+                items: Cow::Borrowed(&items[lo..hi]),
+                rate: *rate,
+                n,
+                record,
+            };
+            for (pos, d) in call_async(&self.shards[s], msg).await {
+                out[pos as usize] = d;
+            }
+        }
+        out
+    }
+
+    /// One full cleanup pass over every shard, a bounded message at a time. Returns the number
+    /// of keys evicted.
+    pub(crate) fn sweep(&self) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut visited = 0;
+            loop {
+                let report = shard.call(Sweep {
+                    budget: SWEEP_BUDGET,
+                });
+                removed += report.removed;
+                visited += SWEEP_BUDGET;
+                if visited >= report.len_before {
+                    break;
+                }
+            }
+        }
+        removed
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.call(Len)).sum()
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in self.shards.iter() {
+            s.call(Clear);
+        }
+    }
+}
+
+/// Sends a message from an async caller; the message is detached (owned) only if it has to wait
+/// in the mailbox.
+fn call_async<'a, S, M>(
+    cell: &'a ActorCell<ShardActor<S>>,
+    msg: M,
+) -> impl Future<Output = M::Reply> + Send + 'a
+where
+    S: Strategy,
+    M: Detach<ShardActor<S>> + Send + 'a,
+    M::Reply: Send,
+{
+    cell.call_async(msg)
+}

@@ -1,0 +1,475 @@
+//! Shard actors: each owns the windows of its keys and processes typed messages, executed by its
+//! callers through the [`mailbox`] protocol (no thread of its own, no lock around the windows).
+
+pub(crate) mod mailbox;
+mod store;
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
+use crate::math::{
+    decide_absolute, decide_suppressed, suppression_factor, Attempts, Request, SuppressedKey,
+    Window,
+};
+use crate::random::RandomSource;
+use crate::rate::{Limits, RateLimit};
+use crate::time::ClockSource;
+use mailbox::{ActorCell, Detach, Message};
+use store::Store;
+
+/// Entries a sweep message visits before the executor lets others in.
+pub(crate) const SWEEP_BUDGET: usize = 256;
+/// Entries scanned for an expired key to replace when the key cap is reached.
+pub(crate) const EVICT_SCAN: usize = 64;
+
+/// Limiter-wide settings every shard reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) window_ms: u64,
+    pub(crate) bucket_ms: u64,
+    pub(crate) hard_limit_factor: f64,
+    pub(crate) stale_after_ms: u64,
+    /// `usize::MAX` when unlimited.
+    pub(crate) max_keys: usize,
+    /// Keys alive across all shards of both strategies (maintained only when capped).
+    pub(crate) live_keys: AtomicUsize,
+    pub(crate) clock: ClockSource,
+}
+
+/// What a strategy stores per key and how it decides.
+pub(crate) trait Strategy: Send + 'static {
+    type Value: Default + Send + 'static;
+    type Snapshot: Send + 'static;
+
+    fn decide(
+        value: &mut Self::Value,
+        now: u64,
+        shared: &Shared,
+        req: Request,
+        rate: &RateLimit,
+        rng: &mut dyn RandomSource,
+    ) -> RateLimitDecision;
+
+    fn snapshot(value: Option<&Self::Value>, now: u64, shared: &Shared) -> Self::Snapshot;
+
+    fn window_is_empty(value: &Self::Value) -> bool;
+
+    /// Start of the newest bucket and whether any bucket may still be live at `now`.
+    fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
+}
+
+/// The absolute strategy's per-key state and rules.
+#[derive(Debug)]
+pub(crate) struct Absolute;
+
+impl Strategy for Absolute {
+    type Value = Window<u64>;
+    type Snapshot = u64;
+
+    #[inline]
+    fn decide(
+        value: &mut Window<u64>,
+        now: u64,
+        shared: &Shared,
+        req: Request,
+        _rate: &RateLimit,
+        _rng: &mut dyn RandomSource,
+    ) -> RateLimitDecision {
+        decide_absolute(value, now, shared.bucket_ms, req)
+    }
+
+    fn snapshot(value: Option<&Window<u64>>, now: u64, _shared: &Shared) -> u64 {
+        value.map_or(0, |w| w.live(now, w.span_ms()))
+    }
+
+    fn window_is_empty(value: &Window<u64>) -> bool {
+        value.is_empty()
+    }
+
+    fn activity(value: &Window<u64>, now: u64) -> (Option<u64>, bool) {
+        (value.newest_start(), value.may_be_live(now))
+    }
+}
+
+/// The suppressed strategy's per-key state and rules.
+#[derive(Debug)]
+pub(crate) struct Suppressed;
+
+impl Strategy for Suppressed {
+    type Value = SuppressedKey;
+    type Snapshot = SuppressedSnapshot;
+
+    #[inline]
+    fn decide(
+        value: &mut SuppressedKey,
+        now: u64,
+        shared: &Shared,
+        req: Request,
+        rate: &RateLimit,
+        rng: &mut dyn RandomSource,
+    ) -> RateLimitDecision {
+        let hard = req.limits.hard_limit(rate, shared.hard_limit_factor);
+        decide_suppressed(value, now, shared.bucket_ms, req, hard, || rng.next_f64())
+    }
+
+    fn snapshot(value: Option<&SuppressedKey>, now: u64, shared: &Shared) -> SuppressedSnapshot {
+        let Some(k) = value else {
+            return SuppressedSnapshot::default();
+        };
+        let span = k.window.span_ms();
+        let live: Attempts = k.window.live(now, span);
+        let mut snap = SuppressedSnapshot::default();
+        snap.total = live.total;
+        snap.declined = live.declined;
+        snap.suppression_factor = suppression_factor(
+            &k.window,
+            now,
+            shared.bucket_ms,
+            k.last_window_ms.max(1),
+            k.last_soft,
+        );
+        snap
+    }
+
+    fn window_is_empty(value: &SuppressedKey) -> bool {
+        value.window.is_empty()
+    }
+
+    fn activity(value: &SuppressedKey, now: u64) -> (Option<u64>, bool) {
+        (value.window.newest_start(), value.window.may_be_live(now))
+    }
+}
+
+/// The state one shard actor owns.
+pub(crate) struct ShardActor<S: Strategy> {
+    store: Store<S::Value>,
+    last_now: u64,
+    rng: Box<dyn RandomSource>,
+    shared: Arc<Shared>,
+}
+
+impl<S: Strategy> ShardActor<S> {
+    pub(crate) fn new(shared: Arc<Shared>, rng: Box<dyn RandomSource>) -> Self {
+        Self {
+            store: Store::default(),
+            last_now: 0,
+            rng,
+            shared,
+        }
+    }
+
+    /// The shard's time: the clock, never going backwards.
+    #[inline]
+    fn now(&mut self) -> u64 {
+        let t = self.shared.clock.now_ms();
+        if t > self.last_now {
+            self.last_now = t;
+        }
+        self.last_now
+    }
+
+    #[inline]
+    fn decide(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+        now: u64,
+    ) -> RateLimitDecision {
+        let shared = &*self.shared;
+        let req = Request {
+            limits: Limits::new(shared.window_ms, rate),
+            n,
+            record,
+        };
+        if let Some(idx) = self.store.find(hash, key) {
+            return S::decide(
+                self.store.value_mut(idx),
+                now,
+                shared,
+                req,
+                rate,
+                &mut *self.rng,
+            );
+        }
+        let mut value = S::Value::default();
+        let decision = S::decide(&mut value, now, shared, req, rate, &mut *self.rng);
+        if S::window_is_empty(&value) {
+            // Nothing to remember (probe, rejection or is_allowed): no state created.
+            return decision;
+        }
+        if !self.admit_new_key(now) {
+            return RateLimitDecision::KeyCapacityExceeded;
+        }
+        self.store.insert(hash, key, value);
+        decision
+    }
+
+    /// Reserves room for one more key under the cap, replacing an expired key of this shard if
+    /// the cap is reached.
+    fn admit_new_key(&mut self, now: u64) -> bool {
+        let shared = &*self.shared;
+        if shared.max_keys == usize::MAX {
+            return true;
+        }
+        loop {
+            let live = shared.live_keys.load(Ordering::Relaxed);
+            if live < shared.max_keys {
+                if shared
+                    .live_keys
+                    .compare_exchange_weak(live, live + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            // At the cap: a key whose buckets all expired behaves exactly like a new one, so
+            // replacing it changes no decision.
+            let removed = self.store.sweep(EVICT_SCAN, |v| !S::activity(v, now).1);
+            if removed == 0 {
+                return false;
+            }
+            shared.live_keys.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
+    fn forget(&mut self, removed: usize) {
+        if self.shared.max_keys != usize::MAX && removed > 0 {
+            self.shared.live_keys.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A key with its precomputed hash, as carried by messages.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyRef<'a> {
+    pub(crate) key: Cow<'a, str>,
+    pub(crate) hash: u64,
+}
+
+impl KeyRef<'_> {
+    fn detach(self) -> KeyRef<'static> {
+        KeyRef {
+            key: Cow::Owned(self.key.into_owned()),
+            hash: self.hash,
+        }
+    }
+}
+
+/// Decide (and record, if `record`) one request.
+#[derive(Debug)]
+pub(crate) struct Inc<'a> {
+    pub(crate) key: KeyRef<'a>,
+    pub(crate) rate: RateLimit,
+    pub(crate) n: u64,
+    pub(crate) record: bool,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
+    type Reply = Stamped;
+
+    #[inline]
+    fn handle(self, shard: &mut ShardActor<S>) -> Stamped {
+        let now = shard.now();
+        let decision = shard.decide(
+            self.key.key.as_bytes(),
+            self.key.hash,
+            &self.rate,
+            self.n,
+            self.record,
+            now,
+        );
+        Stamped {
+            decision,
+            at_ms: now,
+        }
+    }
+}
+
+impl<S: Strategy> Detach<ShardActor<S>> for Inc<'_> {
+    type Owned = Inc<'static>;
+    fn detach(self) -> Inc<'static> {
+        Inc {
+            key: self.key.detach(),
+            rate: self.rate,
+            n: self.n,
+            record: self.record,
+        }
+    }
+}
+
+/// One key of a batch: its key, hash and position in the caller's input.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchItem<'a> {
+    pub(crate) key: KeyRef<'a>,
+    pub(crate) pos: u32,
+}
+
+/// Decide a batch of keys that all live on one shard, in order.
+#[derive(Debug)]
+pub(crate) struct IncMany<'a> {
+    pub(crate) items: Cow<'a, [BatchItem<'a>]>,
+    pub(crate) rate: RateLimit,
+    pub(crate) n: u64,
+    pub(crate) record: bool,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
+    /// `(position, decision)` per item, in item order.
+    type Reply = Vec<(u32, RateLimitDecision)>;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
+        let now = shard.now();
+        self.items
+            .iter()
+            .map(|it| {
+                let d = shard.decide(
+                    it.key.key.as_bytes(),
+                    it.key.hash,
+                    &self.rate,
+                    self.n,
+                    self.record,
+                    now,
+                );
+                (it.pos, d)
+            })
+            .collect()
+    }
+}
+
+impl<S: Strategy> Detach<ShardActor<S>> for IncMany<'_> {
+    type Owned = IncMany<'static>;
+    fn detach(self) -> IncMany<'static> {
+        IncMany {
+            items: Cow::Owned(
+                self.items
+                    .iter()
+                    .map(|it| BatchItem {
+                        key: it.key.clone().detach(),
+                        pos: it.pos,
+                    })
+                    .collect(),
+            ),
+            rate: self.rate,
+            n: self.n,
+            record: self.record,
+        }
+    }
+}
+
+/// Read a key's live state.
+#[derive(Debug)]
+pub(crate) struct Get<'a> {
+    pub(crate) key: KeyRef<'a>,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for Get<'_> {
+    type Reply = S::Snapshot;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> S::Snapshot {
+        let now = shard.now();
+        let value = shard.store.get(self.key.hash, self.key.key.as_bytes());
+        S::snapshot(value, now, &shard.shared)
+    }
+}
+
+impl<S: Strategy> Detach<ShardActor<S>> for Get<'_> {
+    type Owned = Get<'static>;
+    fn detach(self) -> Get<'static> {
+        Get {
+            key: self.key.detach(),
+        }
+    }
+}
+
+/// Forget a key.
+#[derive(Debug)]
+pub(crate) struct Reset<'a> {
+    pub(crate) key: KeyRef<'a>,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for Reset<'_> {
+    /// Whether the key existed.
+    type Reply = bool;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> bool {
+        let removed = shard.store.remove(self.key.hash, self.key.key.as_bytes());
+        shard.forget(usize::from(removed));
+        removed
+    }
+}
+
+impl<S: Strategy> Detach<ShardActor<S>> for Reset<'_> {
+    type Owned = Reset<'static>;
+    fn detach(self) -> Reset<'static> {
+        Reset {
+            key: self.key.detach(),
+        }
+    }
+}
+
+/// Evict idle keys among the next `budget` entries of the sweep cursor.
+#[derive(Debug)]
+pub(crate) struct Sweep {
+    pub(crate) budget: usize,
+}
+
+/// What one sweep message did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SweepReport {
+    /// Keys the shard held before the message.
+    pub(crate) len_before: usize,
+    pub(crate) removed: usize,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for Sweep {
+    type Reply = SweepReport;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> SweepReport {
+        let now = shard.now();
+        let stale = shard.shared.stale_after_ms;
+        let len_before = shard.store.len();
+        let removed = shard.store.sweep(self.budget, |v| {
+            let (newest, live) = S::activity(v, now);
+            // Never evict state that still counts: an evicted key must behave like a new one.
+            !live && newest.is_none_or(|t| now.saturating_sub(t) >= stale)
+        });
+        shard.forget(removed);
+        SweepReport {
+            len_before,
+            removed,
+        }
+    }
+}
+
+/// Number of keys a shard holds.
+#[derive(Debug)]
+pub(crate) struct Len;
+
+impl<S: Strategy> Message<ShardActor<S>> for Len {
+    type Reply = usize;
+    fn handle(self, shard: &mut ShardActor<S>) -> usize {
+        shard.store.len()
+    }
+}
+
+/// Forget every key of a shard.
+#[derive(Debug)]
+pub(crate) struct Clear;
+
+impl<S: Strategy> Message<ShardActor<S>> for Clear {
+    type Reply = ();
+    fn handle(self, shard: &mut ShardActor<S>) {
+        let n = shard.store.len();
+        shard.store.clear();
+        shard.forget(n);
+    }
+}
+
+/// One shard: the actor cell around its state.
+pub(crate) type Shard<S> = crossbeam_utils::CachePadded<ActorCell<ShardActor<S>>>;
