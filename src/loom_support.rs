@@ -60,6 +60,7 @@ impl<S: Send> Cell<S> {
 pub struct AbsoluteShard {
     cell: ActorCell<ShardActor<Absolute>>,
     clock: ManualClock,
+    hasher: ahash::RandomState,
 }
 
 impl AbsoluteShard {
@@ -75,9 +76,15 @@ impl AbsoluteShard {
             live_keys: AtomicUsize::new(0),
             clock: ClockSource::Custom(StdArc::new(clock.clone())),
         });
+        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         Self {
-            cell: ActorCell::new(ShardActor::new(shared, Box::new(SplitMix64::new(1)))),
+            cell: ActorCell::new(ShardActor::new(
+                shared,
+                Box::new(SplitMix64::new(1)),
+                hasher.clone(),
+            )),
             clock,
+            hasher,
         }
     }
 
@@ -93,7 +100,7 @@ impl AbsoluteShard {
         };
         let key = KeyRef {
             key: key.into(),
-            hash: key.len() as u64,
+            hash: self.hasher.hash_one(key),
         };
         let d = self.cell.call(Inc {
             key,

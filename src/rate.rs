@@ -145,25 +145,28 @@ impl TryFrom<f64> for RateLimit {
 /// capacity a person expects.
 const ROUNDING_SLACK: f64 = 1e-12;
 
-/// `floor(x)`, or the nearest integer if `x` is within float noise of it.
+/// `floor(x)` for `x ≥ 0`, or the integer just above if `x` is within float noise of it.
+/// Plain casts, no libm call: this runs on every decision.
 #[inline]
-fn floor_tolerant(x: f64) -> f64 {
-    let y = x.round();
-    if (x - y).abs() <= x.abs() * ROUNDING_SLACK {
-        y
+fn floor_tolerant(x: f64) -> u64 {
+    // `as` truncates (= floor for x ≥ 0) and saturates at u64::MAX.
+    let f = x as u64;
+    let up = f.saturating_add(1);
+    if f as f64 != x && up as f64 - x <= x * ROUNDING_SLACK {
+        up
     } else {
-        x.floor()
+        f
     }
 }
 
-/// `ceil(x)`, or the nearest integer if `x` is within float noise of it.
+/// `ceil(x)` for `x ≥ 0`, or the integer just below if `x` is within float noise of it.
 #[inline]
-fn ceil_tolerant(x: f64) -> f64 {
-    let y = x.round();
-    if (x - y).abs() <= x.abs() * ROUNDING_SLACK {
-        y
+fn ceil_tolerant(x: f64) -> u64 {
+    let f = x as u64;
+    if f as f64 == x || x - f as f64 <= x * ROUNDING_SLACK {
+        f
     } else {
-        x.ceil()
+        f.saturating_add(1)
     }
 }
 
@@ -180,16 +183,17 @@ impl Limits {
     /// The limits of rate `rate` on a limiter with window `window_ms`.
     #[inline]
     pub(crate) fn new(window_ms: u64, rate: &RateLimit) -> Self {
-        let r = rate.per_second;
-        let w = window_ms as f64 / 1000.0;
-        let window_ms = if w * r < 1.0 {
-            // Stretch to the shortest whole-millisecond window that holds one request.
-            let x = 1000.0 / r;
-            float_to_u64(ceil_tolerant(x)).max(window_ms)
+        let per_ms = rate.per_second * 0.001;
+        let mut capacity = floor_tolerant(window_ms as f64 * per_ms);
+        let window_ms = if capacity == 0 {
+            // W·r < 1: stretch to the shortest whole-millisecond window that holds one request.
+            let stretched = ceil_tolerant(1000.0 / rate.per_second).max(window_ms);
+            capacity = floor_tolerant(stretched as f64 * per_ms);
+            stretched
         } else {
             window_ms
         };
-        let capacity = floor_product(window_ms, r, 1.0).max(1);
+        let capacity = capacity.max(1);
         Self {
             window_ms,
             capacity,
@@ -205,15 +209,7 @@ impl Limits {
 
 #[inline]
 fn floor_product(window_ms: u64, r: f64, factor: f64) -> u64 {
-    let x = window_ms as f64 * r * factor / 1000.0;
-    float_to_u64(floor_tolerant(x))
-}
-
-#[inline]
-fn float_to_u64(x: f64) -> u64 {
-    // `as` saturates: values above u64::MAX become u64::MAX, NaN becomes 0 (not reachable:
-    // rates are validated finite and positive).
-    x as u64
+    floor_tolerant(window_ms as f64 * r * 0.001 * factor)
 }
 
 #[cfg(test)]

@@ -32,7 +32,13 @@ impl<S: Strategy> ShardSet<S> {
         mut rng: impl FnMut(usize) -> Box<dyn RandomSource>,
     ) -> Self {
         let shards = (0..count)
-            .map(|i| CachePadded::new(ActorCell::new(ShardActor::new(shared.clone(), rng(i)))))
+            .map(|i| {
+                CachePadded::new(ActorCell::new(ShardActor::new(
+                    shared.clone(),
+                    rng(i),
+                    hasher.clone(),
+                )))
+            })
             .collect::<Vec<_>>()
             .into_boxed_slice();
         Self {

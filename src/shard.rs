@@ -65,12 +65,12 @@ pub(crate) trait Strategy: Send + 'static {
 pub(crate) struct Absolute;
 
 impl Strategy for Absolute {
-    type Value = Window<u64>;
+    type Value = Window<u32>;
     type Snapshot = u64;
 
     #[inline]
     fn decide(
-        value: &mut Window<u64>,
+        value: &mut Window<u32>,
         now: u64,
         shared: &Shared,
         req: Request,
@@ -80,15 +80,15 @@ impl Strategy for Absolute {
         decide_absolute(value, now, shared.bucket_ms, req)
     }
 
-    fn snapshot(value: Option<&Window<u64>>, now: u64, _shared: &Shared) -> u64 {
+    fn snapshot(value: Option<&Window<u32>>, now: u64, _shared: &Shared) -> u64 {
         value.map_or(0, |w| w.live(now, w.span_ms()))
     }
 
-    fn window_is_empty(value: &Window<u64>) -> bool {
+    fn window_is_empty(value: &Window<u32>) -> bool {
         value.is_empty()
     }
 
-    fn activity(value: &Window<u64>, now: u64) -> (Option<u64>, bool) {
+    fn activity(value: &Window<u32>, now: u64) -> (Option<u64>, bool) {
         (value.newest_start(), value.may_be_live(now))
     }
 }
@@ -151,9 +151,14 @@ pub(crate) struct ShardActor<S: Strategy> {
 }
 
 impl<S: Strategy> ShardActor<S> {
-    pub(crate) fn new(shared: Arc<Shared>, rng: Box<dyn RandomSource>) -> Self {
+    /// `hasher` must be the one callers hash keys with (`hash_one(&str)`).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rng: Box<dyn RandomSource>,
+        hasher: ahash::RandomState,
+    ) -> Self {
         Self {
-            store: Store::default(),
+            store: Store::new(hasher),
             last_now: 0,
             rng,
             shared,

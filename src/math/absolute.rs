@@ -11,7 +11,7 @@ use crate::decision::{RateLimitDecision, RETRY_NEVER};
 /// fits (from the bucket expiries) and the capacity free at that moment.
 #[inline]
 pub(crate) fn decide_absolute(
-    window: &mut Window<u64>,
+    window: &mut Window<u32>,
     now: u64,
     bucket_ms: u64,
     req: Request,

@@ -7,21 +7,21 @@
 
 use std::time::Duration;
 
-use super::{Attempts, Request, Window};
+use super::{Attempts, Attempts32, Request, Window};
 use crate::decision::{RateLimitDecision, RETRY_NEVER};
 
 /// A suppressed key: its window plus the soft limit and window of the last call, so that
 /// `get` can report the factor a request would see now.
 #[derive(Debug, Default)]
 pub(crate) struct SuppressedKey {
-    pub(crate) window: Window<Attempts>,
+    pub(crate) window: Window<Attempts32>,
     pub(crate) last_soft: u64,
     pub(crate) last_window_ms: u64,
 }
 
 /// The suppression factor at `now` for soft limit `soft` over `w_eff`.
 pub(crate) fn suppression_factor(
-    window: &Window<Attempts>,
+    window: &Window<Attempts32>,
     now: u64,
     bucket_ms: u64,
     w_eff: u64,

@@ -40,11 +40,24 @@ impl KeyBuf {
     }
 }
 
+/// One key: no stored hash (hashbrown's 7-bit tags filter probes; the hash is recomputed from
+/// the key on the rare resize or move), so an absolute entry is 80 bytes.
 #[derive(Debug)]
 struct Entry<V> {
-    hash: u64,
     key: KeyBuf,
     value: V,
+}
+
+impl<V> Entry<V> {
+    /// The hash the router computed for this key (`hash_one(&str)`).
+    fn hash(&self, hasher: &ahash::RandomState) -> u64 {
+        let bytes = self.key.as_bytes();
+        match std::str::from_utf8(bytes) {
+            Ok(s) => hasher.hash_one(s),
+            // Keys are stored from `&str`, so this arm is never taken.
+            Err(_) => hasher.hash_one(bytes),
+        }
+    }
 }
 
 /// Keys of one shard and their values.
@@ -54,19 +67,21 @@ pub(crate) struct Store<V> {
     entries: Vec<Entry<V>>,
     /// Where the next incremental sweep resumes.
     cursor: usize,
+    /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
+    hasher: ahash::RandomState,
 }
 
-impl<V> Default for Store<V> {
-    fn default() -> Self {
+impl<V> Store<V> {
+    /// An empty store whose callers hash keys with `hasher.hash_one(&str)`.
+    pub(crate) fn new(hasher: ahash::RandomState) -> Self {
         Self {
             table: HashTable::new(),
             entries: Vec::new(),
             cursor: 0,
+            hasher,
         }
     }
-}
 
-impl<V> Store<V> {
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -78,8 +93,9 @@ impl<V> Store<V> {
         let entries = &self.entries;
         self.table
             .find(hash, |&i| {
-                let e = &entries[i as usize];
-                e.hash == hash && e.key.as_bytes() == key
+                entries
+                    .get(i as usize)
+                    .is_some_and(|e| e.key.as_bytes() == key)
             })
             .map(|&i| i as usize)
     }
@@ -100,13 +116,12 @@ impl<V> Store<V> {
     pub(crate) fn insert(&mut self, hash: u64, key: &[u8], value: V) -> usize {
         let idx = self.entries.len();
         self.entries.push(Entry {
-            hash,
             key: KeyBuf::new(key),
             value,
         });
-        let entries = &self.entries;
+        let (entries, hasher) = (&self.entries, &self.hasher);
         self.table
-            .insert_unique(hash, idx as u32, |&i| entries[i as usize].hash);
+            .insert_unique(hash, idx as u32, |&i| entries[i as usize].hash(hasher));
         idx
     }
 
@@ -115,13 +130,13 @@ impl<V> Store<V> {
         if idx >= self.entries.len() {
             return None;
         }
-        let hash = self.entries[idx].hash;
+        let hash = self.entries[idx].hash(&self.hasher);
         if let Ok(slot) = self.table.find_entry(hash, |&i| i as usize == idx) {
             slot.remove();
         }
         let last = self.entries.len() - 1;
         if idx != last {
-            let moved_hash = self.entries[last].hash;
+            let moved_hash = self.entries[last].hash(&self.hasher);
             if let Some(slot) = self.table.find_mut(moved_hash, |&i| i as usize == last) {
                 *slot = idx as u32;
             }
@@ -129,9 +144,9 @@ impl<V> Store<V> {
         let removed = self.entries.swap_remove(idx);
         if self.entries.len() * 4 < self.entries.capacity() && self.entries.capacity() > 64 {
             self.entries.shrink_to(self.entries.len() * 2);
-            let entries = &self.entries;
+            let (entries, hasher) = (&self.entries, &self.hasher);
             self.table
-                .shrink_to(entries.len(), |&i| entries[i as usize].hash);
+                .shrink_to(entries.len(), |&i| entries[i as usize].hash(hasher));
         }
         Some(removed.value)
     }
@@ -180,14 +195,17 @@ impl<V> Store<V> {
 mod tests {
     use super::*;
 
+    fn hasher() -> ahash::RandomState {
+        ahash::RandomState::with_seeds(1, 2, 3, 4)
+    }
+
     fn h(k: &str) -> u64 {
-        // deliberately weak, to exercise collisions in the control bytes
-        (k.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        hasher().hash_one(k)
     }
 
     #[test]
     fn insert_find_remove_keeps_indices_consistent() {
-        let mut s = Store::default();
+        let mut s = Store::new(hasher());
         let keys: Vec<String> = (0..200)
             .map(|i| format!("key-{i}-{}", "x".repeat(i % 30)))
             .collect();
@@ -206,10 +224,10 @@ mod tests {
 
     #[test]
     fn sweep_visits_everything_in_rounds() {
-        let mut s = Store::default();
+        let mut s = Store::new(hasher());
         for i in 0..100u64 {
             let k = i.to_string();
-            s.insert(i, k.as_bytes(), i);
+            s.insert(h(&k), k.as_bytes(), i);
         }
         let mut removed = 0;
         for _ in 0..10 {
@@ -218,7 +236,8 @@ mod tests {
         assert_eq!(removed, 50);
         assert_eq!(s.len(), 50);
         for i in 0..100u64 {
-            assert_eq!(s.get(i, i.to_string().as_bytes()).is_some(), i % 2 == 1);
+            let k = i.to_string();
+            assert_eq!(s.get(h(&k), k.as_bytes()).is_some(), i % 2 == 1);
         }
     }
 }
