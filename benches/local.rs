@@ -36,7 +36,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -72,7 +75,8 @@ struct Contenders {
 fn contenders(rate: f64) -> Contenders {
     use trypema::RateLimiterBuilder as _;
     let per_sec = rate.min(u32::MAX as f64) as u32;
-    let quota = governor::Quota::per_second(NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN));
+    let quota =
+        governor::Quota::per_second(NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN));
     Contenders {
         eyelet: eyelet::RateLimiter::builder()
             .window(WINDOW)
@@ -116,7 +120,12 @@ impl Contenders {
     #[inline]
     fn check(&self, who: Who, key: &String) -> bool {
         match who {
-            Who::Eyelet => self.eyelet.local().absolute().inc(key, &self.rate, 1).is_allowed(),
+            Who::Eyelet => self
+                .eyelet
+                .local()
+                .absolute()
+                .inc(key, &self.rate, 1)
+                .is_allowed(),
             Who::Governor => self.governor.check_key(key).is_ok(),
             Who::Trypema => matches!(
                 self.trypema.absolute().inc(key, &self.trate, 1),
@@ -269,7 +278,10 @@ fn batches(c: &mut Criterion) {
                 run_threads(threads, iters, |_, n| {
                     let mut out = Vec::with_capacity(256);
                     for _ in 0..n {
-                        k.eyelet.local().absolute().inc_many_into(&hot, &k.rate, 1, &mut out);
+                        k.eyelet
+                            .local()
+                            .absolute()
+                            .inc_many_into(&hot, &k.rate, 1, &mut out);
                         black_box(&out);
                     }
                 })
@@ -301,7 +313,10 @@ fn batches(c: &mut Criterion) {
                     for _ in 0..256 {
                         batch.push(&uniform[(xorshift(&mut s) % UNIFORM_KEYS as u64) as usize]);
                     }
-                    k.eyelet.local().absolute().inc_many_into(&batch, &k.rate, 1, &mut out);
+                    k.eyelet
+                        .local()
+                        .absolute()
+                        .inc_many_into(&batch, &k.rate, 1, &mut out);
                     black_box(&out);
                 }
             })
@@ -364,7 +379,10 @@ fn estimate_ns(group: &str, id: &str) -> Option<f64> {
 
 fn ratio_table() {
     println!("\n== ratios (from criterion means; >1 means eyelet is faster) ==");
-    println!("{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}", "group", "eyelet", "governor", "trypema", "mutex", "vs gov", "vs tryp");
+    println!(
+        "{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "group", "eyelet", "governor", "trypema", "mutex", "vs gov", "vs tryp"
+    );
     let groups = [
         ("hot_key_1_callers", 1.0),
         ("hot_key_2_callers", 1.0),
@@ -382,12 +400,26 @@ fn ratio_table() {
             (Some(e), Some(o)) => format!("{:.2}x", o / e),
             _ => "-".into(),
         };
-        println!("{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}", g, fmt(e), fmt(gv), fmt(t), fmt(m), ratio(gv), ratio(t));
+        println!(
+            "{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            g,
+            fmt(e),
+            fmt(gv),
+            fmt(t),
+            fmt(m),
+            ratio(gv),
+            ratio(t)
+        );
     }
     if let Some(ch) = estimate_ns("baseline", "channel_round_trip") {
-        println!("{:<32} {:>10.1}  (dedicated-thread actor, one message per decision)", "channel_round_trip", ch);
+        println!(
+            "{:<32} {:>10.1}  (dedicated-thread actor, one message per decision)",
+            "channel_round_trip", ch
+        );
     }
-    println!("(ns per decision; multi-caller rows are wall time / total decisions, i.e. aggregate)");
+    println!(
+        "(ns per decision; multi-caller rows are wall time / total decisions, i.e. aggregate)"
+    );
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -418,7 +450,13 @@ fn idle_latency() {
             lat.push(clock.delta_as_nanos(t0, t1));
         }
         lat.sort_unstable();
-        println!("{:<10} p50 {:>6}  p99 {:>6}  p99.9 {:>7}", who.name(), percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
+        println!(
+            "{:<10} p50 {:>6}  p99 {:>6}  p99.9 {:>7}",
+            who.name(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999)
+        );
     }
 }
 
@@ -448,7 +486,10 @@ fn tail_latency() {
                         })
                     })
                     .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
             });
             all.sort_unstable();
             println!(

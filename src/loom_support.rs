@@ -12,7 +12,8 @@ use crate::shard::mailbox::{ActorCell, Detach, Message};
 use crate::shard::{Absolute, Inc, KeyRef, ShardActor, Shared, Sweep};
 use crate::time::{ClockSource, ManualClock};
 
-pub use crate::shard::mailbox::{ASYNC_MAILBOX_CAPACITY, COMBINE_BUDGET};
+/// The combining budget the protocol runs with under loom.
+pub const COMBINE_BUDGET: usize = crate::shard::mailbox::COMBINE_BUDGET;
 
 /// An actor whose messages are closures over its state.
 pub struct Cell<S: Send>(ActorCell<S>);

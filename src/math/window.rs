@@ -397,7 +397,11 @@ mod tests {
     #[test]
     fn compact_layout() {
         assert_eq!(std::mem::size_of::<Bucket<u32>>(), 8);
-        assert!(std::mem::size_of::<Window<u32>>() <= 56, "{}", std::mem::size_of::<Window<u32>>());
+        assert!(
+            std::mem::size_of::<Window<u32>>() <= 56,
+            "{}",
+            std::mem::size_of::<Window<u32>>()
+        );
     }
 
     #[test]
