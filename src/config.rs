@@ -210,8 +210,9 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// Seeds the default random source (SplitMix64, one stream per shard), making suppressed
-    /// decisions reproducible for a given sequence of calls.
+    /// Seeds the default random source (SplitMix64, one stream per shard) and the key hashing,
+    /// making suppressed decisions reproducible for a given sequence of calls. Unseeded
+    /// limiters hash keys with random keys (HashDoS resistance).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -237,6 +238,22 @@ impl RateLimiterBuilder {
     /// sweep interval, or a sweeper thread that could not be spawned.
     pub fn build(self) -> Result<Arc<RateLimiter>, ConfigError> {
         RateLimiter::from_builder(self)
+    }
+
+    /// The key hasher: seeded from [`seed`](Self::seed) if given, random otherwise.
+    pub(crate) fn hasher(&self) -> ahash::RandomState {
+        match self.seed {
+            Some(seed) => {
+                let mut mix = SplitMix64::new(seed ^ 0x5EED_4A5B_D1E5_0000);
+                ahash::RandomState::with_seeds(
+                    mix.next_u64(),
+                    mix.next_u64(),
+                    mix.next_u64(),
+                    mix.next_u64(),
+                )
+            }
+            None => ahash::RandomState::new(),
+        }
     }
 
     pub(crate) fn random_factory(&self) -> RandomFactory {

@@ -120,7 +120,7 @@ impl RateLimiter {
             clock,
         });
         let random = b.random_factory();
-        let hasher = ahash::RandomState::new();
+        let hasher = b.hasher();
         let local = LocalProvider::new(shards, &shared, hasher, &random);
         let rl = Arc::new(RateLimiter {
             local,

@@ -22,6 +22,8 @@ pub(crate) trait Counts: Copy + Default + std::fmt::Debug + Send + 'static {
     fn fill(&mut self, rest: &mut Self::Wide);
     /// Whether `wide` is all zero.
     fn is_zero(wide: &Self::Wide) -> bool;
+    /// Whether a young newest bucket holding `self` may take `incoming`.
+    fn joinable(&self, incoming: &Self::Wide) -> bool;
 }
 
 #[inline]
@@ -49,6 +51,10 @@ impl Counts for u32 {
     #[inline]
     fn is_zero(wide: &u64) -> bool {
         *wide == 0
+    }
+    #[inline]
+    fn joinable(&self, _: &u64) -> bool {
+        true
     }
 }
 
@@ -88,6 +94,14 @@ impl Counts for Attempts32 {
     #[inline]
     fn is_zero(w: &Attempts) -> bool {
         w.total == 0 && w.declined == 0
+    }
+    /// Accepted weight joins only a bucket that holds accepted weight: then the accepted weight
+    /// is bucketed exactly as the absolute strategy buckets admissions (a decline-only bucket is
+    /// opened only when every earlier bucket is at least `G` old), which makes `h = 1` admit
+    /// exactly what absolute admits.
+    #[inline]
+    fn joinable(&self, incoming: &Attempts) -> bool {
+        self.total > self.declined || incoming.total == incoming.declined
     }
 }
 
@@ -361,7 +375,12 @@ impl<C: Counts> Window<C> {
     /// continued by another with the same start.
     #[inline]
     pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, mut counts: C::Wide) {
-        let joins = !self.is_empty() && now.saturating_sub(self.newest) < bucket_ms;
+        let joins = !self.is_empty()
+            && now.saturating_sub(self.newest) < bucket_ms
+            && self
+                .ring
+                .back_mut()
+                .is_some_and(|b| b.counts.joinable(&counts));
         let start = if joins { self.newest } else { now };
         if joins {
             if let Some(b) = self.ring.back_mut() {

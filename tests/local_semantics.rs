@@ -1,0 +1,288 @@
+//! The decision contract (`semantics.md`) on the local provider, driven by a manual clock.
+
+mod support;
+
+use std::time::Duration;
+
+use eyelet::{RateLimit, RateLimitDecision, RateLimiter, RETRY_NEVER};
+use support::manual;
+
+fn rate(r: f64) -> RateLimit {
+    RateLimit::try_from(r).expect("valid rate")
+}
+
+fn rejected(retry_after_ms: u64, remaining: u64, window_ms: u64) -> RateLimitDecision {
+    RateLimitDecision::Rejected {
+        retry_after_ms,
+        remaining_after_waiting: remaining,
+        window: Duration::from_millis(window_ms),
+    }
+}
+
+#[test]
+fn defaults_build_and_admit_capacity() {
+    let rl = RateLimiter::builder().build().expect("defaults");
+    assert_eq!(rl.window(), Duration::from_secs(1));
+    assert_eq!(rl.bucket(), Duration::from_millis(10));
+    let r = rate(10.0);
+    let admitted = (0..20)
+        .filter(|_| rl.local().absolute().inc("k", &r, 1).is_allowed())
+        .count();
+    assert_eq!(admitted, 10);
+}
+
+#[test]
+fn fractional_rates_and_stretching() {
+    let (rl, clock) = manual(2000, 10);
+    let abs = rl.local().absolute();
+    // 5.5 req/s over 2 s = 11
+    let n = (0..20)
+        .filter(|_| abs.inc("a", &rate(5.5), 1).is_allowed())
+        .count();
+    assert_eq!(n, 11);
+
+    // 0.4 req/s on a 1 s limiter: one request every 2500 ms
+    let (rl, clock2) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    assert!(abs.inc("b", &rate(0.4), 1).is_allowed());
+    assert_eq!(abs.inc("b", &rate(0.4), 1), rejected(2500, 1, 2500));
+    clock2.advance(Duration::from_millis(2499));
+    assert_eq!(abs.inc("b", &rate(0.4), 1), rejected(1, 1, 2500));
+    clock2.advance(Duration::from_millis(1));
+    assert!(abs.inc("b", &rate(0.4), 1).is_allowed());
+    let _ = clock;
+}
+
+#[test]
+fn zero_weight_is_a_free_probe() {
+    let (rl, _clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    let r = rate(1.0);
+    assert_eq!(abs.inc("k", &r, 0), RateLimitDecision::Allowed);
+    assert_eq!(abs.get("k"), 0);
+    assert!(abs.is_empty(), "a probe creates no state");
+    assert!(abs.inc("k", &r, 1).is_allowed());
+    assert!(
+        !abs.inc("k", &r, 0).is_allowed(),
+        "probe sees what a unit request would"
+    );
+    assert_eq!(abs.get("k"), 1);
+    let sup = rl.local().suppressed();
+    assert_eq!(sup.inc("k", &r, 0), RateLimitDecision::Allowed);
+    assert_eq!(
+        sup.get("k").total,
+        0,
+        "a suppressed probe is not an attempt"
+    );
+}
+
+#[test]
+fn oversized_weight_is_never_admissible() {
+    let (rl, _clock) = manual(1000, 10);
+    let d = rl.local().absolute().inc("k", &rate(10.0), 11);
+    assert_eq!(d, rejected(RETRY_NEVER, 10, 1000));
+    assert!(d.is_never_admissible());
+    assert_eq!(rl.local().absolute().get("k"), 0);
+}
+
+#[test]
+fn weighted_admission_is_all_or_nothing() {
+    let (rl, _clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    let r = rate(10.0);
+    assert!(abs.inc("k", &r, 7).is_allowed());
+    assert!(!abs.inc("k", &r, 4).is_allowed());
+    assert_eq!(abs.get("k"), 7, "a rejected request records nothing");
+    assert!(abs.inc("k", &r, 3).is_allowed());
+}
+
+#[test]
+fn retry_after_is_tight_across_buckets() {
+    let (rl, clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    let r = rate(4.0);
+    for _ in 0..4 {
+        assert!(abs.inc("k", &r, 1).is_allowed());
+        clock.advance(Duration::from_millis(100));
+    }
+    // t = 400: buckets at 0, 100, 200, 300 (one each). A weight of 3 waits for three to expire.
+    assert_eq!(abs.inc("k", &r, 3), rejected(800, 3, 1000));
+    clock.advance(Duration::from_millis(790)); // one bucket width early
+    assert!(!abs.inc("k", &r, 3).is_allowed());
+    clock.advance(Duration::from_millis(10));
+    assert!(abs.inc("k", &r, 3).is_allowed());
+}
+
+#[test]
+fn rate_is_taken_from_each_call() {
+    let (rl, clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    for _ in 0..5 {
+        assert!(abs.inc("k", &rate(10.0), 1).is_allowed());
+    }
+    // lowering the rate below the live total rejects at once
+    assert!(!abs.inc("k", &rate(4.0), 1).is_allowed());
+    // raising it admits more immediately
+    assert!(abs.inc("k", &rate(20.0), 1).is_allowed());
+    clock.advance(Duration::from_millis(1000));
+    assert_eq!(abs.get("k"), 0);
+}
+
+#[test]
+fn strategies_keep_separate_state() {
+    let (rl, _clock) = manual(1000, 10);
+    let r = rate(1.0);
+    assert!(rl.local().absolute().inc("k", &r, 1).is_allowed());
+    assert_eq!(
+        rl.local().suppressed().inc("k", &r, 1),
+        RateLimitDecision::Allowed
+    );
+    assert_eq!(rl.local().absolute().get("k"), 1);
+    assert_eq!(rl.local().suppressed().get("k").total, 1);
+}
+
+#[test]
+fn is_allowed_answers_like_inc_without_recording() {
+    let (rl, _clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    let r = rate(2.0);
+    assert!(abs.is_allowed("k", &r, 1).is_allowed());
+    assert!(abs.is_empty());
+    abs.inc("k", &r, 2);
+    assert_eq!(abs.is_allowed("k", &r, 1), abs.inc("k", &r, 1));
+    assert_eq!(abs.get("k"), 2);
+}
+
+#[test]
+fn reset_and_unknown_keys() {
+    let (rl, _clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    assert_eq!(abs.get("nobody"), 0);
+    assert_eq!(rl.local().suppressed().get("nobody").total, 0);
+    assert!(abs.is_empty(), "reads create no state");
+    abs.inc("k", &rate(1.0), 1);
+    assert!(abs.reset("k"));
+    assert!(!abs.reset("k"));
+    assert!(abs.inc("k", &rate(1.0), 1).is_allowed());
+}
+
+#[test]
+fn suppressed_with_h_one_admits_what_absolute_admits() {
+    let (rl, clock) = support::manual_h(1000, 10, 1.0);
+    let r = rate(50.0);
+    for step in 0..3000u64 {
+        let a = rl.local().absolute().inc("k", &r, 1).is_allowed();
+        let s = rl.local().suppressed().inc("k", &r, 1).is_allowed();
+        assert_eq!(a, s, "step {step}");
+        if step % 3 == 0 {
+            clock.advance(Duration::from_millis(7));
+        }
+    }
+}
+
+#[test]
+fn suppressed_snapshot_reports_declines_and_factor() {
+    let (rl, _clock) = manual(1000, 10);
+    let sup = rl.local().suppressed();
+    let r = rate(10.0);
+    for _ in 0..40 {
+        sup.inc("k", &r, 1);
+    }
+    let snap = sup.get("k");
+    assert_eq!(snap.total, 40);
+    assert!(snap.declined >= 25, "{snap:?}"); // at most H = 15 accepted
+    assert!(snap.suppression_factor > 0.5, "{snap:?}");
+}
+
+#[test]
+fn sweep_evicts_only_idle_expired_keys_and_evicted_key_is_new() {
+    let clock = eyelet::ManualClock::new();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_millis(100))
+        .stale_after(Duration::from_millis(300))
+        .clock(clock.clone())
+        .sweeper(false)
+        .build()
+        .expect("config");
+    let abs = rl.local().absolute();
+    let r = rate(10.0); // C = 1 per 100 ms
+    assert!(abs.inc("old", &r, 1).is_allowed());
+    clock.advance(Duration::from_millis(250));
+    assert!(abs.inc("young", &r, 1).is_allowed());
+    assert_eq!(rl.sweep(), 0, "nothing idle for 300 ms yet");
+    clock.advance(Duration::from_millis(60));
+    assert_eq!(rl.sweep(), 1, "old evicted, young kept");
+    assert_eq!(abs.len(), 1);
+    assert!(abs.inc("old", &r, 1).is_allowed());
+    // a slow key whose window is longer than stale_after keeps its live state
+    let slow = rate(0.001); // W_eff = 1000 s
+    assert!(abs.inc("slow", &slow, 1).is_allowed());
+    clock.advance(Duration::from_millis(5000));
+    rl.sweep();
+    assert!(
+        !abs.inc("slow", &slow, 1).is_allowed(),
+        "live state must not be evicted"
+    );
+}
+
+#[test]
+fn key_cap_replaces_expired_keys_then_reports_capacity() {
+    let clock = eyelet::ManualClock::new();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_millis(100))
+        .shards(1)
+        .max_keys(2)
+        .clock(clock.clone())
+        .sweeper(false)
+        .build()
+        .expect("config");
+    let abs = rl.local().absolute();
+    let r = rate(10.0);
+    assert!(abs.inc("a", &r, 1).is_allowed());
+    assert!(abs.inc("b", &r, 1).is_allowed());
+    assert_eq!(abs.inc("c", &r, 1), RateLimitDecision::KeyCapacityExceeded);
+    assert!(
+        !abs.inc("a", &r, 1).is_allowed(),
+        "existing keys are still served"
+    );
+    clock.advance(Duration::from_millis(100));
+    assert!(abs.inc("c", &r, 1).is_allowed(), "an expired key made room");
+    assert_eq!(abs.len(), 1, "the scan dropped every expired key it met");
+}
+
+#[test]
+fn inc_many_equals_one_by_one() {
+    let (a, ca) = manual(1000, 10);
+    let (b, cb) = manual(1000, 10);
+    let keys: Vec<String> = (0..300).map(|i| format!("k{}", i % 37)).collect();
+    let r = rate(5.0);
+    for round in 0..20 {
+        let batch = a.local().absolute().inc_many(&keys, &r, 1);
+        let single: Vec<_> = keys
+            .iter()
+            .map(|k| b.local().absolute().inc(k, &r, 1))
+            .collect();
+        assert_eq!(batch, single, "round {round}");
+        let batch = a.local().suppressed().inc_many(&keys, &r, 1);
+        let single: Vec<_> = keys
+            .iter()
+            .map(|k| b.local().suppressed().inc(k, &r, 1))
+            .collect();
+        assert_eq!(batch.len(), single.len());
+        ca.advance(Duration::from_millis(70));
+        cb.advance(Duration::from_millis(70));
+    }
+}
+
+#[test]
+fn stamped_decisions_carry_the_shard_time() {
+    let (rl, clock) = manual(1000, 10);
+    clock.set_ms(1234);
+    let s = rl.local().absolute().inc_stamped("k", &rate(1.0), 1);
+    assert_eq!(s.at_ms, 1234);
+    assert_eq!(s.decision, RateLimitDecision::Allowed);
+    // the clock going back does not move the shard back
+    clock.set_ms(1000);
+    let s = rl.local().absolute().inc_stamped("k", &rate(1.0), 1);
+    assert_eq!(s.at_ms, 1234);
+}
