@@ -4,6 +4,12 @@
 //!
 //! `cargo bench --bench local` runs the criterion groups, then prints the ratio table (read from
 //! criterion's estimates), the latency percentiles and the memory report.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{HashMap, VecDeque};
@@ -138,8 +144,10 @@ impl Contenders {
 
 /// The "obvious" design the issue compares against: sharded parking_lot mutexes around a
 /// HashMap of per-key bucket deques, doing the same sliding-window work.
+type BucketMap = HashMap<String, VecDeque<(u64, u64)>, ahash::RandomState>;
+
 struct ShardedMutex {
-    shards: Vec<parking_lot::Mutex<HashMap<String, VecDeque<(u64, u64)>, ahash::RandomState>>>,
+    shards: Vec<parking_lot::Mutex<BucketMap>>,
     hasher: ahash::RandomState,
     capacity: u64,
     origin: Instant,

@@ -120,17 +120,17 @@ impl Strategy for Suppressed {
         };
         let span = k.window.span_ms();
         let live: Attempts = k.window.live(now, span);
-        let mut snap = SuppressedSnapshot::default();
-        snap.total = live.total;
-        snap.declined = live.declined;
-        snap.suppression_factor = suppression_factor(
-            &k.window,
-            now,
-            shared.bucket_ms,
-            k.last_window_ms.max(1),
-            k.last_soft,
-        );
-        snap
+        SuppressedSnapshot {
+            total: live.total,
+            declined: live.declined,
+            suppression_factor: suppression_factor(
+                &k.window,
+                now,
+                shared.bucket_ms,
+                k.last_window_ms.max(1),
+                k.last_soft,
+            ),
+        }
     }
 
     fn window_is_empty(value: &SuppressedKey) -> bool {

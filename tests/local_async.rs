@@ -1,4 +1,10 @@
 //! The async forms on tokio: inline when idle, queued and woken under contention, cancel-safe.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 

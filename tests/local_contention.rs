@@ -1,5 +1,11 @@
 //! Exactness under contention: threads hammer one hot key on the real clock; every decision is
 //! stamped with the shard time it was made at, and an oracle replays every window.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 

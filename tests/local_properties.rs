@@ -1,5 +1,11 @@
 //! Property tests on a fake clock (governor-style): random histories never over-admit, retry
 //! hints are tight, suppressed never exceeds `H`, batches decide like single calls.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 

@@ -1,4 +1,10 @@
 //! The decision contract (`semantics.md`) on the local provider, driven by a manual clock.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 

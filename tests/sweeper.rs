@@ -1,5 +1,11 @@
 //! The background sweeper: evicts idle keys on the real clock, holds only a `Weak` reference,
 //! and its thread exits when the limiter is dropped.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::time::{Duration, Instant};
 
