@@ -47,7 +47,11 @@ fn sweeper_evicts_idle_keys_and_exits_with_the_limiter() {
         .sweep_interval(Duration::from_millis(10))
         .build()
         .expect("config");
-    assert_eq!(sweeper_threads(), before + 1);
+    // The thread names itself once it runs.
+    assert!(wait_until(
+        || sweeper_threads() == before + 1,
+        Duration::from_secs(10)
+    ));
     let r = RateLimit::try_from(1000.0).expect("rate");
     for i in 0..1000 {
         rl.local().absolute().inc(&format!("k{i}"), &r, 1);
