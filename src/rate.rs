@@ -69,6 +69,9 @@ impl fmt::Display for RateError {
 impl std::error::Error for RateError {}
 
 impl RateLimit {
+    /// One request per second.
+    pub const ONE: RateLimit = RateLimit { per_second: 1.0 };
+
     /// A rate of `n` requests per second.
     ///
     /// # Errors
@@ -175,14 +178,16 @@ fn ceil_tolerant(x: f64) -> u64 {
 pub(crate) struct Limits {
     /// `W_eff` in milliseconds.
     pub(crate) window_ms: u64,
-    /// `C = floor(W_eff·r)`, at least 1.
+    /// `C = floor(W_eff·r)`, at least 1 (the suppressed strategy's soft limit `S`).
     pub(crate) capacity: u64,
+    /// The suppressed strategy's hard limit `H = floor(W_eff·r·h)`, at least `C`.
+    pub(crate) hard: u64,
 }
 
 impl Limits {
-    /// The limits of rate `rate` on a limiter with window `window_ms`.
+    /// The limits of rate `rate` on a limiter with window `window_ms` and hard-limit factor `h`.
     #[inline]
-    pub(crate) fn new(window_ms: u64, rate: &RateLimit) -> Self {
+    pub(crate) fn new(window_ms: u64, rate: &RateLimit, h: f64) -> Self {
         let per_ms = rate.per_second * 0.001;
         let mut capacity = floor_tolerant(window_ms as f64 * per_ms);
         let window_ms = if capacity == 0 {
@@ -194,16 +199,12 @@ impl Limits {
             window_ms
         };
         let capacity = capacity.max(1);
+        let hard = floor_product(window_ms, rate.per_second, h).max(capacity);
         Self {
             window_ms,
             capacity,
+            hard,
         }
-    }
-
-    /// The suppressed strategy's hard limit `H = floor(W_eff·r·h)`, at least `C`.
-    #[inline]
-    pub(crate) fn hard_limit(&self, rate: &RateLimit, factor: f64) -> u64 {
-        floor_product(self.window_ms, rate.per_second, factor).max(self.capacity)
     }
 }
 
@@ -216,55 +217,33 @@ fn floor_product(window_ms: u64, r: f64, factor: f64) -> u64 {
 mod tests {
     use super::*;
 
-    fn limits(window_ms: u64, r: f64) -> Limits {
-        Limits::new(
+    fn limits(window_ms: u64, r: f64) -> (u64, u64) {
+        let l = Limits::new(
             window_ms,
-            &RateLimit::per_second(r).unwrap_or(RateLimit { per_second: 1.0 }),
-        )
+            &RateLimit::per_second(r).unwrap_or(RateLimit::ONE),
+            1.0,
+        );
+        (l.window_ms, l.capacity)
     }
 
     #[test]
     fn capacity_and_stretching() {
-        assert_eq!(
-            limits(1000, 10.0),
-            Limits {
-                window_ms: 1000,
-                capacity: 10
-            }
-        );
-        assert_eq!(limits(2000, 5.5).capacity, 11);
-        assert_eq!(
-            limits(1000, 0.5),
-            Limits {
-                window_ms: 2000,
-                capacity: 1
-            }
-        );
-        assert_eq!(
-            limits(1000, 0.4),
-            Limits {
-                window_ms: 2500,
-                capacity: 1
-            }
-        );
-        assert_eq!(limits(10_000, 0.3).capacity, 3);
-        assert_eq!(
-            limits(1000, 0.3),
-            Limits {
-                window_ms: 3334,
-                capacity: 1
-            }
-        );
-        assert_eq!(limits(1000, 1e-9).capacity, 1);
-        assert_eq!(limits(3_600_000, 1e12).capacity, 3_600_000_000_000_000);
+        assert_eq!(limits(1000, 10.0), (1000, 10));
+        assert_eq!(limits(2000, 5.5), (2000, 11));
+        assert_eq!(limits(1000, 0.5), (2000, 1));
+        assert_eq!(limits(1000, 0.4), (2500, 1));
+        assert_eq!(limits(10_000, 0.3), (10_000, 3));
+        assert_eq!(limits(1000, 0.3), (3334, 1));
+        assert_eq!(limits(1000, 1e-9).1, 1);
+        assert_eq!(limits(3_600_000, 1e12).1, 3_600_000_000_000_000);
     }
 
     #[test]
     fn hard_limit() {
-        let r = RateLimit::per_second(10.0).unwrap_or(RateLimit { per_second: 1.0 });
-        let l = Limits::new(1000, &r);
-        assert_eq!(l.hard_limit(&r, 1.5), 15);
-        assert_eq!(l.hard_limit(&r, 1.0), 10);
+        let r = RateLimit::per_second(10.0).unwrap_or(RateLimit::ONE);
+        assert_eq!(Limits::new(1000, &r, 1.5).hard, 15);
+        assert_eq!(Limits::new(1000, &r, 1.0).hard, 10);
+        assert_eq!(Limits::new(1000, &RateLimit::ONE, 1.9).hard, 1);
     }
 
     #[test]

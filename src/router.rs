@@ -11,8 +11,8 @@ use crate::random::RandomSource;
 use crate::rate::RateLimit;
 use crate::shard::mailbox::{ActorCell, Detach};
 use crate::shard::{
-    BatchItem, Clear, Get, Inc, IncMany, KeyRef, Len, Reset, Shard, ShardActor, Shared, Strategy,
-    Sweep, SWEEP_BUDGET,
+    BatchItem, Clear, Get, Inc, IncMany, IncManyAsync, KeyRef, Len, Reset, Shard, ShardActor,
+    Shared, Strategy, Sweep, SWEEP_BUDGET,
 };
 
 /// All shards of one strategy.
@@ -125,31 +125,47 @@ impl<S: Strategy> ShardSet<S> {
         call_async(self.shard(key.hash), Reset { key })
     }
 
-    /// Groups `keys` by shard (counting sort, stable) into batch messages.
-    fn group<'a, K: AsRef<str>>(&self, keys: &'a [K]) -> (Vec<BatchItem<'a>>, Vec<usize>) {
-        let mut counts = vec![0usize; self.shards.len() + 1];
-        let hashed: Vec<(usize, KeyRef<'a>)> = keys
+    /// Groups `keys` by shard (counting sort, stable) into batch items, and returns the item
+    /// range of each shard that has any. A batch on one shard (a hot key) skips the sort.
+    fn group<'a, K: AsRef<str>>(
+        &self,
+        keys: &'a [K],
+    ) -> (Vec<BatchItem<'a>>, Vec<(usize, usize, usize)>) {
+        let mut items: Vec<BatchItem<'a>> = keys
             .iter()
-            .map(|k| {
-                let key = self.key(k.as_ref());
-                let s = self.shard_of(key.hash);
-                counts[s + 1] += 1;
-                (s, key)
+            .enumerate()
+            .map(|(pos, k)| {
+                let key = k.as_ref();
+                BatchItem {
+                    key,
+                    hash: self.hasher.hash_one(key),
+                    pos: pos as u32,
+                }
             })
             .collect();
-        for i in 1..counts.len() {
-            counts[i] += counts[i - 1];
+        let first = items.first().map_or(0, |it| self.shard_of(it.hash));
+        if items.iter().all(|it| self.shard_of(it.hash) == first) {
+            let len = items.len();
+            return (items, vec![(first, 0, len)]);
         }
-        let bounds = counts.clone();
-        let mut slots: Vec<Option<BatchItem<'a>>> = vec![None; keys.len()];
-        for (pos, (s, key)) in hashed.into_iter().enumerate() {
-            slots[counts[s]] = Some(BatchItem {
-                key,
-                pos: pos as u32,
-            });
-            counts[s] += 1;
+        let mut starts = vec![0usize; self.shards.len() + 1];
+        for it in &items {
+            starts[self.shard_of(it.hash) + 1] += 1;
         }
-        (slots.into_iter().flatten().collect(), bounds)
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let ranges: Vec<(usize, usize, usize)> = (0..self.shards.len())
+            .filter(|&s| starts[s] < starts[s + 1])
+            .map(|s| (s, starts[s], starts[s + 1]))
+            .collect();
+        let mut sorted = items.clone();
+        for it in items.drain(..) {
+            let s = self.shard_of(it.hash);
+            sorted[starts[s]] = it;
+            starts[s] += 1;
+        }
+        (sorted, ranges)
     }
 
     pub(crate) fn inc_many_into<K: AsRef<str>>(
@@ -161,9 +177,6 @@ impl<S: Strategy> ShardSet<S> {
         out: &mut Vec<RateLimitDecision>,
     ) {
         out.clear();
-        if keys.is_empty() {
-            return;
-        }
         if keys.len() > u32::MAX as usize {
             // Positions are u32; split absurdly large batches.
             for chunk in keys.chunks(u32::MAX as usize) {
@@ -174,21 +187,16 @@ impl<S: Strategy> ShardSet<S> {
             return;
         }
         out.resize(keys.len(), RateLimitDecision::Allowed);
-        let (items, bounds) = self.group(keys);
-        for s in 0..self.shards.len() {
-            let (lo, hi) = (bounds[s], bounds[s + 1]);
-            if lo == hi {
-                continue;
-            }
-            let replies = self.shards[s].call(IncMany {
-                items: Cow::Borrowed(&items[lo..hi]),
+        let (items, ranges) = self.group(keys);
+        // Shards are visited one at a time in ascending order; no two tokens are ever held.
+        for (shard, lo, hi) in ranges {
+            self.shards[shard].call(IncMany {
+                items: &items[lo..hi],
+                out: out.as_mut_slice(),
                 rate: *rate,
                 n,
                 record,
             });
-            for (pos, d) in replies {
-                out[pos as usize] = d;
-            }
         }
     }
 
@@ -200,28 +208,27 @@ impl<S: Strategy> ShardSet<S> {
         record: bool,
     ) -> Vec<RateLimitDecision> {
         let mut out = vec![RateLimitDecision::Allowed; keys.len()];
-        if keys.is_empty() || keys.len() > u32::MAX as usize {
-            if !keys.is_empty() {
-                for (o, k) in out.iter_mut().zip(keys) {
-                    *o = self.inc_async(k.as_ref(), rate, n, record).await.decision;
-                }
+        if keys.len() > u32::MAX as usize {
+            for (o, k) in out.iter_mut().zip(keys) {
+                *o = self.inc_async(k.as_ref(), rate, n, record).await.decision;
             }
             return out;
         }
-        let (items, bounds) = self.group(keys);
-        for s in 0..self.shards.len() {
-            let (lo, hi) = (bounds[s], bounds[s + 1]);
-            if lo == hi {
-                continue;
-            }
-            let msg = IncMany {
-                items: Cow::Borrowed(&items[lo..hi]),
+        let (items, ranges) = self.group(keys);
+        for (shard, lo, hi) in ranges {
+            let msg = IncManyAsync {
+                items: &items[lo..hi],
                 rate: *rate,
                 n,
                 record,
             };
-            for (pos, d) in call_async(&self.shards[s], msg).await {
-                out[pos as usize] = d;
+            for (pos, d) in call_async(&self.shards[shard], msg)
+                .await
+                .unwrap_or_default()
+            {
+                if let Some(slot) = out.get_mut(pos as usize) {
+                    *slot = d;
+                }
             }
         }
         out

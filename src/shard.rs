@@ -48,7 +48,6 @@ pub(crate) trait Strategy: Send + 'static {
         now: u64,
         shared: &Shared,
         req: Request,
-        rate: &RateLimit,
         rng: &mut dyn RandomSource,
     ) -> RateLimitDecision;
 
@@ -74,7 +73,6 @@ impl Strategy for Absolute {
         now: u64,
         shared: &Shared,
         req: Request,
-        _rate: &RateLimit,
         _rng: &mut dyn RandomSource,
     ) -> RateLimitDecision {
         decide_absolute(value, now, shared.bucket_ms, req)
@@ -107,11 +105,9 @@ impl Strategy for Suppressed {
         now: u64,
         shared: &Shared,
         req: Request,
-        rate: &RateLimit,
         rng: &mut dyn RandomSource,
     ) -> RateLimitDecision {
-        let hard = req.limits.hard_limit(rate, shared.hard_limit_factor);
-        decide_suppressed(value, now, shared.bucket_ms, req, hard, || rng.next_f64())
+        decide_suppressed(value, now, shared.bucket_ms, req, || rng.next_f64())
     }
 
     fn snapshot(value: Option<&SuppressedKey>, now: u64, shared: &Shared) -> SuppressedSnapshot {
@@ -146,6 +142,8 @@ impl Strategy for Suppressed {
 pub(crate) struct ShardActor<S: Strategy> {
     store: Store<S::Value>,
     last_now: u64,
+    /// The limits of the last rate seen (most calls repeat it): `(rate bits, limits)`.
+    last_limits: (u64, Limits),
     rng: Box<dyn RandomSource>,
     shared: Arc<Shared>,
 }
@@ -160,6 +158,10 @@ impl<S: Strategy> ShardActor<S> {
         Self {
             store: Store::new(hasher),
             last_now: 0,
+            last_limits: (
+                RateLimit::ONE.as_per_second().to_bits(),
+                Limits::new(shared.window_ms, &RateLimit::ONE, shared.hard_limit_factor),
+            ),
             rng,
             shared,
         }
@@ -175,34 +177,38 @@ impl<S: Strategy> ShardActor<S> {
         self.last_now
     }
 
+    /// The limits of `rate` on this limiter, cached for the last rate seen (most calls repeat
+    /// it), so the float work runs once per rate change, not per decision.
+    #[inline]
+    fn limits(&mut self, rate: &RateLimit) -> Limits {
+        let bits = rate.as_per_second().to_bits();
+        if self.last_limits.0 != bits {
+            let shared = &*self.shared;
+            self.last_limits = (
+                bits,
+                Limits::new(shared.window_ms, rate, shared.hard_limit_factor),
+            );
+        }
+        self.last_limits.1
+    }
+
     #[inline]
     fn decide(
         &mut self,
         key: &[u8],
         hash: u64,
-        rate: &RateLimit,
+        limits: Limits,
         n: u64,
         record: bool,
         now: u64,
     ) -> RateLimitDecision {
         let shared = &*self.shared;
-        let req = Request {
-            limits: Limits::new(shared.window_ms, rate),
-            n,
-            record,
-        };
+        let req = Request { limits, n, record };
         if let Some(idx) = self.store.find(hash, key) {
-            return S::decide(
-                self.store.value_mut(idx),
-                now,
-                shared,
-                req,
-                rate,
-                &mut *self.rng,
-            );
+            return S::decide(self.store.value_mut(idx), now, shared, req, &mut *self.rng);
         }
         let mut value = S::Value::default();
-        let decision = S::decide(&mut value, now, shared, req, rate, &mut *self.rng);
+        let decision = S::decide(&mut value, now, shared, req, &mut *self.rng);
         if S::window_is_empty(&value) {
             // Nothing to remember (probe, rejection or is_allowed): no state created.
             return decision;
@@ -281,10 +287,11 @@ impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
     #[inline]
     fn handle(self, shard: &mut ShardActor<S>) -> Stamped {
         let now = shard.now();
+        let limits = shard.limits(&self.rate);
         let decision = shard.decide(
             self.key.key.as_bytes(),
             self.key.hash,
-            &self.rate,
+            limits,
             self.n,
             self.record,
             now,
@@ -309,57 +316,143 @@ impl<S: Strategy> Detach<ShardActor<S>> for Inc<'_> {
 }
 
 /// One key of a batch: its key, hash and position in the caller's input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct BatchItem<'a> {
-    pub(crate) key: KeyRef<'a>,
+    pub(crate) key: &'a str,
+    pub(crate) hash: u64,
     pub(crate) pos: u32,
 }
 
-/// Decide a batch of keys that all live on one shard, in order.
+/// Decide a batch of keys that all live on one shard, in order, writing each decision to
+/// `out[pos]` (a sync caller's buffer: it is blocked until the reply, so the borrow holds).
 #[derive(Debug)]
 pub(crate) struct IncMany<'a> {
-    pub(crate) items: Cow<'a, [BatchItem<'a>]>,
+    pub(crate) items: &'a [BatchItem<'a>],
+    pub(crate) out: &'a mut [RateLimitDecision],
     pub(crate) rate: RateLimit,
     pub(crate) n: u64,
     pub(crate) record: bool,
 }
 
-impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
-    /// `(position, decision)` per item, in item order.
-    type Reply = Vec<(u32, RateLimitDecision)>;
-
-    fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
-        let now = shard.now();
-        self.items
-            .iter()
-            .map(|it| {
-                let d = shard.decide(
-                    it.key.key.as_bytes(),
-                    it.key.hash,
-                    &self.rate,
-                    self.n,
-                    self.record,
-                    now,
-                );
-                (it.pos, d)
-            })
-            .collect()
+impl<S: Strategy> ShardActor<S> {
+    /// Serves batch items in order; consecutive items with the same key skip the table probe.
+    #[inline]
+    fn serve_batch<'k>(
+        &mut self,
+        items: impl Iterator<Item = (&'k str, u64, u32)>,
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+        mut emit: impl FnMut(u32, RateLimitDecision),
+    ) {
+        let now = self.now();
+        let limits = self.limits(rate);
+        // (key pointer, key length, hash, entry index) of the last key found
+        let mut last: Option<(*const u8, usize, u64, usize)> = None;
+        for (key, hash, pos) in items {
+            let same =
+                last.filter(|&(p, l, h, _)| p == key.as_ptr() && l == key.len() && h == hash);
+            let d = match same {
+                Some((_, _, _, idx)) => {
+                    let req = Request { limits, n, record };
+                    let shared = &*self.shared;
+                    S::decide(self.store.value_mut(idx), now, shared, req, &mut *self.rng)
+                }
+                None => {
+                    let d = self.decide(key.as_bytes(), hash, limits, n, record, now);
+                    // Inserting may have evicted and moved entries: look the key up afresh.
+                    last = self
+                        .store
+                        .find(hash, key.as_bytes())
+                        .map(|idx| (key.as_ptr(), key.len(), hash, idx));
+                    d
+                }
+            };
+            emit(pos, d);
+        }
     }
 }
 
-impl<S: Strategy> Detach<ShardActor<S>> for IncMany<'_> {
-    type Owned = IncMany<'static>;
-    fn detach(self) -> IncMany<'static> {
-        IncMany {
-            items: Cow::Owned(
-                self.items
-                    .iter()
-                    .map(|it| BatchItem {
-                        key: it.key.clone().detach(),
-                        pos: it.pos,
-                    })
-                    .collect(),
-            ),
+impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
+    /// `None`: the decisions were written into the caller's buffer.
+    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
+        let out = self.out;
+        shard.serve_batch(
+            self.items.iter().map(|it| (it.key, it.hash, it.pos)),
+            &self.rate,
+            self.n,
+            self.record,
+            |pos, d| {
+                if let Some(slot) = out.get_mut(pos as usize) {
+                    *slot = d;
+                }
+            },
+        );
+        None
+    }
+}
+
+/// The owned form of [`IncMany`], queued by async callers; replies with the decisions.
+#[derive(Debug)]
+pub(crate) struct IncManyOwned {
+    items: Vec<(Box<str>, u64, u32)>,
+    rate: RateLimit,
+    n: u64,
+    record: bool,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
+    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
+        let mut out = Vec::with_capacity(self.items.len());
+        shard.serve_batch(
+            self.items.iter().map(|(k, h, p)| (&**k, *h, *p)),
+            &self.rate,
+            self.n,
+            self.record,
+            |pos, d| out.push((pos, d)),
+        );
+        Some(out)
+    }
+}
+
+/// An async caller's batch: borrowed until it has to queue, then copied into [`IncManyOwned`].
+#[derive(Debug)]
+pub(crate) struct IncManyAsync<'a> {
+    pub(crate) items: &'a [BatchItem<'a>],
+    pub(crate) rate: RateLimit,
+    pub(crate) n: u64,
+    pub(crate) record: bool,
+}
+
+impl<S: Strategy> Message<ShardActor<S>> for IncManyAsync<'_> {
+    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+
+    fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
+        let mut out = Vec::with_capacity(self.items.len());
+        shard.serve_batch(
+            self.items.iter().map(|it| (it.key, it.hash, it.pos)),
+            &self.rate,
+            self.n,
+            self.record,
+            |pos, d| out.push((pos, d)),
+        );
+        Some(out)
+    }
+}
+
+impl<S: Strategy> Detach<ShardActor<S>> for IncManyAsync<'_> {
+    type Owned = IncManyOwned;
+    fn detach(self) -> IncManyOwned {
+        IncManyOwned {
+            items: self
+                .items
+                .iter()
+                .map(|it| (Box::<str>::from(it.key), it.hash, it.pos))
+                .collect(),
             rate: self.rate,
             n: self.n,
             record: self.record,

@@ -65,6 +65,7 @@ mod tests {
             limits: Limits {
                 window_ms,
                 capacity,
+                hard: capacity,
             },
             n,
             record: true,

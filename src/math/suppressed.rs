@@ -59,7 +59,7 @@ fn factor_from(
     (1.0 - ratio).clamp(0.0, 1.0)
 }
 
-/// Decides `req` at `now` for soft limit `C` and hard limit `hard`; `draw` is a uniform sample
+/// Decides `req` at `now` for soft limit `C` and hard limit `H`; `draw` is a uniform sample
 /// in `[0, 1)` used only in the probabilistic band.
 #[inline]
 pub(crate) fn decide_suppressed(
@@ -67,12 +67,12 @@ pub(crate) fn decide_suppressed(
     now: u64,
     bucket_ms: u64,
     req: Request,
-    hard: u64,
     draw: impl FnOnce() -> f64,
 ) -> RateLimitDecision {
     let Request { limits, n, record } = req;
     let w_eff = limits.window_ms;
     let soft = limits.capacity;
+    let hard = limits.hard;
     let window = &mut key.window;
     window.advance(now, w_eff);
     if record {
@@ -136,11 +136,12 @@ mod tests {
     use super::*;
     use crate::rate::Limits;
 
-    fn req(window_ms: u64, capacity: u64, n: u64) -> Request {
+    fn req(window_ms: u64, capacity: u64, n: u64, hard: u64) -> Request {
         Request {
             limits: Limits {
                 window_ms,
                 capacity,
+                hard,
             },
             n,
             record: true,
@@ -151,11 +152,11 @@ mod tests {
     fn soft_then_band_then_hard() {
         let mut k = SuppressedKey::default();
         for t in 0..10 {
-            let d = decide_suppressed(&mut k, t, 10, req(1000, 10, 1), 15, || 0.0);
+            let d = decide_suppressed(&mut k, t, 10, req(1000, 10, 1, 15), || 0.0);
             assert_eq!(d, RateLimitDecision::Allowed);
         }
         // all in one bucket (span clamps to G = 10 ms): P = 10/10ms, far above R
-        match decide_suppressed(&mut k, 10, 10, req(1000, 10, 1), 15, || 0.99) {
+        match decide_suppressed(&mut k, 10, 10, req(1000, 10, 1, 15), || 0.99) {
             RateLimitDecision::Suppressed {
                 is_allowed: true,
                 suppression_factor,
@@ -163,12 +164,12 @@ mod tests {
             d => panic!("{d:?}"),
         }
         for _ in 0..4 {
-            let d = decide_suppressed(&mut k, 10, 10, req(1000, 10, 1), 15, || 0.9999);
+            let d = decide_suppressed(&mut k, 10, 10, req(1000, 10, 1, 15), || 0.9999);
             assert!(d.is_allowed());
         }
         // accepted = 15 = H: hard cutoff
         assert_eq!(
-            decide_suppressed(&mut k, 11, 10, req(1000, 10, 1), 15, || 0.99),
+            decide_suppressed(&mut k, 11, 10, req(1000, 10, 1, 15), || 0.99),
             RateLimitDecision::Suppressed {
                 is_allowed: false,
                 suppression_factor: 1.0
@@ -183,7 +184,7 @@ mod tests {
         let mut k = SuppressedKey::default();
         let mut admitted = 0;
         for t in 0..100 {
-            if decide_suppressed(&mut k, t, 10, req(1000, 10, 1), 10, || 0.5).is_allowed() {
+            if decide_suppressed(&mut k, t, 10, req(1000, 10, 1, 10), || 0.5).is_allowed() {
                 admitted += 1;
             }
         }
@@ -193,7 +194,7 @@ mod tests {
     #[test]
     fn factor_is_zero_below_target() {
         let mut k = SuppressedKey::default();
-        decide_suppressed(&mut k, 0, 10, req(1000, 10, 1), 15, || 0.0);
+        decide_suppressed(&mut k, 0, 10, req(1000, 10, 1, 15), || 0.0);
         assert_eq!(suppression_factor(&k.window, 500, 10, 1000, 10), 0.0);
     }
 }

@@ -120,7 +120,8 @@ pub(crate) struct LiveBucket<W> {
     pub(crate) counts: W,
 }
 
-/// Buckets oldest first.
+/// Buckets oldest first. Heap capacities are powers of two, so positions are masked, not
+/// divided.
 #[derive(Debug)]
 enum Ring<C> {
     Empty,
@@ -151,7 +152,7 @@ impl<C: Counts> Ring<C> {
                 if i >= *len as usize {
                     return None;
                 }
-                let idx = (*head as usize + i) % buf.len();
+                let idx = (*head as usize + i) & (buf.len() - 1);
                 buf.get(idx)
             }
         }
@@ -171,7 +172,7 @@ impl<C: Counts> Ring<C> {
                 if *len == 0 {
                     return None;
                 }
-                let idx = (*head as usize + *len as usize - 1) % buf.len();
+                let idx = (*head as usize + *len as usize - 1) & (buf.len() - 1);
                 buf.get_mut(idx)
             }
         }
@@ -183,7 +184,7 @@ impl<C: Counts> Ring<C> {
             Ring::Empty => {}
             Ring::One(_) => *self = Ring::Empty,
             Ring::Heap { buf, head, len } => {
-                *head = ((*head as usize + 1) % buf.len()) as u32;
+                *head = ((*head as usize + 1) & (buf.len() - 1)) as u32;
                 *len = len.saturating_sub(1);
                 if *len == 0 {
                     *self = Ring::Empty;
@@ -210,12 +211,12 @@ impl<C: Counts> Ring<C> {
                 let n = *len as usize;
                 if n == buf.len() {
                     let mut grown = Vec::with_capacity(n * 2);
-                    grown.extend((0..n).map(|i| buf[(*head as usize + i) % n]));
+                    grown.extend((0..n).map(|i| buf[(*head as usize + i) & (n - 1)]));
                     grown.resize(n * 2, Bucket::default());
                     *buf = grown.into_boxed_slice();
                     *head = 0;
                 }
-                let idx = (*head as usize + n) % buf.len();
+                let idx = (*head as usize + n) & (buf.len() - 1);
                 buf[idx] = b;
                 *len += 1;
             }

@@ -11,6 +11,33 @@ use hashbrown::HashTable;
 const INLINE_KEY: usize = 22;
 
 /// A key's bytes, inline when short.
+/// Key equality without a `memcmp` call for short keys (the common case): overlapping loads
+/// cover 1..=16 bytes in two comparisons.
+#[inline(always)]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |s: &[u8], at: usize| -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let w4 = |s: &[u8], at: usize| -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_ne_bytes(w)
+    };
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => a == b,
+    }
+}
+
 #[derive(Debug)]
 enum KeyBuf {
     Inline { len: u8, bytes: [u8; INLINE_KEY] },
@@ -95,7 +122,7 @@ impl<V> Store<V> {
             .find(hash, |&i| {
                 entries
                     .get(i as usize)
-                    .is_some_and(|e| e.key.as_bytes() == key)
+                    .is_some_and(|e| bytes_eq(e.key.as_bytes(), key))
             })
             .map(|&i| i as usize)
     }
@@ -201,6 +228,27 @@ mod tests {
 
     fn h(k: &str) -> u64 {
         hasher().hash_one(k)
+    }
+
+    #[test]
+    fn short_key_equality() {
+        for (a, b) in [
+            ("", ""),
+            ("abc", "abc"),
+            ("abcdefgh", "abcdefgh"),
+            ("user_1234567", "user_1234567"),
+        ] {
+            assert!(bytes_eq(a.as_bytes(), b.as_bytes()));
+        }
+        for (a, b) in [
+            ("abc", "abd"),
+            ("abcdefgh", "abcdefgi"),
+            ("user_1234567", "user_1234568"),
+            ("user_1234567", "xser_1234567"),
+            ("a", "ab"),
+        ] {
+            assert!(!bytes_eq(a.as_bytes(), b.as_bytes()), "{a} {b}");
+        }
     }
 
     #[test]
