@@ -17,7 +17,7 @@ use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
 use crate::time::ClockSource;
 use mailbox::{ActorCell, Detach, Message};
-use store::Store;
+use store::{CacheLine, Slot, Store};
 
 /// Entries a sweep message visits before the executor lets others in.
 pub(crate) const SWEEP_BUDGET: usize = 256;
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
 
 /// What a strategy stores per key and how it decides.
 pub(crate) trait Strategy: Send + 'static {
-    type Value: Default + Send + 'static;
+    type Value: Default + Send + Slot + 'static;
     type Snapshot: Send + 'static;
 
     fn decide(
@@ -57,6 +57,15 @@ pub(crate) trait Strategy: Send + 'static {
 
     /// Start of the newest bucket and whether any bucket may still be live at `now`.
     fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
+}
+
+impl Slot for Window<u32> {
+    /// Key (16) + window (48) = one cache line.
+    type Align = CacheLine;
+}
+
+impl Slot for SuppressedKey {
+    type Align = u64;
 }
 
 /// The absolute strategy's per-key state and rules.

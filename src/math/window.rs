@@ -1,10 +1,11 @@
 //! The per-key sliding window: buckets of coalesced requests, stored compactly.
 //!
 //! A bucket is 8 bytes for absolute (32-bit wrapping start time, 32-bit count) and 12 for
-//! suppressed; a key keeps its buckets in a ring whose header lives inline in the key's entry
-//! (one bucket needs no heap at all), plus the running total, so a decision touches the entry
-//! and at most the two ends of one small buffer. Working sets stay small enough for the caches
-//! at 100k busy keys, and an idle key stays well under 100 bytes.
+//! suppressed; a key keeps its buckets in a ring whose header lives inline in its 48-byte
+//! window (a single bucket is implied by the newest start and the running total: no heap, no
+//! bucket bytes), so a decision touches the entry and at most the two ends of one small
+//! buffer. Working sets stay small enough for the caches at 100k busy keys, and an idle key
+//! stays well under 100 bytes.
 //!
 //! Start times are kept as `u32` milliseconds and compared by wrapping difference. That is exact
 //! because a window never holds a bucket older than its span (< 2^32 ms): whenever the newest
@@ -24,6 +25,8 @@ pub(crate) trait Counts: Copy + Default + std::fmt::Debug + Send + 'static {
     fn is_zero(wide: &Self::Wide) -> bool;
     /// Whether a young newest bucket holding `self` may take `incoming`.
     fn joinable(&self, incoming: &Self::Wide) -> bool;
+    /// The bucket counters equal to `wide` (which fits 32 bits where this is used).
+    fn narrow(wide: &Self::Wide) -> Self;
 }
 
 #[inline]
@@ -55,6 +58,10 @@ impl Counts for u32 {
     #[inline]
     fn joinable(&self, _: &u64) -> bool {
         true
+    }
+    #[inline]
+    fn narrow(wide: &u64) -> u32 {
+        (*wide).min(u64::from(u32::MAX)) as u32
     }
 }
 
@@ -103,6 +110,13 @@ impl Counts for Attempts32 {
     fn joinable(&self, incoming: &Attempts) -> bool {
         self.total > self.declined || incoming.total == incoming.declined
     }
+    #[inline]
+    fn narrow(wide: &Attempts) -> Attempts32 {
+        Attempts32 {
+            total: wide.total.min(u64::from(u32::MAX)) as u32,
+            declined: wide.declined.min(u64::from(u32::MAX)) as u32,
+        }
+    }
 }
 
 /// Requests coalesced into one bucket: they all carry the bucket's start time.
@@ -120,120 +134,20 @@ pub(crate) struct LiveBucket<W> {
     pub(crate) counts: W,
 }
 
-/// Buckets oldest first. Heap capacities are powers of two, so positions are masked, not
-/// divided.
-#[derive(Debug)]
-enum Ring<C> {
-    Empty,
-    One(Bucket<C>),
-    Heap {
-        buf: Box<[Bucket<C>]>,
-        head: u32,
-        len: u32,
-    },
-}
-
-impl<C: Counts> Ring<C> {
-    #[inline]
-    fn len(&self) -> usize {
-        match self {
-            Ring::Empty => 0,
-            Ring::One(_) => 1,
-            Ring::Heap { len, .. } => *len as usize,
-        }
-    }
-
-    #[inline]
-    fn get(&self, i: usize) -> Option<&Bucket<C>> {
-        match self {
-            Ring::Empty => None,
-            Ring::One(b) => (i == 0).then_some(b),
-            Ring::Heap { buf, head, len } => {
-                if i >= *len as usize {
-                    return None;
-                }
-                let idx = (*head as usize + i) & (buf.len() - 1);
-                buf.get(idx)
-            }
-        }
-    }
-
-    #[inline]
-    fn front(&self) -> Option<&Bucket<C>> {
-        self.get(0)
-    }
-
-    #[inline]
-    fn back_mut(&mut self) -> Option<&mut Bucket<C>> {
-        match self {
-            Ring::Empty => None,
-            Ring::One(b) => Some(b),
-            Ring::Heap { buf, head, len } => {
-                if *len == 0 {
-                    return None;
-                }
-                let idx = (*head as usize + *len as usize - 1) & (buf.len() - 1);
-                buf.get_mut(idx)
-            }
-        }
-    }
-
-    #[inline]
-    fn pop_front(&mut self) {
-        match self {
-            Ring::Empty => {}
-            Ring::One(_) => *self = Ring::Empty,
-            Ring::Heap { buf, head, len } => {
-                *head = ((*head as usize + 1) & (buf.len() - 1)) as u32;
-                *len = len.saturating_sub(1);
-                if *len == 0 {
-                    *self = Ring::Empty;
-                }
-            }
-        }
-    }
-
-    #[inline]
-    fn push_back(&mut self, b: Bucket<C>) {
-        match self {
-            Ring::Empty => *self = Ring::One(b),
-            Ring::One(first) => {
-                let mut buf = vec![Bucket::default(); 4].into_boxed_slice();
-                buf[0] = *first;
-                buf[1] = b;
-                *self = Ring::Heap {
-                    buf,
-                    head: 0,
-                    len: 2,
-                };
-            }
-            Ring::Heap { buf, head, len } => {
-                let n = *len as usize;
-                if n == buf.len() {
-                    let mut grown = Vec::with_capacity(n * 2);
-                    grown.extend((0..n).map(|i| buf[(*head as usize + i) & (n - 1)]));
-                    grown.resize(n * 2, Bucket::default());
-                    *buf = grown.into_boxed_slice();
-                    *head = 0;
-                }
-                let idx = (*head as usize + n) & (buf.len() - 1);
-                buf[idx] = b;
-                *len += 1;
-            }
-        }
-    }
-
-    fn iter(&self) -> impl DoubleEndedIterator<Item = &Bucket<C>> + '_ {
-        (0..self.len()).filter_map(move |i| self.get(i))
-    }
-}
-
 /// One key's window. Buckets are kept for `span` milliseconds: the longest effective window
 /// the key was asked about recently (a call with a shorter one counts only its own part).
+///
+/// Storage has two modes. With `buf` empty, the window holds `len ∈ {0, 1}` buckets and the one
+/// bucket is implied: it starts at `newest` and holds `total` (a key with one bucket, the common
+/// idle case, needs no heap and no bucket bytes). Otherwise `buf` is a ring (power-of-two
+/// capacity, so positions are masked, not divided) holding all `len` buckets oldest first from
+/// `head`.
 #[derive(Debug)]
 pub(crate) struct Window<C: Counts> {
-    ring: Ring<C>,
-    /// Sum of all buckets in the ring.
+    buf: Box<[Bucket<C>]>,
+    head: u32,
+    len: u32,
+    /// Sum of all buckets held.
     total: C::Wide,
     /// Start of the newest bucket, in full.
     newest: u64,
@@ -253,11 +167,16 @@ fn low(t: u64) -> u32 {
     t as u32
 }
 
+/// Smallest ring allocated when a second bucket arrives.
+const MIN_RING: usize = 4;
+
 impl<C: Counts> Window<C> {
     /// An empty window.
     pub(crate) fn new() -> Self {
         Self {
-            ring: Ring::Empty,
+            buf: Box::new([]),
+            head: 0,
+            len: 0,
             total: C::Wide::default(),
             newest: 0,
             span: 0,
@@ -266,8 +185,30 @@ impl<C: Counts> Window<C> {
     }
 
     /// Whether the window holds no bucket.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        matches!(self.ring, Ring::Empty)
+        self.len == 0
+    }
+
+    #[inline]
+    fn ring_mode(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The `i`-th bucket, oldest first.
+    #[inline]
+    fn bucket(&self, i: usize) -> Option<Bucket<C>> {
+        if i >= self.len as usize {
+            return None;
+        }
+        if !self.ring_mode() {
+            return Some(Bucket {
+                start: low(self.newest),
+                counts: C::narrow(&self.total),
+            });
+        }
+        let idx = (self.head as usize + i) & (self.buf.len() - 1);
+        self.buf.get(idx).copied()
     }
 
     /// Start of the newest bucket: the key's last recorded activity.
@@ -289,6 +230,16 @@ impl<C: Counts> Window<C> {
     #[inline]
     fn start_of(b: &Bucket<C>, now: u64) -> u64 {
         now.saturating_sub(u64::from(low(now).wrapping_sub(b.start)))
+    }
+
+    /// Forgets every bucket (and frees the ring).
+    fn clear(&mut self) {
+        if self.ring_mode() {
+            self.buf = Box::new([]);
+        }
+        self.head = 0;
+        self.len = 0;
+        self.total = C::Wide::default();
     }
 
     /// Updates the retained span for a call with effective window `w_eff` at `now` and drops
@@ -313,31 +264,39 @@ impl<C: Counts> Window<C> {
         let span = u64::from(self.span);
         if self.newest.saturating_add(span) <= now {
             // Everything expired (also covers idle times beyond the 32-bit range).
-            self.ring = Ring::Empty;
-            self.total = C::Wide::default();
+            self.clear();
             return;
         }
-        while let Some(front) = self.ring.front() {
+        // The newest bucket is live, so only a ring can hold expired ones.
+        if !self.ring_mode() {
+            return;
+        }
+        let mask = self.buf.len() - 1;
+        while self.len > 1 {
+            let front = self.buf[self.head as usize & mask];
             if u64::from(low(now).wrapping_sub(front.start)) < span {
                 break;
             }
             front.counts.sub_from(&mut self.total);
-            self.ring.pop_front();
+            self.head = ((self.head as usize + 1) & mask) as u32;
+            self.len -= 1;
         }
     }
 
     /// Sum of the buckets live at `now` for effective window `w_eff` (start > now − w_eff).
     #[inline]
     pub(crate) fn live(&self, now: u64, w_eff: u64) -> C::Wide {
-        if self.newest.saturating_add(w_eff) <= now || self.is_empty() {
+        if self.is_empty() || self.newest.saturating_add(w_eff) <= now {
             return C::Wide::default();
         }
-        if w_eff >= u64::from(self.span) {
-            // Everything retained is inside the window (trimmed on `advance`).
+        if w_eff >= u64::from(self.span) || !self.ring_mode() {
+            // Everything retained is inside the window (trimmed on `advance`), or the one
+            // bucket is the newest, which is live.
             return self.total;
         }
         let mut sum = C::Wide::default();
-        for b in self.ring.iter().rev() {
+        for i in (0..self.len as usize).rev() {
+            let Some(b) = self.bucket(i) else { break };
             if u64::from(low(now).wrapping_sub(b.start)) >= w_eff {
                 break;
             }
@@ -353,14 +312,15 @@ impl<C: Counts> Window<C> {
         w_eff: u64,
     ) -> impl Iterator<Item = LiveBucket<C::Wide>> + '_ {
         let all_expired = self.newest.saturating_add(w_eff) <= now;
-        self.ring
-            .iter()
-            .filter(move |b| !all_expired && u64::from(low(now).wrapping_sub(b.start)) < w_eff)
+        let n = if all_expired { 0 } else { self.len as usize };
+        (0..n)
+            .filter_map(move |i| self.bucket(i))
+            .filter(move |b| u64::from(low(now).wrapping_sub(b.start)) < w_eff)
             .map(move |b| {
                 let mut counts = C::Wide::default();
                 b.counts.add_to(&mut counts);
                 LiveBucket {
-                    start: Self::start_of(b, now),
+                    start: Self::start_of(&b, now),
                     counts,
                 }
             })
@@ -371,25 +331,70 @@ impl<C: Counts> Window<C> {
         self.live_buckets(now, w_eff).next().map(|b| b.start)
     }
 
+    /// Appends a bucket, growing the ring or leaving the implied mode (the caller adds its
+    /// counts to `total` afterwards).
+    fn push_back(&mut self, b: Bucket<C>) {
+        if !self.ring_mode() {
+            let mut buf = vec![Bucket::default(); MIN_RING].into_boxed_slice();
+            let mut n = 0;
+            if self.len == 1 {
+                buf[0] = Bucket {
+                    start: low(self.newest),
+                    counts: C::narrow(&self.total),
+                };
+                n = 1;
+            }
+            buf[n] = b;
+            self.buf = buf;
+            self.head = 0;
+            self.len = n as u32 + 1;
+            return;
+        }
+        let n = self.len as usize;
+        let cap = self.buf.len();
+        if n == cap {
+            let mut grown = Vec::with_capacity(cap * 2);
+            grown.extend((0..n).map(|i| self.buf[(self.head as usize + i) & (cap - 1)]));
+            grown.resize(cap * 2, Bucket::default());
+            self.buf = grown.into_boxed_slice();
+            self.head = 0;
+        }
+        let idx = (self.head as usize + n) & (self.buf.len() - 1);
+        self.buf[idx] = b;
+        self.len += 1;
+    }
+
     /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`,
     /// else opens a new bucket starting at `now`. A bucket whose 32-bit counters are full is
     /// continued by another with the same start.
     #[inline]
     pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, mut counts: C::Wide) {
-        let joins = !self.is_empty()
-            && now.saturating_sub(self.newest) < bucket_ms
-            && self
-                .ring
-                .back_mut()
-                .is_some_and(|b| b.counts.joinable(&counts));
+        let young = !self.is_empty() && now.saturating_sub(self.newest) < bucket_ms;
+        let newest = self.bucket((self.len as usize).saturating_sub(1));
+        let joins = young && newest.is_some_and(|b| b.counts.joinable(&counts));
         let start = if joins { self.newest } else { now };
         if joins {
-            if let Some(b) = self.ring.back_mut() {
+            if let Some(mut b) = newest {
                 let before = b.counts;
                 b.counts.fill(&mut counts);
                 before.sub_from(&mut self.total);
                 b.counts.add_to(&mut self.total);
+                if self.ring_mode() {
+                    let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
+                    self.buf[idx] = b;
+                }
+                // In the implied mode the bucket is `total`, already updated.
             }
+        } else if self.is_empty() {
+            // First bucket: implied by `newest` and `total`, up to the 32-bit counters.
+            let mut b = Bucket {
+                start: low(start),
+                counts: C::default(),
+            };
+            b.counts.fill(&mut counts);
+            b.counts.add_to(&mut self.total);
+            self.len = 1;
+            self.newest = start;
         }
         while !C::is_zero(&counts) {
             let mut b = Bucket {
@@ -397,8 +402,8 @@ impl<C: Counts> Window<C> {
                 counts: C::default(),
             };
             b.counts.fill(&mut counts);
+            self.push_back(b);
             b.counts.add_to(&mut self.total);
-            self.ring.push_back(b);
         }
         self.newest = start;
     }
@@ -406,7 +411,7 @@ impl<C: Counts> Window<C> {
     /// Number of buckets held.
     #[cfg(test)]
     pub(crate) fn bucket_count(&self) -> usize {
-        self.ring.len()
+        self.len as usize
     }
 }
 

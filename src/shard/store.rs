@@ -1,16 +1,18 @@
 //! A shard's key table: a dense slab of entries indexed by a `HashTable<u32>`.
 //!
 //! Layout chosen for the 100k-key and 1M-idle-key targets: the table holds 4-byte indices (plus
-//! hashbrown's control byte), the slab holds entries back to back with keys of up to 22 bytes
-//! stored inline, so a lookup touches the control group, one index and one entry, and an idle key
-//! with one bucket costs well under 100 bytes.
+//! hashbrown's control byte); the slab holds entries back to back, each a 16-byte key (up to 15
+//! bytes inline, longer keys in a side table) and the value. An absolute entry is exactly one
+//! 64-byte cache line, aligned, so a lookup touches the control group, one index and one line,
+//! and an idle key with one bucket costs well under 100 bytes.
 
 use hashbrown::HashTable;
 
 /// Bytes a key may have to be stored inline.
-const INLINE_KEY: usize = 22;
+const INLINE_KEY: usize = 15;
+/// Marker in the last key byte for a key kept in the side table.
+const LONG_KEY: u8 = 0xFF;
 
-/// A key's bytes, inline when short.
 /// Key equality without a `memcmp` call for short keys (the common case): overlapping loads
 /// cover 1..=16 bytes in two comparisons.
 #[inline(always)]
@@ -38,72 +40,85 @@ fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-#[derive(Debug)]
-enum KeyBuf {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Box<[u8]>),
-}
+/// A key in 16 bytes: up to 15 bytes inline with the length in the last byte, or an index into
+/// the store's side table of long keys.
+#[derive(Clone, Copy, Debug)]
+struct KeyBuf([u8; 16]);
 
 impl KeyBuf {
-    fn new(key: &[u8]) -> Self {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0u8; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key);
-            KeyBuf::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            KeyBuf::Heap(key.into())
+    fn inline(key: &[u8]) -> Option<Self> {
+        if key.len() > INLINE_KEY {
+            return None;
         }
+        let mut b = [0u8; 16];
+        b[..key.len()].copy_from_slice(key);
+        b[15] = key.len() as u8;
+        Some(Self(b))
     }
 
-    #[inline]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            KeyBuf::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            KeyBuf::Heap(b) => b,
+    fn long(index: u32) -> Self {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&index.to_ne_bytes());
+        b[15] = LONG_KEY;
+        Self(b)
+    }
+
+    /// The inline bytes, or the side-table index.
+    #[inline(always)]
+    fn get(&self) -> Result<&[u8], u32> {
+        let len = self.0[15];
+        if len == LONG_KEY {
+            let mut i = [0u8; 4];
+            i.copy_from_slice(&self.0[..4]);
+            Err(u32::from_ne_bytes(i))
+        } else {
+            Ok(&self.0[..usize::from(len).min(INLINE_KEY)])
         }
     }
 }
+
+/// What a stored value asks of its entry's layout.
+pub(crate) trait Slot {
+    /// A zero-sized array of this type sets the entry's alignment.
+    type Align: Copy + Default + Send + Sync + std::fmt::Debug;
+}
+
+/// Alignment marker for entries that fill exactly one cache line.
+#[repr(align(64))]
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct CacheLine;
 
 /// One key: no stored hash (hashbrown's 7-bit tags filter probes; the hash is recomputed from
-/// the key on the rare resize or move), so an absolute entry is 80 bytes.
+/// the key on the rare resize or move).
 #[derive(Debug)]
-struct Entry<V> {
+struct Entry<V: Slot> {
     key: KeyBuf,
     value: V,
-}
-
-impl<V> Entry<V> {
-    /// The hash the router computed for this key (`hash_one(&str)`).
-    fn hash(&self, hasher: &ahash::RandomState) -> u64 {
-        let bytes = self.key.as_bytes();
-        match std::str::from_utf8(bytes) {
-            Ok(s) => hasher.hash_one(s),
-            // Keys are stored from `&str`, so this arm is never taken.
-            Err(_) => hasher.hash_one(bytes),
-        }
-    }
+    _align: [V::Align; 0],
 }
 
 /// Keys of one shard and their values.
 #[derive(Debug)]
-pub(crate) struct Store<V> {
+pub(crate) struct Store<V: Slot> {
     table: HashTable<u32>,
     entries: Vec<Entry<V>>,
+    /// Keys longer than [`INLINE_KEY`] bytes, referenced from their entries.
+    long_keys: Vec<Box<[u8]>>,
+    free_long: Vec<u32>,
     /// Where the next incremental sweep resumes.
     cursor: usize,
     /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
     hasher: ahash::RandomState,
 }
 
-impl<V> Store<V> {
+impl<V: Slot> Store<V> {
     /// An empty store whose callers hash keys with `hasher.hash_one(&str)`.
     pub(crate) fn new(hasher: ahash::RandomState) -> Self {
         Self {
             table: HashTable::new(),
             entries: Vec::new(),
+            long_keys: Vec::new(),
+            free_long: Vec::new(),
             cursor: 0,
             hasher,
         }
@@ -114,15 +129,33 @@ impl<V> Store<V> {
         self.entries.len()
     }
 
+    fn key_bytes<'a>(entry: &'a Entry<V>, long_keys: &'a [Box<[u8]>]) -> &'a [u8] {
+        match entry.key.get() {
+            Ok(b) => b,
+            Err(i) => long_keys.get(i as usize).map_or(&[], |k| &k[..]),
+        }
+    }
+
+    /// The hash the router computed for an entry's key (`hash_one(&str)`).
+    fn hash_of(entry: &Entry<V>, long_keys: &[Box<[u8]>], hasher: &ahash::RandomState) -> u64 {
+        let bytes = Self::key_bytes(entry, long_keys);
+        match std::str::from_utf8(bytes) {
+            Ok(s) => hasher.hash_one(s),
+            // Keys are stored from `&str`, so this arm is never taken.
+            Err(_) => hasher.hash_one(bytes),
+        }
+    }
+
     /// Index of `key`, if present.
     #[inline]
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
-        let entries = &self.entries;
+        let (entries, long_keys) = (&self.entries, &self.long_keys);
         self.table
             .find(hash, |&i| {
-                entries
-                    .get(i as usize)
-                    .is_some_and(|e| bytes_eq(e.key.as_bytes(), key))
+                entries.get(i as usize).is_some_and(|e| match e.key.get() {
+                    Ok(inline) => bytes_eq(inline, key),
+                    Err(l) => long_keys.get(l as usize).is_some_and(|k| **k == *key),
+                })
             })
             .map(|&i| i as usize)
     }
@@ -141,14 +174,33 @@ impl<V> Store<V> {
 
     /// Inserts a key known to be absent; returns its index.
     pub(crate) fn insert(&mut self, hash: u64, key: &[u8], value: V) -> usize {
+        let key = match KeyBuf::inline(key) {
+            Some(k) => k,
+            None => {
+                let boxed: Box<[u8]> = key.into();
+                let i = match self.free_long.pop() {
+                    Some(i) => {
+                        self.long_keys[i as usize] = boxed;
+                        i
+                    }
+                    None => {
+                        self.long_keys.push(boxed);
+                        (self.long_keys.len() - 1) as u32
+                    }
+                };
+                KeyBuf::long(i)
+            }
+        };
         let idx = self.entries.len();
         self.entries.push(Entry {
-            key: KeyBuf::new(key),
+            key,
             value,
+            _align: [],
         });
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.table
-            .insert_unique(hash, idx as u32, |&i| entries[i as usize].hash(hasher));
+        let (entries, long_keys, hasher) = (&self.entries, &self.long_keys, &self.hasher);
+        self.table.insert_unique(hash, idx as u32, |&i| {
+            Self::hash_of(&entries[i as usize], long_keys, hasher)
+        });
         idx
     }
 
@@ -157,23 +209,30 @@ impl<V> Store<V> {
         if idx >= self.entries.len() {
             return None;
         }
-        let hash = self.entries[idx].hash(&self.hasher);
+        let hash = Self::hash_of(&self.entries[idx], &self.long_keys, &self.hasher);
         if let Ok(slot) = self.table.find_entry(hash, |&i| i as usize == idx) {
             slot.remove();
         }
         let last = self.entries.len() - 1;
         if idx != last {
-            let moved_hash = self.entries[last].hash(&self.hasher);
-            if let Some(slot) = self.table.find_mut(moved_hash, |&i| i as usize == last) {
+            let moved = Self::hash_of(&self.entries[last], &self.long_keys, &self.hasher);
+            if let Some(slot) = self.table.find_mut(moved, |&i| i as usize == last) {
                 *slot = idx as u32;
             }
         }
         let removed = self.entries.swap_remove(idx);
+        if let Err(l) = removed.key.get() {
+            if let Some(k) = self.long_keys.get_mut(l as usize) {
+                *k = Box::new([]);
+                self.free_long.push(l);
+            }
+        }
         if self.entries.len() * 4 < self.entries.capacity() && self.entries.capacity() > 64 {
             self.entries.shrink_to(self.entries.len() * 2);
-            let (entries, hasher) = (&self.entries, &self.hasher);
-            self.table
-                .shrink_to(entries.len(), |&i| entries[i as usize].hash(hasher));
+            let (entries, long_keys, hasher) = (&self.entries, &self.long_keys, &self.hasher);
+            self.table.shrink_to(entries.len(), |&i| {
+                Self::hash_of(&entries[i as usize], long_keys, hasher)
+            });
         }
         Some(removed.value)
     }
@@ -214,6 +273,8 @@ impl<V> Store<V> {
     pub(crate) fn clear(&mut self) {
         self.table.clear();
         self.entries.clear();
+        self.long_keys.clear();
+        self.free_long.clear();
         self.cursor = 0;
     }
 }
@@ -221,6 +282,13 @@ impl<V> Store<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Slot for usize {
+        type Align = u8;
+    }
+    impl Slot for u64 {
+        type Align = u8;
+    }
 
     fn hasher() -> ahash::RandomState {
         ahash::RandomState::with_seeds(1, 2, 3, 4)
@@ -232,23 +300,43 @@ mod tests {
 
     #[test]
     fn short_key_equality() {
-        for (a, b) in [
-            ("", ""),
-            ("abc", "abc"),
-            ("abcdefgh", "abcdefgh"),
-            ("user_1234567", "user_1234567"),
-        ] {
-            assert!(bytes_eq(a.as_bytes(), b.as_bytes()));
+        let equal = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcde",
+            "abcdefgh",
+            "user_1234567",
+            "0123456789abcdef",
+        ];
+        for a in equal {
+            assert!(bytes_eq(a.as_bytes(), a.as_bytes()));
         }
-        for (a, b) in [
+        let differ = [
             ("abc", "abd"),
+            ("abc", "xbc"),
+            ("abc", "axc"),
+            ("ab", "ax"),
+            ("abcde", "abcdx"),
+            ("abcde", "xbcde"),
+            ("abcdef", "abxdef"),
             ("abcdefgh", "abcdefgi"),
             ("user_1234567", "user_1234568"),
             ("user_1234567", "xser_1234567"),
+            ("user_1234567", "user_x234567"),
             ("a", "ab"),
-        ] {
+        ];
+        for (a, b) in differ {
             assert!(!bytes_eq(a.as_bytes(), b.as_bytes()), "{a} {b}");
         }
+    }
+
+    #[test]
+    fn absolute_entries_are_one_aligned_cache_line() {
+        use crate::math::Window;
+        assert_eq!(std::mem::size_of::<Entry<Window<u32>>>(), 64);
+        assert_eq!(std::mem::align_of::<Entry<Window<u32>>>(), 64);
     }
 
     #[test]
@@ -268,6 +356,11 @@ mod tests {
             assert_eq!(got, if i % 3 == 0 { None } else { Some(i) });
         }
         assert_eq!(s.len(), 200 - 67);
+        // freed long-key slots are reused
+        let long = "y".repeat(40);
+        s.insert(h(&long), long.as_bytes(), 999);
+        assert_eq!(s.get(h(&long), long.as_bytes()), Some(&999));
+        assert!(s.long_keys.len() <= 200);
     }
 
     #[test]
