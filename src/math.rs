@@ -11,7 +11,20 @@ pub(crate) use absolute::decide_absolute;
 pub(crate) use suppressed::{decide_suppressed, suppression_factor, SuppressedKey};
 pub(crate) use window::{Attempts, Attempts32, Window};
 
+use std::time::Duration;
+
+use crate::decision::{RateLimitDecision, RETRY_NEVER};
 use crate::rate::Limits;
+
+/// The rejection of a weight above `most`, the most a key can take at once at this rate.
+#[inline]
+pub(crate) fn never_admissible(most: u64, window_ms: u64) -> RateLimitDecision {
+    RateLimitDecision::Rejected {
+        retry_after_ms: RETRY_NEVER,
+        remaining_after_waiting: most,
+        window: Duration::from_millis(window_ms),
+    }
+}
 
 /// One request as the rules see it.
 #[derive(Clone, Copy, Debug)]

@@ -380,6 +380,19 @@ impl<S: Strategy> ShardActor<S> {
             emit(pos, d);
         }
     }
+
+    /// [`serve_batch`](Self::serve_batch) into a new vector of `(position, decision)`.
+    fn batch_to_vec<'k>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = (&'k str, u64, u32)>,
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+    ) -> Vec<(u32, RateLimitDecision)> {
+        let mut out = Vec::with_capacity(items.len());
+        self.serve_batch(items, rate, n, record, |pos, d| out.push((pos, d)));
+        out
+    }
 }
 
 impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
@@ -416,15 +429,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
     type Reply = Option<Vec<(u32, RateLimitDecision)>>;
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
-        let mut out = Vec::with_capacity(self.items.len());
-        shard.serve_batch(
-            self.items.iter().map(|(k, h, p)| (&**k, *h, *p)),
-            &self.rate,
-            self.n,
-            self.record,
-            |pos, d| out.push((pos, d)),
-        );
-        Some(out)
+        let items = self.items.iter().map(|(k, h, p)| (&**k, *h, *p));
+        Some(shard.batch_to_vec(items, &self.rate, self.n, self.record))
     }
 }
 
@@ -441,15 +447,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncManyAsync<'_> {
     type Reply = Option<Vec<(u32, RateLimitDecision)>>;
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
-        let mut out = Vec::with_capacity(self.items.len());
-        shard.serve_batch(
-            self.items.iter().map(|it| (it.key, it.hash, it.pos)),
-            &self.rate,
-            self.n,
-            self.record,
-            |pos, d| out.push((pos, d)),
-        );
-        Some(out)
+        let items = self.items.iter().map(|it| (it.key, it.hash, it.pos));
+        Some(shard.batch_to_vec(items, &self.rate, self.n, self.record))
     }
 }
 

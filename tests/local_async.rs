@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::rate;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake};
 use std::time::Duration;
 
-use eyelet::{RateLimit, RateLimitDecision, RateLimiter};
-
-fn rate(r: f64) -> RateLimit {
-    RateLimit::try_from(r).expect("valid rate")
-}
+use eyelet::{RateLimitDecision, RateLimiter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_on_one_key_are_exact() {

@@ -13,11 +13,7 @@ use std::time::Duration;
 
 use eyelet::{RateLimit, RateLimitDecision};
 use proptest::prelude::*;
-use support::{manual, manual_h, oracle, Event};
-
-fn rate(r: f64) -> RateLimit {
-    RateLimit::try_from(r).expect("valid rate")
-}
+use support::{manual, manual_h, oracle, rate, Event};
 
 /// (ms to advance, weight) steps.
 fn history() -> impl Strategy<Value = Vec<(u64, u64)>> {

@@ -10,12 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use eyelet::{RateLimit, RateLimitDecision, RateLimiter, RETRY_NEVER};
-use support::manual;
-
-fn rate(r: f64) -> RateLimit {
-    RateLimit::try_from(r).expect("valid rate")
-}
+use eyelet::{RateLimitDecision, RateLimiter, RETRY_NEVER};
+use support::{manual, rate};
 
 fn rejected(retry_after_ms: u64, remaining: u64, window_ms: u64) -> RateLimitDecision {
     RateLimitDecision::Rejected {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::{Request, Window};
-use crate::decision::{RateLimitDecision, RETRY_NEVER};
+use super::{never_admissible, Request, Window};
+use crate::decision::RateLimitDecision;
 
 /// Decides `req` at `now` against `window`, recording it if admitted and `req.record`.
 ///
@@ -21,11 +21,7 @@ pub(crate) fn decide_absolute(
     let cap = limits.capacity;
     window.advance(now, w_eff);
     if n > cap {
-        return RateLimitDecision::Rejected {
-            retry_after_ms: RETRY_NEVER,
-            remaining_after_waiting: cap,
-            window: Duration::from_millis(w_eff),
-        };
+        return never_admissible(cap, w_eff);
     }
     // A probe (n = 0) gets the decision a unit request would get.
     let need = n.max(1);
@@ -58,6 +54,7 @@ pub(crate) fn decide_absolute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::RETRY_NEVER;
     use crate::rate::Limits;
 
     fn req(window_ms: u64, capacity: u64, n: u64) -> Request {

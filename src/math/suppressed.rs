@@ -5,10 +5,8 @@
 //! `span = clamp(now − oldest live bucket, G, W_eff)`. Basing it on accepted traffic would make
 //! the accepted rate oscillate; measuring over the whole window would let a young key burst.
 
-use std::time::Duration;
-
-use super::{Attempts, Attempts32, Request, Window};
-use crate::decision::{RateLimitDecision, RETRY_NEVER};
+use super::{never_admissible, Attempts, Attempts32, Request, Window};
+use crate::decision::RateLimitDecision;
 
 /// A suppressed key: its window plus the soft limit and window of the last call, so that
 /// `get` can report the factor a request would see now.
@@ -81,11 +79,7 @@ pub(crate) fn decide_suppressed(
     }
     if n > hard {
         // Can never be accepted at this rate; not an attempt of an admissible request.
-        return RateLimitDecision::Rejected {
-            retry_after_ms: RETRY_NEVER,
-            remaining_after_waiting: hard,
-            window: Duration::from_millis(w_eff),
-        };
+        return never_admissible(hard, w_eff);
     }
     let need = n.max(1);
     let live = window.live(now, w_eff);

@@ -99,6 +99,26 @@ struct Slot<S> {
     is_async: bool,
 }
 
+impl<S> Slot<S> {
+    fn new(
+        claim: unsafe fn(*const Slot<S>) -> bool,
+        serve: unsafe fn(*const Slot<S>, &mut S),
+        hand_over: unsafe fn(*const Slot<S>) -> bool,
+        discard: unsafe fn(*const Slot<S>),
+        is_async: bool,
+    ) -> Self {
+        Self {
+            next: UnsafeCell::new(ptr::null()),
+            status: AtomicU8::new(WAITING),
+            claim,
+            serve,
+            hand_over,
+            discard,
+            is_async,
+        }
+    }
+}
+
 /// An actor's state and mailbox, executed by its callers.
 pub(crate) struct ActorCell<S> {
     word: AtomicUsize,
@@ -340,15 +360,13 @@ struct SyncNode<S, M: Message<S>> {
 impl<S, M: Message<S>> SyncNode<S, M> {
     fn new(msg: M) -> Self {
         Self {
-            slot: Slot {
-                next: UnsafeCell::new(ptr::null()),
-                status: AtomicU8::new(WAITING),
-                claim: Self::claim,
-                serve: Self::serve,
-                hand_over: Self::hand_over,
-                discard: Self::discard,
-                is_async: false,
-            },
+            slot: Slot::new(
+                Self::claim,
+                Self::serve,
+                Self::hand_over,
+                Self::discard,
+                false,
+            ),
             msg: UnsafeCell::new(Some(msg)),
             reply: UnsafeCell::new(None),
             thread: UnsafeCell::new(None),
@@ -476,15 +494,13 @@ unsafe impl<S, M: Message<S> + Send> Sync for AsyncNode<S, M> where M::Reply: Se
 impl<S, M: Message<S>> AsyncNode<S, M> {
     fn new(msg: M) -> Self {
         Self {
-            slot: Slot {
-                next: UnsafeCell::new(ptr::null()),
-                status: AtomicU8::new(WAITING),
-                claim: Self::claim,
-                serve: Self::serve,
-                hand_over: Self::hand_over,
-                discard: Self::discard,
-                is_async: true,
-            },
+            slot: Slot::new(
+                Self::claim,
+                Self::serve,
+                Self::hand_over,
+                Self::discard,
+                true,
+            ),
             msg: UnsafeCell::new(Some(msg)),
             reply: UnsafeCell::new(None),
             waker: Mutex::new(None),

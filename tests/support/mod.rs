@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eyelet::{ManualClock, RateLimitDecision, RateLimiter};
+use eyelet::{ManualClock, RateLimit, RateLimitDecision, RateLimiter};
 use std::sync::Arc;
 
 /// A limiter on a manual clock with a fixed seed and no sweeper thread.
@@ -77,6 +77,11 @@ pub fn oracle(events: &[Event], cap: u64, w: u64, g: u64) -> (usize, usize) {
         }
     }
     (over, false_rejections)
+}
+
+/// A valid rate of `r` requests per second.
+pub fn rate(r: f64) -> RateLimit {
+    RateLimit::try_from(r).expect("valid rate")
 }
 
 /// Whether a decision admitted the request.
