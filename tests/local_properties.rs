@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use eyelet::{RateLimit, RateLimitDecision};
+use eyelet::RateLimitDecision;
 use proptest::prelude::*;
 use support::{manual, manual_h, oracle, rate, Event};
 
