@@ -2,7 +2,8 @@
 
 /// A source of uniform random numbers. Each shard owns one (no sharing, no locks).
 ///
-/// `next_u64` must not panic: it runs inside shard executors, on behalf of other callers.
+/// It runs inside shard executors, on behalf of other callers; should it panic, the panic is
+/// contained and the draw counts as 0.5.
 pub trait RandomSource: Send + 'static {
     /// A uniformly distributed `u64`.
     fn next_u64(&mut self) -> u64;

@@ -116,7 +116,12 @@ impl Strategy for Suppressed {
         req: Request,
         rng: &mut dyn RandomSource,
     ) -> RateLimitDecision {
-        decide_suppressed(value, now, shared.bucket_ms, req, || rng.next_f64())
+        // A panicking custom random source is contained (it runs inside an executor serving
+        // other callers): the draw falls back to 0.5.
+        let draw = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64())).unwrap_or(0.5)
+        };
+        decide_suppressed(value, now, shared.bucket_ms, req, draw)
     }
 
     fn snapshot(value: Option<&SuppressedKey>, now: u64, shared: &Shared) -> SuppressedSnapshot {

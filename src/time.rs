@@ -8,8 +8,9 @@ use std::time::Duration;
 /// A monotonic millisecond clock. Implement it to drive a limiter's time in tests or
 /// simulations; the default is [`SystemClock`].
 ///
-/// The limiter never lets a shard's time go backwards, even if the clock does. `now_ms` must not
-/// panic: it runs inside shard executors, on behalf of other callers.
+/// The limiter never lets a shard's time go backwards, even if the clock does. `now_ms` runs
+/// inside shard executors, on behalf of other callers; should it panic, the panic is contained
+/// and the shard's time simply does not advance for that reading.
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since an arbitrary, fixed origin.
     fn now_ms(&self) -> u64;
@@ -123,11 +124,16 @@ impl fmt::Debug for ClockSource {
 }
 
 impl ClockSource {
+    /// The current time. A panicking custom clock is contained here (it would otherwise
+    /// unwind through a shard executor serving other callers): the reading is 0, which the
+    /// shard's never-backwards rule turns into "time did not advance".
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
         match self {
             ClockSource::System(c) => c.now_ms(),
-            ClockSource::Custom(c) => c.now_ms(),
+            ClockSource::Custom(c) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.now_ms())).unwrap_or(0)
+            }
         }
     }
 }

@@ -288,3 +288,39 @@ fn stamped_decisions_carry_the_shard_time() {
     let s = rl.local().absolute().inc_stamped("k", &rate(1.0), 1);
     assert_eq!(s.at_ms, 1234);
 }
+
+/// A clock that panics on some readings: user code running inside a shard executor.
+struct FlakyClock(std::sync::atomic::AtomicU64);
+
+impl eyelet::Clock for FlakyClock {
+    fn now_ms(&self) -> u64 {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 2 == 1 {
+            panic!("flaky clock");
+        }
+        n
+    }
+}
+
+#[test]
+fn a_panicking_clock_neither_poisons_nor_hangs_the_shard() {
+    let rl = RateLimiter::builder()
+        .clock(FlakyClock(std::sync::atomic::AtomicU64::new(0)))
+        .sweeper(false)
+        .shards(1)
+        .build()
+        .expect("config");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = rate(1000.0);
+        let results: Vec<bool> = (0..10)
+            .map(|_| rl.local().absolute().inc("k", &r, 1).is_allowed())
+            .collect();
+        let _ = tx.send((results, rl.local().absolute().get("k")));
+    });
+    let (results, live) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("calls after a clock panic must still be answered");
+    assert!(results.iter().all(|&a| a));
+    assert_eq!(live, 10);
+}
