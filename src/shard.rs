@@ -46,7 +46,7 @@ pub(crate) trait Strategy: Send + 'static {
     fn decide(
         value: &mut Self::Value,
         now: u64,
-        shared: &Shared,
+        bucket_ms: u64,
         req: Request,
         rng: &mut dyn RandomSource,
     ) -> RateLimitDecision;
@@ -80,11 +80,11 @@ impl Strategy for Absolute {
     fn decide(
         value: &mut Window<u32>,
         now: u64,
-        shared: &Shared,
+        bucket_ms: u64,
         req: Request,
         _rng: &mut dyn RandomSource,
     ) -> RateLimitDecision {
-        decide_absolute(value, now, shared.bucket_ms, req)
+        decide_absolute(value, now, bucket_ms, req)
     }
 
     fn snapshot(value: Option<&Window<u32>>, now: u64, _shared: &Shared) -> u64 {
@@ -112,7 +112,7 @@ impl Strategy for Suppressed {
     fn decide(
         value: &mut SuppressedKey,
         now: u64,
-        shared: &Shared,
+        bucket_ms: u64,
         req: Request,
         rng: &mut dyn RandomSource,
     ) -> RateLimitDecision {
@@ -121,7 +121,7 @@ impl Strategy for Suppressed {
         let draw = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64())).unwrap_or(0.5)
         };
-        decide_suppressed(value, now, shared.bucket_ms, req, draw)
+        decide_suppressed(value, now, bucket_ms, req, draw)
     }
 
     fn snapshot(value: Option<&SuppressedKey>, now: u64, shared: &Shared) -> SuppressedSnapshot {
@@ -159,6 +159,9 @@ pub(crate) struct ShardActor<S: Strategy> {
     /// The limits of the last rate seen (most calls repeat it): `(rate bits, limits)`.
     last_limits: (u64, Limits),
     rng: Box<dyn RandomSource>,
+    /// Copies of the hot settings, so a decision does not chase the `Shared` pointer.
+    clock: ClockSource,
+    bucket_ms: u64,
     shared: Arc<Shared>,
 }
 
@@ -177,6 +180,8 @@ impl<S: Strategy> ShardActor<S> {
                 Limits::new(shared.window_ms, &RateLimit::ONE, shared.hard_limit_factor),
             ),
             rng,
+            clock: shared.clock.clone(),
+            bucket_ms: shared.bucket_ms,
             shared,
         }
     }
@@ -184,7 +189,7 @@ impl<S: Strategy> ShardActor<S> {
     /// The shard's time: the clock, never going backwards.
     #[inline]
     fn now(&mut self) -> u64 {
-        let t = self.shared.clock.now_ms();
+        let t = self.clock.now_ms();
         if t > self.last_now {
             self.last_now = t;
         }
@@ -216,13 +221,13 @@ impl<S: Strategy> ShardActor<S> {
         record: bool,
         now: u64,
     ) -> RateLimitDecision {
-        let shared = &*self.shared;
         let req = Request { limits, n, record };
+        let g = self.bucket_ms;
         if let Some(idx) = self.store.find(hash, key) {
-            return S::decide(self.store.value_mut(idx), now, shared, req, &mut *self.rng);
+            return S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng);
         }
         let mut value = S::Value::default();
-        let decision = S::decide(&mut value, now, shared, req, &mut *self.rng);
+        let decision = S::decide(&mut value, now, g, req, &mut *self.rng);
         if S::window_is_empty(&value) {
             // Nothing to remember (probe, rejection or is_allowed): no state created.
             return decision;
@@ -369,8 +374,8 @@ impl<S: Strategy> ShardActor<S> {
             let d = match same {
                 Some((_, _, _, idx)) => {
                     let req = Request { limits, n, record };
-                    let shared = &*self.shared;
-                    S::decide(self.store.value_mut(idx), now, shared, req, &mut *self.rng)
+                    let g = self.bucket_ms;
+                    S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng)
                 }
                 None => {
                     let d = self.decide(key.as_bytes(), hash, limits, n, record, now);
