@@ -12,6 +12,11 @@ use crate::shard::mailbox::{ActorCell, Detach, Message};
 use crate::shard::{Absolute, Inc, KeyRef, ShardActor, Shared, Sweep};
 use crate::time::{ClockSource, ManualClock};
 
+/// Hand-overs performed so far (all models in this process).
+pub fn hand_overs() -> usize {
+    crate::shard::mailbox::HANDOVERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The combining budget the protocol runs with under loom.
 pub const COMBINE_BUDGET: usize = crate::shard::mailbox::COMBINE_BUDGET;
 
@@ -30,6 +35,7 @@ impl<S, R, F: FnOnce(&mut S) -> R> Message<S> for FnMsg<F> {
 impl<S, R, F> Detach<S> for FnMsg<F>
 where
     F: FnOnce(&mut S) -> R + Send + 'static,
+    R: Send,
 {
     type Owned = Self;
     fn detach(self) -> Self {
@@ -44,7 +50,7 @@ impl<S: Send> Cell<S> {
     }
 
     /// Sync call: runs `f` on the state, by this thread or by the current executor.
-    pub fn call<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+    pub fn call<R: Send>(&self, f: impl FnOnce(&mut S) -> R + Send) -> R {
         self.0.call(FnMsg(f))
     }
 
@@ -52,6 +58,7 @@ impl<S: Send> Cell<S> {
     pub fn call_async<R, F>(&self, f: F) -> impl Future<Output = R> + '_
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send,
     {
         self.0.call_async(FnMsg(f))
     }

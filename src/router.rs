@@ -177,6 +177,9 @@ impl<S: Strategy> ShardSet<S> {
         out: &mut Vec<RateLimitDecision>,
     ) {
         out.clear();
+        if keys.is_empty() {
+            return;
+        }
         if keys.len() > u32::MAX as usize {
             // Positions are u32; split absurdly large batches.
             for chunk in keys.chunks(u32::MAX as usize) {
@@ -208,6 +211,9 @@ impl<S: Strategy> ShardSet<S> {
         record: bool,
     ) -> Vec<RateLimitDecision> {
         let mut out = vec![RateLimitDecision::Allowed; keys.len()];
+        if keys.is_empty() {
+            return out;
+        }
         if keys.len() > u32::MAX as usize {
             for (o, k) in out.iter_mut().zip(keys) {
                 *o = self.inc_async(k.as_ref(), rate, n, record).await.decision;

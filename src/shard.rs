@@ -366,13 +366,12 @@ impl<S: Strategy> ShardActor<S> {
     ) {
         let now = self.now();
         let limits = self.limits(rate);
-        // (key pointer, key length, hash, entry index) of the last key found
-        let mut last: Option<(*const u8, usize, u64, usize)> = None;
+        // (key, hash, entry index) of the last key found
+        let mut last: Option<(&str, u64, usize)> = None;
         for (key, hash, pos) in items {
-            let same =
-                last.filter(|&(p, l, h, _)| p == key.as_ptr() && l == key.len() && h == hash);
+            let same = last.filter(|&(k, h, _)| h == hash && k == key);
             let d = match same {
-                Some((_, _, _, idx)) => {
+                Some((_, _, idx)) => {
                     let req = Request { limits, n, record };
                     let g = self.bucket_ms;
                     S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng)
@@ -383,7 +382,7 @@ impl<S: Strategy> ShardActor<S> {
                     last = self
                         .store
                         .find(hash, key.as_bytes())
-                        .map(|idx| (key.as_ptr(), key.len(), hash, idx));
+                        .map(|idx| (key, hash, idx));
                     d
                 }
             };

@@ -203,9 +203,10 @@ fn cancelled_async_call_is_served_at_most_once_and_never_written_after_drop() {
 }
 
 #[test]
-fn drop_with_a_cancelled_node_pending_frees_it() {
-    // The cell is dropped after a cancelled async node may still sit in a mailbox drained later;
-    // loom reports any leaked Arc node.
+fn cancelled_nodes_are_freed_by_shutdown() {
+    // A future is cancelled wherever its node is (unpublished, queued, claimed, done) while a
+    // sync caller executes; then everything shuts down. Loom reports any leaked Arc node, so
+    // this checks that the executor or the future releases every node exactly once.
     loom::model(|| {
         let cell = Arc::new(Cell::new(Log::new()));
         let c2 = cell.clone();
@@ -265,8 +266,10 @@ fn sweeper_against_caller_on_a_real_shard() {
 
 #[test]
 fn three_callers_with_hand_over_and_reuse() {
-    // Budget 1 under loom: with three callers, one of them executes after a hand-over, with the
-    // rest of the chain; the second call of a thread reuses its slot right after DONE.
+    // Budget 1 under loom: with three callers, one of them executes after a hand-over (to a
+    // spinning waiter, or past MAX_TURN to a parked one), with the rest of the chain; the
+    // second call of a thread reuses its slot right after DONE.
+    let before = eyelet::loom_support::hand_overs();
     loom::model(|| {
         let cell = Arc::new(Cell::new(Log::new()));
         let handles: Vec<_> = (0..2u32)
@@ -298,6 +301,10 @@ fn three_callers_with_hand_over_and_reuse() {
         }
         assert_exactly_once(served(&cell), &[0, 1, 10, 11, 99]);
     });
+    assert!(
+        eyelet::loom_support::hand_overs() > before,
+        "the model must reach the hand-over path"
+    );
 }
 
 #[test]
@@ -356,5 +363,34 @@ fn two_async_callers_one_cancelled() {
         let log = served(&cell);
         assert_eq!(log.iter().filter(|&&x| x == 2).count(), 1);
         assert!(log.iter().filter(|&&x| x == 1).count() <= 1);
+    });
+}
+
+#[test]
+fn async_callers_back_off_when_the_mailbox_is_full() {
+    // Under loom the async mailbox holds one node: with a sync executor busy and two async
+    // callers, the second may find it full, yield to its executor and retry.
+    loom::model(|| {
+        let cell = Arc::new(Cell::new(Log::new()));
+        let c1 = cell.clone();
+        let t1 = thread::spawn(move || {
+            let got = loom::future::block_on(c1.call_async(|log: &mut Log| {
+                log.push(1);
+                1
+            }));
+            assert_eq!(got, 1);
+        });
+        let c2 = cell.clone();
+        let t2 = thread::spawn(move || {
+            let got = loom::future::block_on(c2.call_async(|log: &mut Log| {
+                log.push(2);
+                2
+            }));
+            assert_eq!(got, 2);
+        });
+        cell.call(|log| log.push(3));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_exactly_once(served(&cell), &[1, 2, 3]);
     });
 }

@@ -41,6 +41,10 @@ use crate::sync::{
 /// Requests an executor serves in one turn before it hands the token over (research notes: about
 /// 4 beat both 1 and 64 under oversubscription).
 pub(crate) const COMBINE_BUDGET: usize = if cfg!(eyelet_loom) { 1 } else { 4 };
+/// Requests an executor serves in one turn at most while no waiter is spinning: past this it
+/// hands the token to a parked sync waiter too (paying its wake-up), so no caller's thread is
+/// kept serving others indefinitely.
+pub(crate) const MAX_TURN: usize = if cfg!(eyelet_loom) { 2 } else { 64 };
 /// Busy-wait rounds before a sync waiter starts yielding.
 const SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 64 };
 /// `yield_now` rounds before a sync waiter parks.
@@ -50,6 +54,17 @@ const ASYNC_SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 32 };
 /// Async messages one actor's mailbox holds at most; further async callers yield to their
 /// executor until room frees up. Sync callers need no bound: each blocks with one node.
 pub(crate) const ASYNC_MAILBOX_CAPACITY: usize = if cfg!(eyelet_loom) { 1 } else { 4096 };
+
+/// Hand-overs performed, counted under loom so the models can show they exercise them.
+#[cfg(eyelet_loom)]
+pub(crate) static HANDOVERS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+#[inline]
+fn count_hand_over() {
+    #[cfg(eyelet_loom)]
+    HANDOVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 const IDLE: usize = 0;
 const RUNNING: usize = 1;
@@ -72,7 +87,7 @@ pub(crate) trait Message<S> {
 
 /// A message an async caller can queue: it must own its data while it waits in the mailbox,
 /// because the future that sent it may be dropped (borrowed data would dangle).
-pub(crate) trait Detach<S>: Message<S> {
+pub(crate) trait Detach<S>: Message<S> + Send {
     /// The owned form.
     type Owned: Message<S, Reply = Self::Reply> + Send + 'static;
     /// Copies whatever the message borrows.
@@ -91,8 +106,9 @@ struct Slot<S> {
     claim: unsafe fn(*const Slot<S>) -> bool,
     /// Moves the message out, handles it and stores the reply, then publishes `DONE`.
     serve: unsafe fn(*const Slot<S>, &mut S),
-    /// Gives the run token to the node's owner if it is still actively waiting.
-    hand_over: unsafe fn(*const Slot<S>) -> bool,
+    /// Gives the run token to the node's owner if it is still spinning, or (with `force`) even
+    /// if it parked.
+    hand_over: unsafe fn(*const Slot<S>, bool) -> bool,
     /// Drops the mailbox's reference to a node that was claimed by nobody (cancelled).
     discard: unsafe fn(*const Slot<S>),
     /// Whether this is an async (reference-counted) node.
@@ -103,7 +119,7 @@ impl<S> Slot<S> {
     fn new(
         claim: unsafe fn(*const Slot<S>) -> bool,
         serve: unsafe fn(*const Slot<S>, &mut S),
-        hand_over: unsafe fn(*const Slot<S>) -> bool,
+        hand_over: unsafe fn(*const Slot<S>, bool) -> bool,
         discard: unsafe fn(*const Slot<S>),
         is_async: bool,
     ) -> Self {
@@ -134,6 +150,20 @@ unsafe impl<S: Send> Sync for ActorCell<S> {}
 // SAFETY: as above; moving the cell moves the state, which is `Send`.
 unsafe impl<S: Send> Send for ActorCell<S> {}
 
+/// Aborts the process if dropped during a panic. Held wherever unwinding would break the
+/// protocol: while a caller's stack node is published (the executor would write into a dead
+/// frame) and while a caller executes (the token would stay held and every waiter hang).
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The panic message has been printed; continuing would hang or corrupt memory.
+            std::process::abort();
+        }
+    }
+}
+
 enum Pushed {
     /// The node is in the mailbox.
     Queued,
@@ -162,9 +192,12 @@ impl<S> ActorCell<S> {
     /// Handles `msg` on the state. Caller must hold the token.
     #[inline]
     fn serve_inline<M: Message<S>>(&self, msg: M) -> M::Reply {
+        let guard = AbortOnUnwind;
         // SAFETY: the caller holds the run token, so no other thread reads or writes the state
         // until the token is released or handed over (with release ordering).
-        self.state.with_mut(|s| msg.handle(unsafe { &mut *s }))
+        let reply = self.state.with_mut(|s| msg.handle(unsafe { &mut *s }));
+        std::mem::forget(guard);
+        reply
     }
 
     /// Pushes `slot` onto the mailbox, or takes the token if the actor is idle.
@@ -209,7 +242,18 @@ impl<S> ActorCell<S> {
     ///
     /// # Safety
     /// The caller holds the run token; `chain` is null or a chain taken from this mailbox.
-    unsafe fn run(&self, mut chain: *const Slot<S>, mut served: usize) {
+    unsafe fn run(&self, chain: *const Slot<S>, mut served: usize) {
+        let guard = AbortOnUnwind;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.run_turn(chain, &mut served) };
+        std::mem::forget(guard);
+    }
+
+    /// The body of [`run`](Self::run).
+    ///
+    /// # Safety
+    /// As for `run`.
+    unsafe fn run_turn(&self, mut chain: *const Slot<S>, served: &mut usize) {
         loop {
             while !chain.is_null() {
                 let node = chain;
@@ -223,24 +267,25 @@ impl<S> ActorCell<S> {
                     let s = &*node;
                     (s.is_async, s.claim, s.serve, s.hand_over, s.discard)
                 };
-                if served >= COMBINE_BUDGET {
+                if *served >= COMBINE_BUDGET {
                     // SAFETY: `node` heads the untaken rest of the chain, its `next` links the
                     // rest; handing over passes the token and that chain to its owner.
-                    if unsafe { hand_over(node) } {
+                    if unsafe { hand_over(node, *served >= MAX_TURN) } {
                         return;
                     }
+                }
+                if is_async {
+                    // Leaves the mailbox now (before a woken task could look at the count).
+                    self.async_queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 // SAFETY: the node is valid and claimed at most once, here.
                 if unsafe { claim(node) } {
                     // SAFETY: token held, so the state is exclusively ours.
                     self.state.with_mut(|s| unsafe { serve(node, &mut *s) });
-                    served += 1;
+                    *served += 1;
                 } else {
                     // SAFETY: a cancelled async node; the mailbox's reference is dropped once.
                     unsafe { discard(node) };
-                }
-                if is_async {
-                    self.async_queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 chain = next;
             }
@@ -260,7 +305,11 @@ impl<S> ActorCell<S> {
 
     /// Sends `msg` and waits for the reply, serving other callers' messages if this caller finds
     /// the actor idle. Blocks the calling thread while another caller executes.
-    pub(crate) fn call<M: Message<S>>(&self, msg: M) -> M::Reply {
+    pub(crate) fn call<M>(&self, msg: M) -> M::Reply
+    where
+        M: Message<S> + Send,
+        M::Reply: Send,
+    {
         if self.try_acquire() {
             let reply = self.serve_inline(msg);
             // SAFETY: we hold the token.
@@ -268,30 +317,31 @@ impl<S> ActorCell<S> {
             return reply;
         }
         let node = SyncNode::new(msg);
-        let slot = &node.slot as *const Slot<S>;
+        // A pointer to the whole node (the executor reaches the fields after the slot).
+        let slot = ptr::addr_of!(node).cast::<Slot<S>>();
+        // From the push until DONE or HANDOVER an executor may write into `node`: this frame
+        // must not unwind meanwhile.
+        let published = AbortOnUnwind;
         // SAFETY: `node` lives on this stack frame, which does not return before the node's
         // status turns DONE or HANDOVER (both waited for below).
-        match unsafe { self.push_or_acquire(slot) } {
-            Pushed::Acquired => {
-                let reply = self.serve_inline(node.take_msg());
-                // SAFETY: we hold the token.
-                unsafe { self.run(ptr::null(), 1) };
-                reply
-            }
-            Pushed::Queued => match node.wait() {
-                DONE => node.take_reply(),
-                _ => {
-                    // HANDOVER: we hold the token now, with the rest of the chain in `next`;
-                    // the executor never touched our message.
-                    // SAFETY: the hand-over (acquire) gave us the node's `next` field.
-                    let rest = node.slot.next.with(|p| unsafe { *p });
-                    let reply = self.serve_inline(node.take_msg());
-                    // SAFETY: the token and the chain were handed to us.
-                    unsafe { self.run(rest, 1) };
-                    reply
-                }
-            },
-        }
+        let handed = match unsafe { self.push_or_acquire(slot) } {
+            // Never published (a stale `next` from a lost push attempt must be ignored).
+            Pushed::Acquired => None,
+            Pushed::Queued => Some(node.wait()),
+        };
+        std::mem::forget(published);
+        let rest = match handed {
+            Some(DONE) => return node.take_reply(),
+            // HANDOVER: the token and the rest of the chain (in `next`) are ours.
+            // SAFETY: the hand-over (acquire) gave us the node's `next` field.
+            Some(_) => node.slot.next.with(|p| unsafe { *p }),
+            None => ptr::null(),
+        };
+        // We hold the token; no executor touched our message.
+        let reply = self.serve_inline(node.take_msg());
+        // SAFETY: the token (and the chain, if any) are ours.
+        unsafe { self.run(rest, 1) };
+        reply
     }
 
     /// The async form of [`call`](Self::call): never blocks the polling thread beyond a short
@@ -299,6 +349,7 @@ impl<S> ActorCell<S> {
     pub(crate) fn call_async<M>(&self, msg: M) -> Call<'_, S, M>
     where
         M: Detach<S>,
+        M::Reply: Send,
     {
         Call {
             cell: self,
@@ -408,13 +459,30 @@ impl<S, M: Message<S>> SyncNode<S, M> {
         }
     }
 
-    unsafe fn hand_over(slot: *const Slot<S>) -> bool {
-        // SAFETY: `slot` is a live node in a taken chain.
-        let status = unsafe { &(*slot).status };
-        // Only to a waiter that is still spinning: a parked one would take a wake-up to start.
-        status
-            .compare_exchange(WAITING, HANDOVER, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+    unsafe fn hand_over(slot: *const Slot<S>, force: bool) -> bool {
+        // SAFETY: `slot` is the first field of a live `SyncNode<S, M>` in a taken chain.
+        let node = unsafe { &*(slot as *const Self) };
+        let status = &node.slot.status;
+        // Preferably to a waiter that is still spinning: a parked one takes a wake-up to start.
+        match status.compare_exchange(WAITING, HANDOVER, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                count_hand_over();
+                true
+            }
+            Err(PARKED) if force => {
+                count_hand_over();
+                // The owner parked and waits for DONE or HANDOVER; only we change its status
+                // now. Take its thread handle first: after the store it may run and return.
+                // SAFETY: written by the owner before its release CAS to PARKED, observed here.
+                let thread = node.thread.with_mut(|t| unsafe { (*t).take() });
+                status.store(HANDOVER, Ordering::Release);
+                if let Some(thread) = thread {
+                    thread.unpark();
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     unsafe fn discard(_: *const Slot<S>) {}
@@ -460,7 +528,7 @@ impl<S, M: Message<S>> SyncNode<S, M> {
             Ok(_) => loop {
                 park();
                 let s = status.load(Ordering::Acquire);
-                if s == DONE {
+                if s == DONE || s == HANDOVER {
                     return s;
                 }
             },
@@ -533,7 +601,7 @@ impl<S, M: Message<S>> AsyncNode<S, M> {
         }
     }
 
-    unsafe fn hand_over(_: *const Slot<S>) -> bool {
+    unsafe fn hand_over(_: *const Slot<S>, _force: bool) -> bool {
         // Never to a task: it would hold every other caller hostage to its executor's schedule.
         false
     }
@@ -587,6 +655,8 @@ impl<S, M: Detach<S>> Call<'_, S, M> {
                         // Mailbox full: back off to the runtime and try again.
                         self.cell.async_queued.fetch_sub(1, Ordering::Relaxed);
                         *msg = Some(m);
+                        // (a spin hint; under loom a yield, so the model lets others progress)
+                        spin();
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
