@@ -14,6 +14,15 @@ use eyelet::loom_support::{AbsoluteShard, Cell};
 use loom::sync::Arc;
 use loom::thread;
 
+/// Runs a model with at most `cap` preemptions (or fewer if `LOOM_MAX_PREEMPTIONS` says so):
+/// the three-thread models explode combinatorially past 3.
+fn model_capped<F: Fn() + Sync + Send + 'static>(cap: usize, f: F) {
+    let mut builder = loom::model::Builder::new();
+    let bound = builder.preemption_bound.map_or(cap, |b| b.min(cap));
+    builder.preemption_bound = Some(bound);
+    builder.check(f);
+}
+
 /// State: the ids of the messages served, in order.
 type Log = Vec<u32>;
 
@@ -81,9 +90,7 @@ fn hand_over_passes_token_and_rest_of_chain() {
     // Under loom the combining budget is 1, so with three callers the executor hands the token
     // to a queued waiter together with the remaining chain.
     assert_eq!(eyelet::loom_support::COMBINE_BUDGET, 1);
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
+    model_capped(3, || {
         let cell = Arc::new(Cell::new(Log::new()));
         let handles: Vec<_> = (0..2u32)
             .map(|id| {
@@ -270,7 +277,7 @@ fn three_callers_with_hand_over_and_reuse() {
     // spinning waiter, or past MAX_TURN to a parked one), with the rest of the chain; the
     // second call of a thread reuses its slot right after DONE.
     let before = eyelet::loom_support::hand_overs();
-    loom::model(|| {
+    model_capped(3, || {
         let cell = Arc::new(Cell::new(Log::new()));
         let handles: Vec<_> = (0..2u32)
             .map(|t| {
@@ -370,7 +377,7 @@ fn two_async_callers_one_cancelled() {
 fn async_callers_back_off_when_the_mailbox_is_full() {
     // Under loom the async mailbox holds one node: with a sync executor busy and two async
     // callers, the second may find it full, yield to its executor and retry.
-    loom::model(|| {
+    model_capped(3, || {
         let cell = Arc::new(Cell::new(Log::new()));
         let c1 = cell.clone();
         let t1 = thread::spawn(move || {

@@ -27,6 +27,10 @@ pub(crate) trait Counts: Copy + Default + std::fmt::Debug + Send + 'static {
     fn joinable(&self, incoming: &Self::Wide) -> bool;
     /// The bucket counters equal to `wide` (which fits 32 bits where this is used).
     fn narrow(wide: &Self::Wide) -> Self;
+    /// Adds `w` if it fits entirely; returns whether it did.
+    fn try_add(&mut self, w: &Self::Wide) -> bool;
+    /// `a += b` on wide counters.
+    fn add_wide(a: &mut Self::Wide, b: &Self::Wide);
 }
 
 #[inline]
@@ -62,6 +66,20 @@ impl Counts for u32 {
     #[inline]
     fn narrow(wide: &u64) -> u32 {
         (*wide).min(u64::from(u32::MAX)) as u32
+    }
+    #[inline]
+    fn try_add(&mut self, w: &u64) -> bool {
+        match u32::try_from(*w).ok().and_then(|w| self.checked_add(w)) {
+            Some(v) => {
+                *self = v;
+                true
+            }
+            None => false,
+        }
+    }
+    #[inline]
+    fn add_wide(a: &mut u64, b: &u64) {
+        *a = a.saturating_add(*b);
     }
 }
 
@@ -116,6 +134,22 @@ impl Counts for Attempts32 {
             total: wide.total.min(u64::from(u32::MAX)) as u32,
             declined: wide.declined.min(u64::from(u32::MAX)) as u32,
         }
+    }
+    #[inline]
+    fn try_add(&mut self, w: &Attempts) -> bool {
+        let mut t = self.total;
+        let mut d = self.declined;
+        if !(t.try_add(&w.total) && d.try_add(&w.declined)) {
+            return false;
+        }
+        self.total = t;
+        self.declined = d;
+        true
+    }
+    #[inline]
+    fn add_wide(a: &mut Attempts, b: &Attempts) {
+        a.total = a.total.saturating_add(b.total);
+        a.declined = a.declined.saturating_add(b.declined);
     }
 }
 
@@ -364,12 +398,35 @@ impl<C: Counts> Window<C> {
         self.len += 1;
     }
 
+    /// The common case of `record`: the young newest bucket takes `counts` whole.
+    #[inline]
+    fn try_join(&mut self, counts: &C::Wide) -> bool {
+        let joined = if self.ring_mode() {
+            let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
+            match self.buf.get_mut(idx) {
+                Some(b) => b.counts.joinable(counts) && b.counts.try_add(counts),
+                None => false,
+            }
+        } else {
+            // The implied bucket is `total` itself.
+            let mut b = C::narrow(&self.total);
+            b.joinable(counts) && b.try_add(counts)
+        };
+        if joined {
+            C::add_wide(&mut self.total, counts);
+        }
+        joined
+    }
+
     /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`,
     /// else opens a new bucket starting at `now`. A bucket whose 32-bit counters are full is
     /// continued by another with the same start.
     #[inline]
     pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, mut counts: C::Wide) {
         let young = !self.is_empty() && now.saturating_sub(self.newest) < bucket_ms;
+        if young && self.try_join(&counts) {
+            return;
+        }
         let newest = self.bucket((self.len as usize).saturating_sub(1));
         let joins = young && newest.is_some_and(|b| b.counts.joinable(&counts));
         let start = if joins { self.newest } else { now };
