@@ -76,7 +76,7 @@ impl Strategy for Absolute {
     type Value = Window<u32>;
     type Snapshot = u64;
 
-    #[inline]
+    #[inline(always)]
     fn decide(
         value: &mut Window<u32>,
         now: u64,
@@ -187,7 +187,7 @@ impl<S: Strategy> ShardActor<S> {
     }
 
     /// The shard's time: the clock, never going backwards.
-    #[inline]
+    #[inline(always)]
     fn now(&mut self) -> u64 {
         let t = self.clock.now_ms();
         if t > self.last_now {
@@ -198,7 +198,7 @@ impl<S: Strategy> ShardActor<S> {
 
     /// The limits of `rate` on this limiter, cached for the last rate seen (most calls repeat
     /// it), so the float work runs once per rate change, not per decision.
-    #[inline]
+    #[inline(always)]
     fn limits(&mut self, rate: &RateLimit) -> Limits {
         let bits = rate.as_per_second().to_bits();
         if self.last_limits.0 != bits {
@@ -211,7 +211,7 @@ impl<S: Strategy> ShardActor<S> {
         self.last_limits.1
     }
 
-    #[inline]
+    #[inline(always)]
     fn decide(
         &mut self,
         key: &[u8],
@@ -226,8 +226,20 @@ impl<S: Strategy> ShardActor<S> {
         if let Some(idx) = self.store.find(hash, key) {
             return S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng);
         }
+        self.decide_new_key(key, hash, req, now)
+    }
+
+    /// A decision for a key without state: on a fresh window, kept only if it recorded.
+    #[inline(never)]
+    fn decide_new_key(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        req: Request,
+        now: u64,
+    ) -> RateLimitDecision {
         let mut value = S::Value::default();
-        let decision = S::decide(&mut value, now, g, req, &mut *self.rng);
+        let decision = S::decide(&mut value, now, self.bucket_ms, req, &mut *self.rng);
         if S::window_is_empty(&value) {
             // Nothing to remember (probe, rejection or is_allowed): no state created.
             return decision;
@@ -303,7 +315,7 @@ pub(crate) struct Inc<'a> {
 impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
     type Reply = Stamped;
 
-    #[inline]
+    #[inline(always)]
     fn handle(self, shard: &mut ShardActor<S>) -> Stamped {
         let now = shard.now();
         let limits = shard.limits(&self.rate);

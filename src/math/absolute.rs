@@ -9,7 +9,7 @@ use crate::decision::RateLimitDecision;
 ///
 /// Admits iff `live + n ≤ C`. A rejection carries the shortest wait after which the same request
 /// fits (from the bucket expiries) and the capacity free at that moment.
-#[inline]
+#[inline(always)]
 pub(crate) fn decide_absolute(
     window: &mut Window<u32>,
     now: u64,
@@ -32,8 +32,14 @@ pub(crate) fn decide_absolute(
         }
         return RateLimitDecision::Allowed;
     }
-    // Walk the live buckets oldest first until enough has expired.
-    let mut remaining_live = live;
+    rejection(window, now, w_eff, cap, need)
+}
+
+/// The rejection of `need` at `now`: walks the live buckets oldest first until enough has
+/// expired. Kept out of line so the admission path stays small.
+#[inline(never)]
+fn rejection(window: &Window<u32>, now: u64, w_eff: u64, cap: u64, need: u64) -> RateLimitDecision {
+    let mut remaining_live = window.live(now, w_eff);
     let mut retry_at = now;
     for b in window.live_buckets(now, w_eff) {
         remaining_live = remaining_live.saturating_sub(b.counts);

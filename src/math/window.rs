@@ -278,7 +278,7 @@ impl<C: Counts> Window<C> {
 
     /// Updates the retained span for a call with effective window `w_eff` at `now` and drops
     /// buckets that fell out of it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn advance(&mut self, now: u64, w_eff: u64) {
         let w = w_eff.min(u64::from(u32::MAX)) as u32;
         if w >= self.span || low(now).wrapping_sub(self.span_seen) >= self.span {
@@ -290,7 +290,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// Drops buckets older than the retained span.
-    #[inline]
+    #[inline(always)]
     fn trim(&mut self, now: u64) {
         if self.is_empty() {
             return;
@@ -318,7 +318,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// Sum of the buckets live at `now` for effective window `w_eff` (start > now − w_eff).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn live(&self, now: u64, w_eff: u64) -> C::Wide {
         if self.is_empty() || self.newest.saturating_add(w_eff) <= now {
             return C::Wide::default();
@@ -399,7 +399,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// The common case of `record`: the young newest bucket takes `counts` whole.
-    #[inline]
+    #[inline(always)]
     fn try_join(&mut self, counts: &C::Wide) -> bool {
         let joined = if self.ring_mode() {
             let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
@@ -421,7 +421,7 @@ impl<C: Counts> Window<C> {
     /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`,
     /// else opens a new bucket starting at `now`. A bucket whose 32-bit counters are full is
     /// continued by another with the same start.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, mut counts: C::Wide) {
         let young = !self.is_empty() && now.saturating_sub(self.newest) < bucket_ms;
         if young && self.try_join(&counts) {

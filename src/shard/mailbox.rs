@@ -237,11 +237,29 @@ impl<S> ActorCell<S> {
         }
     }
 
+    /// Releases the token after serving one's own request: the uncontended case is a single
+    /// compare-exchange, inline; anything queued meanwhile is served out of line.
+    ///
+    /// # Safety
+    /// The caller holds the run token and has no taken chain.
+    #[inline(always)]
+    unsafe fn release(&self) {
+        if self
+            .word
+            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: we hold the token.
+            unsafe { self.run(ptr::null(), 1) };
+        }
+    }
+
     /// Serves `chain` (arrival order) and whatever arrives, until the token is released or
     /// handed over. The caller holds the token and has already served `served` requests.
     ///
     /// # Safety
     /// The caller holds the run token; `chain` is null or a chain taken from this mailbox.
+    #[inline(never)]
     unsafe fn run(&self, chain: *const Slot<S>, mut served: usize) {
         let guard = AbortOnUnwind;
         // SAFETY: forwarded from the caller.
@@ -305,6 +323,7 @@ impl<S> ActorCell<S> {
 
     /// Sends `msg` and waits for the reply, serving other callers' messages if this caller finds
     /// the actor idle. Blocks the calling thread while another caller executes.
+    #[inline(always)]
     pub(crate) fn call<M>(&self, msg: M) -> M::Reply
     where
         M: Message<S> + Send,
@@ -313,9 +332,19 @@ impl<S> ActorCell<S> {
         if self.try_acquire() {
             let reply = self.serve_inline(msg);
             // SAFETY: we hold the token.
-            unsafe { self.run(ptr::null(), 1) };
+            unsafe { self.release() };
             return reply;
         }
+        self.call_queued(msg)
+    }
+
+    /// [`call`](Self::call) when the actor was busy: queue a stack node and wait.
+    #[inline(never)]
+    fn call_queued<M>(&self, msg: M) -> M::Reply
+    where
+        M: Message<S> + Send,
+        M::Reply: Send,
+    {
         let node = SyncNode::new(msg);
         // A pointer to the whole node (the executor reaches the fields after the slot).
         let slot = ptr::addr_of!(node).cast::<Slot<S>>();
