@@ -9,7 +9,7 @@ mod window;
 
 pub(crate) use absolute::decide_absolute;
 pub(crate) use suppressed::{decide_suppressed, suppression_factor, SuppressedKey};
-pub(crate) use window::{Attempts, Attempts32, Window};
+pub(crate) use window::{AttemptCounts, Attempts, Count, Window};
 
 use std::time::Duration;
 

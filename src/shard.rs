@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
 use crate::math::{
-    decide_absolute, decide_suppressed, suppression_factor, Attempts, Request, SuppressedKey,
-    Window,
+    decide_absolute, decide_suppressed, suppression_factor, Attempts, Count, Request,
+    SuppressedKey, Window,
 };
 use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
@@ -59,7 +59,7 @@ pub(crate) trait Strategy: Send + 'static {
     fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
 }
 
-impl Slot for Window<u32> {
+impl Slot for Window<Count> {
     /// Key (16) + window (48) = one cache line.
     type Align = CacheLine;
 }
@@ -73,12 +73,12 @@ impl Slot for SuppressedKey {
 pub(crate) struct Absolute;
 
 impl Strategy for Absolute {
-    type Value = Window<u32>;
+    type Value = Window<Count>;
     type Snapshot = u64;
 
     #[inline(always)]
     fn decide(
-        value: &mut Window<u32>,
+        value: &mut Window<Count>,
         now: u64,
         bucket_ms: u64,
         req: Request,
@@ -87,15 +87,15 @@ impl Strategy for Absolute {
         decide_absolute(value, now, bucket_ms, req)
     }
 
-    fn snapshot(value: Option<&Window<u32>>, now: u64, _shared: &Shared) -> u64 {
-        value.map_or(0, |w| w.live(now, w.span_ms()))
+    fn snapshot(value: Option<&Window<Count>>, now: u64, _shared: &Shared) -> u64 {
+        value.map_or(0, |w| w.live_untrimmed(now, w.span_ms()))
     }
 
-    fn window_is_empty(value: &Window<u32>) -> bool {
+    fn window_is_empty(value: &Window<Count>) -> bool {
         value.is_empty()
     }
 
-    fn activity(value: &Window<u32>, now: u64) -> (Option<u64>, bool) {
+    fn activity(value: &Window<Count>, now: u64) -> (Option<u64>, bool) {
         (value.newest_start(), value.may_be_live(now))
     }
 }
@@ -129,7 +129,7 @@ impl Strategy for Suppressed {
             return SuppressedSnapshot::default();
         };
         let span = k.window.span_ms();
-        let live: Attempts = k.window.live(now, span);
+        let live: Attempts = k.window.live_untrimmed(now, span);
         SuppressedSnapshot {
             total: live.total,
             declined: live.declined,

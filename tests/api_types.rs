@@ -123,12 +123,40 @@ fn extreme_weights_and_keys_never_panic() {
     assert!(abs.inc(&long, &r, 1).is_allowed());
     assert_eq!(abs.get(&long), 1);
     let sup = rl.local().suppressed();
-    assert!(matches!(
-        sup.inc("big", &r, u64::MAX),
-        RateLimitDecision::Rejected { .. }
-    ));
+    // Above the hard limit: shed with factor 1 and counted as an attempt (semantics.md).
+    assert_eq!(
+        sup.inc("huge", &r, u64::MAX),
+        RateLimitDecision::Suppressed {
+            is_allowed: false,
+            suppression_factor: 1.0
+        }
+    );
     assert!(sup.inc("big", &r, u64::from(u32::MAX) * 3).is_allowed());
     assert_eq!(sup.get("big").total, u64::from(u32::MAX) * 3);
+}
+
+#[test]
+fn one_huge_weight_on_a_long_window_takes_one_bucket() {
+    // W = 1 h at 1e12/s: C = 3.6e15. Weights far above 32 bits must not be split into millions
+    // of buckets (this used to allocate gigabytes and walk them on every rejection).
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(3600))
+        .sweeper(false)
+        .build()
+        .expect("config");
+    let r = RateLimit::try_from(1e12).expect("rate");
+    let abs = rl.local().absolute();
+    let c = 3_600_000_000_000_000u64;
+    assert!(abs.inc("k", &r, c - 1).is_allowed());
+    match abs.inc("k", &r, 2) {
+        RateLimitDecision::Rejected {
+            remaining_after_waiting,
+            ..
+        } => assert_eq!(remaining_after_waiting, c),
+        other => panic!("{other:?}"),
+    }
+    assert!(abs.inc("k", &r, 1).is_allowed());
+    assert_eq!(abs.get("k"), c);
 }
 
 fn send_sync<T: Send + Sync>() {}

@@ -131,6 +131,22 @@ fn rate_is_taken_from_each_call() {
 }
 
 #[test]
+fn get_counts_only_live_buckets() {
+    let (rl, clock) = manual(1000, 10);
+    let r = rate(10.0);
+    rl.local().absolute().inc("k", &r, 1);
+    rl.local().suppressed().inc("k", &r, 1);
+    clock.set_ms(500);
+    rl.local().absolute().inc("k", &r, 1);
+    rl.local().suppressed().inc("k", &r, 1);
+    clock.set_ms(1200); // the first bucket expired at 1000; no call has trimmed it since
+    assert_eq!(rl.local().absolute().get("k"), 1);
+    assert_eq!(rl.local().suppressed().get("k").total, 1);
+    clock.set_ms(1500);
+    assert_eq!(rl.local().absolute().get("k"), 0);
+}
+
+#[test]
 fn strategies_keep_separate_state() {
     let (rl, _clock) = manual(1000, 10);
     let r = rate(1.0);

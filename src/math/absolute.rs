@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{never_admissible, Request, Window};
+use super::{never_admissible, Count, Request, Window};
 use crate::decision::RateLimitDecision;
 
 /// Decides `req` at `now` against `window`, recording it if admitted and `req.record`.
@@ -11,7 +11,7 @@ use crate::decision::RateLimitDecision;
 /// fits (from the bucket expiries) and the capacity free at that moment.
 #[inline(always)]
 pub(crate) fn decide_absolute(
-    window: &mut Window<u32>,
+    window: &mut Window<Count>,
     now: u64,
     bucket_ms: u64,
     req: Request,
@@ -32,14 +32,21 @@ pub(crate) fn decide_absolute(
         }
         return RateLimitDecision::Allowed;
     }
-    rejection(window, now, w_eff, cap, need)
+    rejection(window, now, w_eff, cap, need, live)
 }
 
 /// The rejection of `need` at `now`: walks the live buckets oldest first until enough has
 /// expired. Kept out of line so the admission path stays small.
 #[inline(never)]
-fn rejection(window: &Window<u32>, now: u64, w_eff: u64, cap: u64, need: u64) -> RateLimitDecision {
-    let mut remaining_live = window.live(now, w_eff);
+fn rejection(
+    window: &Window<Count>,
+    now: u64,
+    w_eff: u64,
+    cap: u64,
+    need: u64,
+    live: u64,
+) -> RateLimitDecision {
+    let mut remaining_live = live;
     let mut retry_at = now;
     for b in window.live_buckets(now, w_eff) {
         remaining_live = remaining_live.saturating_sub(b.counts);

@@ -5,21 +5,21 @@
 //! `span = clamp(now − oldest live bucket, G, W_eff)`. Basing it on accepted traffic would make
 //! the accepted rate oscillate; measuring over the whole window would let a young key burst.
 
-use super::{never_admissible, Attempts, Attempts32, Request, Window};
+use super::{AttemptCounts, Attempts, Request, Window};
 use crate::decision::RateLimitDecision;
 
 /// A suppressed key: its window plus the soft limit and window of the last call, so that
 /// `get` can report the factor a request would see now.
 #[derive(Debug, Default)]
 pub(crate) struct SuppressedKey {
-    pub(crate) window: Window<Attempts32>,
+    pub(crate) window: Window<AttemptCounts>,
     pub(crate) last_soft: u64,
     pub(crate) last_window_ms: u64,
 }
 
 /// The suppression factor at `now` for soft limit `soft` over `w_eff`.
 pub(crate) fn suppression_factor(
-    window: &Window<Attempts32>,
+    window: &Window<AttemptCounts>,
     now: u64,
     bucket_ms: u64,
     w_eff: u64,
@@ -73,13 +73,9 @@ pub(crate) fn decide_suppressed(
     let hard = limits.hard;
     let window = &mut key.window;
     window.advance(now, w_eff);
-    if record {
+    if record && n > 0 {
         key.last_soft = soft;
         key.last_window_ms = w_eff;
-    }
-    if n > hard {
-        // Can never be accepted at this rate; not an attempt of an admissible request.
-        return never_admissible(hard, w_eff);
     }
     let need = n.max(1);
     let live = window.live(now, w_eff);

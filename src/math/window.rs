@@ -1,96 +1,90 @@
 //! The per-key sliding window: buckets of coalesced requests, stored compactly.
 //!
-//! A bucket is 8 bytes for absolute (32-bit wrapping start time, 32-bit count) and 12 for
-//! suppressed; a key keeps its buckets in a ring whose header lives inline in its 48-byte
-//! window (a single bucket is implied by the newest start and the running total: no heap, no
-//! bucket bytes), so a decision touches the entry and at most the two ends of one small
-//! buffer. Working sets stay small enough for the caches at 100k busy keys, and an idle key
-//! stays well under 100 bytes.
+//! A bucket is 12 bytes for absolute (32-bit wrapping start time, 64-bit count kept as two
+//! 32-bit halves so the bucket needs only 4-byte alignment) and 20 for suppressed; a key keeps its
+//! buckets in a ring whose header lives inline in its 48-byte window (a single bucket is implied
+//! by the newest start and the running total: no heap, no bucket bytes), so a decision touches the
+//! entry and at most the two ends of one small buffer. One call adds at most one bucket, whatever
+//! its weight.
 //!
 //! Start times are kept as `u32` milliseconds and compared by wrapping difference. That is exact
-//! because a window never holds a bucket older than its span (< 2^32 ms): whenever the newest
-//! activity (kept in full) is a span or more in the past, the whole ring is dropped unread.
+//! because a window never holds a bucket older than its span (< 2^32 ms, see
+//! [`MAX_RATE_WINDOW_MS`](crate::rate)): whenever the newest activity (kept in full) is a span or
+//! more in the past, the whole ring is dropped unread.
+
+/// A `u64` stored as two `u32` halves (4-byte alignment keeps buckets at 12 bytes).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct Split64 {
+    lo: u32,
+    hi: u32,
+}
+
+impl Split64 {
+    #[inline(always)]
+    fn get(self) -> u64 {
+        u64::from(self.lo) | (u64::from(self.hi) << 32)
+    }
+
+    #[inline(always)]
+    fn new(v: u64) -> Self {
+        Self {
+            lo: v as u32,
+            hi: (v >> 32) as u32,
+        }
+    }
+}
 
 /// Counters one bucket carries: a weight for absolute, attempts and declines for suppressed.
 pub(crate) trait Counts: Copy + Default + std::fmt::Debug + Send + 'static {
-    /// The same counters summed over many buckets, in 64 bits.
+    /// The same counters as plain 64-bit numbers (also their sums over buckets).
     type Wide: Copy + Default + std::fmt::Debug + PartialEq + Send + 'static;
-    /// `wide += c`.
-    fn add_to(self, wide: &mut Self::Wide);
-    /// `wide -= c`.
-    fn sub_from(self, wide: &mut Self::Wide);
-    /// Moves as much of `rest` into `self` as fits; `rest` keeps the remainder.
-    fn fill(&mut self, rest: &mut Self::Wide);
-    /// Whether `wide` is all zero.
-    fn is_zero(wide: &Self::Wide) -> bool;
+    /// The counters as numbers.
+    fn widen(self) -> Self::Wide;
+    /// The bucket counters holding `wide`.
+    fn narrow(wide: &Self::Wide) -> Self;
+    /// `a += b`, saturating.
+    fn add_wide(a: &mut Self::Wide, b: &Self::Wide);
+    /// `a -= b`, saturating (only recorded counts are ever removed).
+    fn sub_wide(a: &mut Self::Wide, b: &Self::Wide);
     /// Whether a young newest bucket holding `self` may take `incoming`.
     fn joinable(&self, incoming: &Self::Wide) -> bool;
-    /// The bucket counters equal to `wide` (which fits 32 bits where this is used).
-    fn narrow(wide: &Self::Wide) -> Self;
-    /// Adds `w` if it fits entirely; returns whether it did.
-    fn try_add(&mut self, w: &Self::Wide) -> bool;
-    /// `a += b` on wide counters.
-    fn add_wide(a: &mut Self::Wide, b: &Self::Wide);
 }
 
-#[inline]
-fn fill_u32(slot: &mut u32, rest: &mut u64) {
-    let room = u64::from(u32::MAX - *slot);
-    let take = room.min(*rest);
-    *slot += take as u32;
-    *rest -= take;
-}
+/// The absolute strategy's bucket counter: admitted weight.
+pub(crate) type Count = Split64;
 
-impl Counts for u32 {
+impl Counts for Split64 {
     type Wide = u64;
-    #[inline]
-    fn add_to(self, wide: &mut u64) {
-        *wide = wide.saturating_add(u64::from(self));
+    #[inline(always)]
+    fn widen(self) -> u64 {
+        self.get()
     }
-    #[inline]
-    fn sub_from(self, wide: &mut u64) {
-        *wide = wide.saturating_sub(u64::from(self));
+    #[inline(always)]
+    fn narrow(wide: &u64) -> Self {
+        Self::new(*wide)
     }
-    #[inline]
-    fn fill(&mut self, rest: &mut u64) {
-        fill_u32(self, rest);
-    }
-    #[inline]
-    fn is_zero(wide: &u64) -> bool {
-        *wide == 0
-    }
-    #[inline]
-    fn joinable(&self, _: &u64) -> bool {
-        true
-    }
-    #[inline]
-    fn narrow(wide: &u64) -> u32 {
-        (*wide).min(u64::from(u32::MAX)) as u32
-    }
-    #[inline]
-    fn try_add(&mut self, w: &u64) -> bool {
-        match u32::try_from(*w).ok().and_then(|w| self.checked_add(w)) {
-            Some(v) => {
-                *self = v;
-                true
-            }
-            None => false,
-        }
-    }
-    #[inline]
+    #[inline(always)]
     fn add_wide(a: &mut u64, b: &u64) {
         *a = a.saturating_add(*b);
+    }
+    #[inline(always)]
+    fn sub_wide(a: &mut u64, b: &u64) {
+        *a = a.saturating_sub(*b);
+    }
+    #[inline(always)]
+    fn joinable(&self, _: &u64) -> bool {
+        true
     }
 }
 
 /// Attempted and declined weight in one bucket (suppressed strategy).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub(crate) struct Attempts32 {
-    total: u32,
-    declined: u32,
+pub(crate) struct AttemptCounts {
+    total: Split64,
+    declined: Split64,
 }
 
-/// Attempted and declined weight summed over buckets (suppressed strategy).
+/// Attempted and declined weight as numbers, and summed over buckets (suppressed strategy).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct Attempts {
     /// Every attempt, admitted or not.
@@ -99,57 +93,39 @@ pub(crate) struct Attempts {
     pub(crate) declined: u64,
 }
 
-impl Counts for Attempts32 {
+impl Counts for AttemptCounts {
     type Wide = Attempts;
-    #[inline]
-    fn add_to(self, w: &mut Attempts) {
-        w.total = w.total.saturating_add(u64::from(self.total));
-        w.declined = w.declined.saturating_add(u64::from(self.declined));
+    #[inline(always)]
+    fn widen(self) -> Attempts {
+        Attempts {
+            total: self.total.get(),
+            declined: self.declined.get(),
+        }
     }
-    #[inline]
-    fn sub_from(self, w: &mut Attempts) {
-        w.total = w.total.saturating_sub(u64::from(self.total));
-        w.declined = w.declined.saturating_sub(u64::from(self.declined));
+    #[inline(always)]
+    fn narrow(w: &Attempts) -> Self {
+        Self {
+            total: Split64::new(w.total),
+            declined: Split64::new(w.declined),
+        }
     }
-    #[inline]
-    fn fill(&mut self, rest: &mut Attempts) {
-        fill_u32(&mut self.total, &mut rest.total);
-        fill_u32(&mut self.declined, &mut rest.declined);
+    #[inline(always)]
+    fn add_wide(a: &mut Attempts, b: &Attempts) {
+        a.total = a.total.saturating_add(b.total);
+        a.declined = a.declined.saturating_add(b.declined);
     }
-    #[inline]
-    fn is_zero(w: &Attempts) -> bool {
-        w.total == 0 && w.declined == 0
+    #[inline(always)]
+    fn sub_wide(a: &mut Attempts, b: &Attempts) {
+        a.total = a.total.saturating_sub(b.total);
+        a.declined = a.declined.saturating_sub(b.declined);
     }
     /// Accepted weight joins only a bucket that holds accepted weight: then the accepted weight
     /// is bucketed exactly as the absolute strategy buckets admissions (a decline-only bucket is
     /// opened only when every earlier bucket is at least `G` old), which makes `h = 1` admit
     /// exactly what absolute admits.
-    #[inline]
+    #[inline(always)]
     fn joinable(&self, incoming: &Attempts) -> bool {
-        self.total > self.declined || incoming.total == incoming.declined
-    }
-    #[inline]
-    fn narrow(wide: &Attempts) -> Attempts32 {
-        Attempts32 {
-            total: wide.total.min(u64::from(u32::MAX)) as u32,
-            declined: wide.declined.min(u64::from(u32::MAX)) as u32,
-        }
-    }
-    #[inline]
-    fn try_add(&mut self, w: &Attempts) -> bool {
-        let mut t = self.total;
-        let mut d = self.declined;
-        if !(t.try_add(&w.total) && d.try_add(&w.declined)) {
-            return false;
-        }
-        self.total = t;
-        self.declined = d;
-        true
-    }
-    #[inline]
-    fn add_wide(a: &mut Attempts, b: &Attempts) {
-        a.total = a.total.saturating_add(b.total);
-        a.declined = a.declined.saturating_add(b.declined);
+        self.total.get() > self.declined.get() || incoming.total == incoming.declined
     }
 }
 
@@ -311,13 +287,14 @@ impl<C: Counts> Window<C> {
             if u64::from(low(now).wrapping_sub(front.start)) < span {
                 break;
             }
-            front.counts.sub_from(&mut self.total);
+            C::sub_wide(&mut self.total, &front.counts.widen());
             self.head = ((self.head as usize + 1) & mask) as u32;
             self.len -= 1;
         }
     }
 
     /// Sum of the buckets live at `now` for effective window `w_eff` (start > now − w_eff).
+    /// Assumes [`advance`](Self::advance) ran at `now` (it relies on the trim).
     #[inline(always)]
     pub(crate) fn live(&self, now: u64, w_eff: u64) -> C::Wide {
         if self.is_empty() || self.newest.saturating_add(w_eff) <= now {
@@ -334,7 +311,17 @@ impl<C: Counts> Window<C> {
             if u64::from(low(now).wrapping_sub(b.start)) >= w_eff {
                 break;
             }
-            b.counts.add_to(&mut sum);
+            C::add_wide(&mut sum, &b.counts.widen());
+        }
+        sum
+    }
+
+    /// Like [`live`](Self::live), but correct without a preceding [`advance`](Self::advance)
+    /// (reads such as `get` do not trim): sums the buckets that are live at `now`.
+    pub(crate) fn live_untrimmed(&self, now: u64, w_eff: u64) -> C::Wide {
+        let mut sum = C::Wide::default();
+        for b in self.live_buckets(now, w_eff) {
+            C::add_wide(&mut sum, &b.counts);
         }
         sum
     }
@@ -350,13 +337,9 @@ impl<C: Counts> Window<C> {
         (0..n)
             .filter_map(move |i| self.bucket(i))
             .filter(move |b| u64::from(low(now).wrapping_sub(b.start)) < w_eff)
-            .map(move |b| {
-                let mut counts = C::Wide::default();
-                b.counts.add_to(&mut counts);
-                LiveBucket {
-                    start: Self::start_of(&b, now),
-                    counts,
-                }
+            .map(move |b| LiveBucket {
+                start: Self::start_of(&b, now),
+                counts: b.counts.widen(),
             })
     }
 
@@ -398,71 +381,42 @@ impl<C: Counts> Window<C> {
         self.len += 1;
     }
 
-    /// The common case of `record`: the young newest bucket takes `counts` whole.
+    /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`
+    /// (and, for suppressed, [`joinable`](Counts::joinable)), else opens a new bucket starting
+    /// at `now`. Adds at most one bucket.
     #[inline(always)]
-    fn try_join(&mut self, counts: &C::Wide) -> bool {
-        let joined = if self.ring_mode() {
-            let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
-            match self.buf.get_mut(idx) {
-                Some(b) => b.counts.joinable(counts) && b.counts.try_add(counts),
-                None => false,
-            }
-        } else {
-            // The implied bucket is `total` itself.
-            let mut b = C::narrow(&self.total);
-            b.joinable(counts) && b.try_add(counts)
-        };
-        if joined {
-            C::add_wide(&mut self.total, counts);
-        }
-        joined
-    }
-
-    /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`,
-    /// else opens a new bucket starting at `now`. A bucket whose 32-bit counters are full is
-    /// continued by another with the same start.
-    #[inline(always)]
-    pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, mut counts: C::Wide) {
-        let young = !self.is_empty() && now.saturating_sub(self.newest) < bucket_ms;
-        if young && self.try_join(&counts) {
+    pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, counts: C::Wide) {
+        if self.is_empty() {
+            // The first bucket is implied by `newest` and `total`.
+            self.len = 1;
+            self.total = counts;
+            self.newest = now;
             return;
         }
-        let newest = self.bucket((self.len as usize).saturating_sub(1));
-        let joins = young && newest.is_some_and(|b| b.counts.joinable(&counts));
-        let start = if joins { self.newest } else { now };
-        if joins {
-            if let Some(mut b) = newest {
-                let before = b.counts;
-                b.counts.fill(&mut counts);
-                before.sub_from(&mut self.total);
-                b.counts.add_to(&mut self.total);
-                if self.ring_mode() {
-                    let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
-                    self.buf[idx] = b;
+        if now.saturating_sub(self.newest) < bucket_ms {
+            if self.ring_mode() {
+                let idx = (self.head as usize + self.len as usize - 1) & (self.buf.len() - 1);
+                if let Some(b) = self.buf.get_mut(idx) {
+                    if b.counts.joinable(&counts) {
+                        let mut sum = b.counts.widen();
+                        C::add_wide(&mut sum, &counts);
+                        b.counts = C::narrow(&sum);
+                        C::add_wide(&mut self.total, &counts);
+                        return;
+                    }
                 }
-                // In the implied mode the bucket is `total`, already updated.
+            } else if C::narrow(&self.total).joinable(&counts) {
+                // The implied bucket is `total` itself.
+                C::add_wide(&mut self.total, &counts);
+                return;
             }
-        } else if self.is_empty() {
-            // First bucket: implied by `newest` and `total`, up to the 32-bit counters.
-            let mut b = Bucket {
-                start: low(start),
-                counts: C::default(),
-            };
-            b.counts.fill(&mut counts);
-            b.counts.add_to(&mut self.total);
-            self.len = 1;
-            self.newest = start;
         }
-        while !C::is_zero(&counts) {
-            let mut b = Bucket {
-                start: low(start),
-                counts: C::default(),
-            };
-            b.counts.fill(&mut counts);
-            self.push_back(b);
-            b.counts.add_to(&mut self.total);
-        }
-        self.newest = start;
+        self.push_back(Bucket {
+            start: low(now),
+            counts: C::narrow(&counts),
+        });
+        C::add_wide(&mut self.total, &counts);
+        self.newest = now;
     }
 
     /// Number of buckets held.
@@ -478,17 +432,14 @@ mod tests {
 
     #[test]
     fn compact_layout() {
-        assert_eq!(std::mem::size_of::<Bucket<u32>>(), 8);
-        assert!(
-            std::mem::size_of::<Window<u32>>() <= 56,
-            "{}",
-            std::mem::size_of::<Window<u32>>()
-        );
+        assert_eq!(std::mem::size_of::<Bucket<Count>>(), 12);
+        assert_eq!(std::mem::size_of::<Bucket<AttemptCounts>>(), 20);
+        assert_eq!(std::mem::size_of::<Window<Count>>(), 48);
     }
 
     #[test]
     fn joins_young_bucket_and_opens_new_one() {
-        let mut w = Window::<u32>::new();
+        let mut w = Window::<Count>::new();
         w.advance(0, 1000);
         w.record(0, 10, 1);
         w.record(9, 10, 1);
@@ -500,7 +451,7 @@ mod tests {
 
     #[test]
     fn expires_at_start_plus_window() {
-        let mut w = Window::<u32>::new();
+        let mut w = Window::<Count>::new();
         w.advance(5, 1000);
         w.record(5, 10, 2);
         assert_eq!(w.live(1004, 1000), 2);
@@ -510,8 +461,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_without_advance_skip_expired_buckets() {
+        let mut w = Window::<Count>::new();
+        w.advance(0, 1000);
+        w.record(0, 10, 1);
+        w.advance(500, 1000);
+        w.record(500, 10, 1);
+        assert_eq!(w.live_untrimmed(1200, 1000), 1);
+        assert_eq!(w.live_untrimmed(1500, 1000), 0);
+    }
+
+    #[test]
     fn shorter_call_window_counts_only_its_part() {
-        let mut w = Window::<u32>::new();
+        let mut w = Window::<Count>::new();
         w.advance(0, 2000);
         w.record(0, 10, 1);
         w.advance(1500, 1000);
@@ -523,7 +485,7 @@ mod tests {
 
     #[test]
     fn ring_grows_wraps_and_empties() {
-        let mut w = Window::<u32>::new();
+        let mut w = Window::<Count>::new();
         for t in 0..1000u64 {
             w.advance(t * 10, 100);
             w.record(t * 10, 10, 1);
@@ -538,21 +500,30 @@ mod tests {
     }
 
     #[test]
-    fn weights_beyond_u32_split_into_buckets_with_one_start() {
-        let mut w = Window::<u32>::new();
+    fn huge_weights_take_one_bucket() {
+        let mut w = Window::<Count>::new();
         w.advance(0, 1000);
-        let big = u64::from(u32::MAX) * 2 + 5;
+        // C is at most 1e12/s × 2^32 ms ≈ 4.3e18, so admitted sums never leave u64.
+        let big = 1u64 << 62;
         w.record(0, 10, big);
         w.record(3, 10, 7);
-        assert_eq!(w.live(3, 1000), big + 7);
-        assert!(w.live_buckets(3, 1000).all(|b| b.start == 0));
-        assert_eq!(w.live(1000, 1000), 0);
+        assert_eq!(w.bucket_count(), 1);
+        w.record(20, 10, big);
+        assert_eq!(w.bucket_count(), 2, "one call adds at most one bucket");
+        assert_eq!(w.live(20, 1000), 2 * big + 7);
+        let starts: Vec<(u64, u64)> = w
+            .live_buckets(20, 1000)
+            .map(|b| (b.start, b.counts))
+            .collect();
+        assert_eq!(starts, vec![(0, big + 7), (20, big)]);
+        w.advance(1000, 1000);
+        assert_eq!(w.live(1000, 1000), big);
     }
 
     #[test]
     fn exact_across_32_bit_wrap() {
         let base = u64::from(u32::MAX) - 50;
-        let mut w = Window::<u32>::new();
+        let mut w = Window::<Count>::new();
         w.advance(base, 1000);
         w.record(base, 10, 1);
         w.advance(base + 100, 1000);

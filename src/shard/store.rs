@@ -335,8 +335,11 @@ mod tests {
     #[test]
     fn absolute_entries_are_one_aligned_cache_line() {
         use crate::math::Window;
-        assert_eq!(std::mem::size_of::<Entry<Window<u32>>>(), 64);
-        assert_eq!(std::mem::align_of::<Entry<Window<u32>>>(), 64);
+        assert_eq!(std::mem::size_of::<Entry<Window<crate::math::Count>>>(), 64);
+        assert_eq!(
+            std::mem::align_of::<Entry<Window<crate::math::Count>>>(),
+            64
+        );
     }
 
     #[test]
