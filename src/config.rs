@@ -218,7 +218,9 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// A custom random source: `make(shard_index)` is called once per shard.
+    /// A custom random source: `make(i)` is called once per shard of each strategy, with
+    /// `i` in `0..shards` for the absolute shards and `shards..2 × shards` for the suppressed
+    /// ones (only the suppressed strategy draws).
     pub fn random_source<F, R>(mut self, make: F) -> Self
     where
         F: Fn(usize) -> R + Send + Sync + 'static,

@@ -75,7 +75,7 @@ impl RateLimitDecision {
     }
 }
 
-/// A suppressed key's live state, as returned by `SuppressedHandle::get`.
+/// A suppressed key's live state, as returned by [`LocalSuppressed::get`](crate::LocalSuppressed::get).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 #[non_exhaustive]
 pub struct SuppressedSnapshot {

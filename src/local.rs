@@ -76,8 +76,8 @@ macro_rules! local_handle {
             /// A weight above what the key can ever take returns `Rejected` with
             /// `retry_after_ms == RETRY_NEVER`.
             ///
-            /// Blocks only while another caller executes this key's shard (tens of ns); from
-            /// async code use [`inc_async`](Self::inc_async).
+            /// Blocks only while another caller executes this key's shard (it spins, yields,
+            /// then parks); from async code use [`inc_async`](Self::inc_async).
             #[inline]
             pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
                 self.set.inc(key, rate, n, true).decision

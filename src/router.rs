@@ -189,7 +189,8 @@ impl<S: Strategy> ShardSet<S> {
             }
             return;
         }
-        out.resize(keys.len(), RateLimitDecision::Allowed);
+        // Every slot is written by its shard; the filler never admits.
+        out.resize(keys.len(), RateLimitDecision::KeyCapacityExceeded);
         let (items, ranges) = self.group(keys);
         // Shards are visited one at a time in ascending order; no two tokens are ever held.
         for (shard, lo, hi) in ranges {
@@ -210,7 +211,8 @@ impl<S: Strategy> ShardSet<S> {
         n: u64,
         record: bool,
     ) -> Vec<RateLimitDecision> {
-        let mut out = vec![RateLimitDecision::Allowed; keys.len()];
+        // Every slot is written by its shard; the filler never admits.
+        let mut out = vec![RateLimitDecision::KeyCapacityExceeded; keys.len()];
         if keys.is_empty() {
             return out;
         }

@@ -226,7 +226,7 @@ impl<S: Strategy> ShardActor<S> {
         if let Some(idx) = self.store.find(hash, key) {
             return S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng);
         }
-        self.decide_new_key(key, hash, req, now)
+        self.decide_new_key(key, hash, req, now).0
     }
 
     /// A decision for a key without state: on a fresh window, kept only if it recorded.
@@ -237,18 +237,19 @@ impl<S: Strategy> ShardActor<S> {
         hash: u64,
         req: Request,
         now: u64,
-    ) -> RateLimitDecision {
+    ) -> (RateLimitDecision, Option<usize>) {
         let mut value = S::Value::default();
         let decision = S::decide(&mut value, now, self.bucket_ms, req, &mut *self.rng);
         if S::window_is_empty(&value) {
             // Nothing to remember (probe, rejection or is_allowed): no state created.
-            return decision;
+            return (decision, None);
         }
         if !self.admit_new_key(now) {
-            return RateLimitDecision::KeyCapacityExceeded;
+            return (RateLimitDecision::KeyCapacityExceeded, None);
         }
-        self.store.insert(hash, key, value);
-        decision
+        // Eviction above may have moved entries; the index returned here is final.
+        let idx = self.store.insert(hash, key, value);
+        (decision, Some(idx))
     }
 
     /// Reserves room for one more key under the cap, replacing an expired key of this shard if
@@ -380,21 +381,19 @@ impl<S: Strategy> ShardActor<S> {
         let limits = self.limits(rate);
         // (key, hash, entry index) of the last key found
         let mut last: Option<(&str, u64, usize)> = None;
+        let (req, g) = (Request { limits, n, record }, self.bucket_ms);
         for (key, hash, pos) in items {
-            let same = last.filter(|&(k, h, _)| h == hash && k == key);
-            let d = match same {
-                Some((_, _, idx)) => {
-                    let req = Request { limits, n, record };
-                    let g = self.bucket_ms;
+            // Consecutive items with the same key reuse the index (no probe).
+            let cached = last.filter(|&(k, h, _)| h == hash && k == key).map(|l| l.2);
+            let idx = cached.or_else(|| self.store.find(hash, key.as_bytes()));
+            let d = match idx {
+                Some(idx) => {
+                    last = Some((key, hash, idx));
                     S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng)
                 }
                 None => {
-                    let d = self.decide(key.as_bytes(), hash, limits, n, record, now);
-                    // Inserting may have evicted and moved entries: look the key up afresh.
-                    last = self
-                        .store
-                        .find(hash, key.as_bytes())
-                        .map(|idx| (key, hash, idx));
+                    let (d, idx) = self.decide_new_key(key.as_bytes(), hash, req, now);
+                    last = idx.map(|idx| (key, hash, idx));
                     d
                 }
             };

@@ -39,11 +39,16 @@ impl Sweeper {
 
 fn run(limiter: Weak<RateLimiter>, every: Duration, stopped: &AtomicBool) {
     loop {
-        let deadline = Instant::now() + every;
+        // An interval too long for `Instant` means "never": wait for the stop signal only.
+        let deadline = Instant::now().checked_add(every);
         loop {
             if stopped.load(Ordering::Acquire) {
                 return;
             }
+            let Some(deadline) = deadline else {
+                thread::park();
+                continue;
+            };
             let now = Instant::now();
             if now >= deadline {
                 break;

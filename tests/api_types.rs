@@ -25,6 +25,8 @@ fn bad_rates_table() {
         (-1.0, RateError::NotPositive),
         (f64::MIN_POSITIVE / 2.0, RateError::Subnormal),
         (1e-10, RateError::OutOfRange),
+        (1e-9, RateError::OutOfRange),
+        (2.3e-7, RateError::OutOfRange),
         (1e13, RateError::OutOfRange),
         (f64::MAX, RateError::OutOfRange),
     ];
@@ -32,7 +34,7 @@ fn bad_rates_table() {
         assert_eq!(RateLimit::try_from(r), Err(want), "rate {r}");
         assert!(!want.to_string().is_empty());
     }
-    for ok in [1e-9, 0.5, 1.0, 5.5, 1e12] {
+    for ok in [eyelet::MIN_RATE_PER_SECOND, 2.4e-7, 0.5, 1.0, 5.5, 1e12] {
         assert!(RateLimit::try_from(ok).is_ok(), "rate {ok}");
     }
     assert_eq!(RateLimit::per_minute(f64::NAN), Err(RateError::NotANumber));

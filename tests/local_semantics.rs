@@ -56,6 +56,21 @@ fn fractional_rates_and_stretching() {
 }
 
 #[test]
+fn the_slowest_rate_holds_its_whole_window() {
+    let (rl, clock) = manual(1000, 10);
+    let abs = rl.local().absolute();
+    let slowest = rate(eyelet::MIN_RATE_PER_SECOND); // one per 2^32 − 1 ms
+    let w = u64::from(u32::MAX);
+    assert!(abs.inc("k", &slowest, 1).is_allowed());
+    assert_eq!(abs.inc("k", &slowest, 1), rejected(w, 1, w));
+    clock.set_ms(w - 1);
+    assert!(!abs.inc("k", &slowest, 1).is_allowed());
+    rl.sweep();
+    clock.set_ms(w);
+    assert!(abs.inc("k", &slowest, 1).is_allowed());
+}
+
+#[test]
 fn zero_weight_is_a_free_probe() {
     let (rl, _clock) = manual(1000, 10);
     let abs = rl.local().absolute();
@@ -286,7 +301,7 @@ fn inc_many_equals_one_by_one() {
             .iter()
             .map(|k| b.local().suppressed().inc(k, &r, 1))
             .collect();
-        assert_eq!(batch.len(), single.len());
+        assert_eq!(batch, single, "round {round} (suppressed, same seed)");
         ca.advance(Duration::from_millis(70));
         cb.advance(Duration::from_millis(70));
     }

@@ -1,8 +1,9 @@
 //! Loom models of the shard protocol (`src/shard/mailbox.rs`): run token, mailbox, reply slots,
 //! hand-over, re-check on release, async cancellation, drop, and the sweeper racing a caller.
 //!
-//! Run with `RUSTFLAGS="--cfg eyelet_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p eyelet-loom-tests
-//! --release`. The actor state is a loom `UnsafeCell` inside the cell, so any two executors
+//! Run with `RUSTFLAGS="--cfg eyelet_loom" LOOM_MAX_PREEMPTIONS=5 CARGO_TARGET_DIR=target/loom
+//! cargo test --release -p eyelet-loom-tests` (as `.ci/run` does; the three-thread models cap
+//! themselves at 3 preemptions). The actor state is a loom `UnsafeCell` inside the cell, so any two executors
 //! touching it at once fail the model; every test also checks that each message ran exactly once.
 #![cfg(eyelet_loom)]
 
@@ -90,6 +91,7 @@ fn hand_over_passes_token_and_rest_of_chain() {
     // Under loom the combining budget is 1, so with three callers the executor hands the token
     // to a queued waiter together with the remaining chain.
     assert_eq!(eyelet::loom_support::COMBINE_BUDGET, 1);
+    let before = eyelet::loom_support::hand_overs();
     model_capped(3, || {
         let cell = Arc::new(Cell::new(Log::new()));
         let handles: Vec<_> = (0..2u32)
@@ -118,6 +120,10 @@ fn hand_over_passes_token_and_rest_of_chain() {
         }
         assert_exactly_once(served(&cell), &[0, 1, 7]);
     });
+    assert!(
+        eyelet::loom_support::hand_overs() > before,
+        "the model must reach the hand-over path"
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! hashbrown's control byte); the slab holds entries back to back, each a 16-byte key (up to 15
 //! bytes inline, longer keys in a side table) and the value. An absolute entry is exactly one
 //! 64-byte cache line, aligned, so a lookup touches the control group, one index and one line,
-//! and an idle key with one bucket costs well under 100 bytes.
+//! and an idle key with one bucket costs about 78 bytes at 1M keys (up to ~130 right after the
+//! slab and the table double).
 
 use hashbrown::HashTable;
 
