@@ -355,3 +355,20 @@ fn a_panicking_clock_neither_poisons_nor_hangs_the_shard() {
     assert!(results.iter().all(|&a| a));
     assert_eq!(live, 10);
 }
+
+#[test]
+fn suppressed_factor_in_get_ignores_expired_attempts() {
+    let (rl, clock) = manual(1000, 10);
+    let sup = rl.local().suppressed();
+    let r = rate(10.0);
+    for _ in 0..40 {
+        sup.inc("k", &r, 1); // a burst at 0: the factor is high
+    }
+    clock.set_ms(900);
+    sup.inc("k", &r, 1);
+    assert!(sup.get("k").suppression_factor > 0.5);
+    clock.set_ms(1500); // the burst expired; one attempt left over 600 ms: below the target
+    let snap = sup.get("k");
+    assert_eq!(snap.total, 1);
+    assert_eq!(snap.suppression_factor, 0.0, "{snap:?}");
+}

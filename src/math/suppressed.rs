@@ -17,7 +17,8 @@ pub(crate) struct SuppressedKey {
     pub(crate) last_window_ms: u64,
 }
 
-/// The suppression factor at `now` for soft limit `soft` over `w_eff`.
+/// The suppression factor at `now` for soft limit `soft` over `w_eff`, for a read: the window
+/// was not trimmed at `now`.
 pub(crate) fn suppression_factor(
     window: &Window<AttemptCounts>,
     now: u64,
@@ -25,15 +26,22 @@ pub(crate) fn suppression_factor(
     w_eff: u64,
     soft: u64,
 ) -> f64 {
-    let live = window.live(now, w_eff);
-    factor_from(
-        live.total,
-        window.oldest_live_start(now, w_eff),
-        now,
-        bucket_ms,
-        w_eff,
-        soft,
-    )
+    let attempted = window.live_untrimmed(now, w_eff).total;
+    factor(window, attempted, now, bucket_ms, w_eff, soft)
+}
+
+/// `sf = clamp(1 − R/P, 0, 1)` for `attempted` weight live in `window` at `now`.
+#[inline]
+fn factor(
+    window: &Window<AttemptCounts>,
+    attempted: u64,
+    now: u64,
+    bucket_ms: u64,
+    w_eff: u64,
+    soft: u64,
+) -> f64 {
+    let oldest = window.oldest_live_start(now, w_eff);
+    factor_from(attempted, oldest, now, bucket_ms, w_eff, soft)
 }
 
 #[inline]
@@ -91,14 +99,7 @@ pub(crate) fn decide_suppressed(
             true,
         )
     } else {
-        let sf = factor_from(
-            live.total,
-            window.oldest_live_start(now, w_eff),
-            now,
-            bucket_ms,
-            w_eff,
-            soft,
-        );
+        let sf = factor(window, live.total, now, bucket_ms, w_eff, soft);
         let is_allowed = sf <= 0.0 || (sf < 1.0 && draw() >= sf);
         (
             RateLimitDecision::Suppressed {
