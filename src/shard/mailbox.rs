@@ -104,8 +104,9 @@ struct Slot<S> {
     status: AtomicU8,
     /// Claims the node for serving; false means the node was cancelled.
     claim: unsafe fn(*const Slot<S>) -> bool,
-    /// Moves the message out, handles it and stores the reply, then publishes `DONE`.
-    serve: unsafe fn(*const Slot<S>, &mut S),
+    /// Moves the message out, handles it and stores the reply, then publishes `DONE`; returns
+    /// the wake-up its owner needs, which the executor performs after its turn.
+    serve: unsafe fn(*const Slot<S>, &mut S) -> Option<Wake>,
     /// Gives the run token to the node's owner if it is still spinning, or (with `force`) even
     /// if it parked.
     hand_over: unsafe fn(*const Slot<S>, bool) -> bool,
@@ -118,7 +119,7 @@ struct Slot<S> {
 impl<S> Slot<S> {
     fn new(
         claim: unsafe fn(*const Slot<S>) -> bool,
-        serve: unsafe fn(*const Slot<S>, &mut S),
+        serve: unsafe fn(*const Slot<S>, &mut S) -> Option<Wake>,
         hand_over: unsafe fn(*const Slot<S>, bool) -> bool,
         discard: unsafe fn(*const Slot<S>),
         is_async: bool,
@@ -149,6 +150,58 @@ pub(crate) struct ActorCell<S> {
 unsafe impl<S: Send> Sync for ActorCell<S> {}
 // SAFETY: as above; moving the cell moves the state, which is `Send`.
 unsafe impl<S: Send> Send for ActorCell<S> {}
+
+/// A wake-up owed to a served caller: done after the executor's turn, so that futex wakes and
+/// task scheduling (foreign code) do not lengthen the time others wait for the token.
+enum Wake {
+    Thread(Thread),
+    Task(Waker),
+}
+
+impl Wake {
+    fn wake(self) {
+        match self {
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(w) => w.wake(),
+        }
+    }
+}
+
+/// Wake-ups collected during one turn (flushed early if this fills up).
+struct Wakes {
+    pending: [Option<Wake>; WAKE_BATCH],
+    len: usize,
+}
+
+/// Wake-ups an executor holds back at most before it performs them in its turn.
+const WAKE_BATCH: usize = 8;
+
+impl Wakes {
+    fn new() -> Self {
+        Self {
+            pending: Default::default(),
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, w: Wake) {
+        if self.len == WAKE_BATCH {
+            self.flush();
+        }
+        self.pending[self.len] = Some(w);
+        self.len += 1;
+    }
+
+    fn flush(&mut self) {
+        for w in self.pending[..self.len].iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+        self.len = 0;
+    }
+}
 
 /// Aborts the process if dropped during a panic. Held wherever unwinding would break the
 /// protocol: while a caller's stack node is published (the executor would write into a dead
@@ -262,16 +315,19 @@ impl<S> ActorCell<S> {
     #[inline(never)]
     unsafe fn run(&self, chain: *const Slot<S>, mut served: usize) {
         let guard = AbortOnUnwind;
+        let mut wakes = Wakes::new();
         // SAFETY: forwarded from the caller.
-        unsafe { self.run_turn(chain, &mut served) };
+        unsafe { self.run_turn(chain, &mut served, &mut wakes) };
         std::mem::forget(guard);
+        // The token is released or handed over: wake the served callers now.
+        wakes.flush();
     }
 
     /// The body of [`run`](Self::run).
     ///
     /// # Safety
     /// As for `run`.
-    unsafe fn run_turn(&self, mut chain: *const Slot<S>, served: &mut usize) {
+    unsafe fn run_turn(&self, mut chain: *const Slot<S>, served: &mut usize, wakes: &mut Wakes) {
         loop {
             while !chain.is_null() {
                 let node = chain;
@@ -299,7 +355,9 @@ impl<S> ActorCell<S> {
                 // SAFETY: the node is valid and claimed at most once, here.
                 if unsafe { claim(node) } {
                     // SAFETY: token held, so the state is exclusively ours.
-                    self.state.with_mut(|s| unsafe { serve(node, &mut *s) });
+                    if let Some(w) = self.state.with_mut(|s| unsafe { serve(node, &mut *s) }) {
+                        wakes.push(w);
+                    }
                     *served += 1;
                 } else {
                     // SAFETY: a cancelled async node; the mailbox's reference is dropped once.
@@ -457,7 +515,7 @@ impl<S, M: Message<S>> SyncNode<S, M> {
         true
     }
 
-    unsafe fn serve(slot: *const Slot<S>, state: &mut S) {
+    unsafe fn serve(slot: *const Slot<S>, state: &mut S) -> Option<Wake> {
         // SAFETY: `slot` is the first field of a live `SyncNode<S, M>` (repr(C)).
         let node = unsafe { &*(slot as *const Self) };
         // SAFETY: the executor owns msg and reply until it publishes DONE.
@@ -472,7 +530,7 @@ impl<S, M: Message<S>> SyncNode<S, M> {
             .status
             .compare_exchange(WAITING, DONE, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => {}
+            Ok(_) => None,
             Err(_) => {
                 // PARKED: the owner stored its thread before parking and will not return until
                 // it sees DONE, so the node is still valid here.
@@ -480,10 +538,8 @@ impl<S, M: Message<S>> SyncNode<S, M> {
                 // acquire load observed; it does not touch the field again.
                 let thread = node.thread.with_mut(|t| unsafe { (*t).take() });
                 node.slot.status.store(DONE, Ordering::Release);
-                // The node may be gone now; only the cloned handle is used.
-                if let Some(thread) = thread {
-                    thread.unpark();
-                }
+                // The node may be gone now; only the taken handle is used, after the turn.
+                thread.map(Wake::Thread)
             }
         }
     }
@@ -612,7 +668,7 @@ impl<S, M: Message<S>> AsyncNode<S, M> {
             .is_ok()
     }
 
-    unsafe fn serve(slot: *const Slot<S>, state: &mut S) {
+    unsafe fn serve(slot: *const Slot<S>, state: &mut S) -> Option<Wake> {
         // SAFETY: `slot` came from `Arc::into_raw` of an `Arc<Self>` (repr(C), slot first);
         // this takes back the mailbox's reference, dropped at the end of this function.
         let node = unsafe { Arc::from_raw(slot as *const Self) };
@@ -625,9 +681,7 @@ impl<S, M: Message<S>> AsyncNode<S, M> {
         }
         node.slot.status.store(DONE, Ordering::Release);
         let waker = lock(&node.waker).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        waker.map(Wake::Task)
     }
 
     unsafe fn hand_over(_: *const Slot<S>, _force: bool) -> bool {
