@@ -8,9 +8,9 @@
 //! its weight.
 //!
 //! Start times are kept as `u32` milliseconds and compared by wrapping difference. That is exact
-//! because a window never holds a bucket older than its span (< 2^32 ms, see
-//! [`MAX_RATE_WINDOW_MS`](crate::rate)): whenever the newest activity (kept in full) is a span or
-//! more in the past, the whole ring is dropped unread.
+//! because a window never holds a bucket older than its span, which is below 2^32 ms
+//! (`MAX_WINDOW` and `MIN_RATE_PER_SECOND` keep every effective window within it): whenever the
+//! newest activity (kept in full) is a span or more in the past, the whole ring is dropped unread.
 
 /// A `u64` stored as two `u32` halves (4-byte alignment keeps buckets at 12 bytes).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
