@@ -12,9 +12,9 @@ use crate::shard::mailbox::{ActorCell, Detach, Message};
 use crate::shard::{Absolute, Inc, KeyRef, ShardActor, Shared, Sweep};
 use crate::time::{ClockSource, ManualClock};
 
-/// Hand-overs performed so far (all models in this process).
-pub fn hand_overs() -> usize {
-    crate::shard::mailbox::HANDOVERS.load(std::sync::atomic::Ordering::Relaxed)
+/// Hand-overs performed so far on this test's thread: `(to sync callers, to async callers)`.
+pub fn hand_overs() -> (usize, usize) {
+    crate::shard::mailbox::HANDOVERS.with(|c| c.get())
 }
 
 /// The combining budget the protocol runs with under loom.

@@ -23,7 +23,9 @@
 //!   waits: spins, then yields, then parks (sync callers), or registers a waker (async callers).
 //! - The executor serves its own message, then the nodes it takes from the word in arrival order,
 //!   at most [`COMBINE_BUDGET`] per turn; past the budget it hands the token to the next queued
-//!   sync caller that is still spinning, together with the rest of the taken chain.
+//!   sync caller that is still spinning, together with the rest of the taken chain, and past
+//!   [`MAX_TURN`] to the next queued caller whatever it is doing (a parked thread is unparked, a
+//!   task is woken and takes over when polled; a dropped future serves the chain in `drop`).
 //! - A node's message is moved out and its reply written before its status turns `DONE`; after
 //!   that store the executor never touches a sync node again (its owner may return and reuse the
 //!   stack slot at once). Async nodes are reference counted, so a dropped future cannot free a
@@ -42,8 +44,8 @@ use crate::sync::{
 /// 4 beat both 1 and 64 under oversubscription).
 pub(crate) const COMBINE_BUDGET: usize = if cfg!(eyelet_loom) { 1 } else { 4 };
 /// Requests an executor serves in one turn at most while no waiter is spinning: past this it
-/// hands the token to a parked sync waiter too (paying its wake-up), so no caller's thread is
-/// kept serving others indefinitely.
+/// hands the token to the next queued caller whatever it is doing (paying its wake-up), so no
+/// caller's thread is kept serving others indefinitely.
 pub(crate) const MAX_TURN: usize = if cfg!(eyelet_loom) { 2 } else { 64 };
 /// Busy-wait rounds before a sync waiter starts yielding.
 const SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 64 };
@@ -55,15 +57,26 @@ const ASYNC_SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 32 };
 /// executor until room frees up. Sync callers need no bound: each blocks with one node.
 pub(crate) const ASYNC_MAILBOX_CAPACITY: usize = if cfg!(eyelet_loom) { 1 } else { 4096 };
 
-/// Hand-overs performed, counted under loom so the models can show they exercise them.
 #[cfg(eyelet_loom)]
-pub(crate) static HANDOVERS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+std::thread_local! {
+    /// Hand-overs performed on this OS thread (a loom model runs all its threads on the test's
+    /// thread), to sync and to async callers, so each model can show it reached those paths.
+    pub(crate) static HANDOVERS: std::cell::Cell<(usize, usize)> =
+        const { std::cell::Cell::new((0, 0)) };
+}
 
 #[inline]
-fn count_hand_over() {
+fn count_hand_over(to_async: bool) {
     #[cfg(eyelet_loom)]
-    HANDOVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    HANDOVERS.with(|c| {
+        let (sync, task) = c.get();
+        c.set(if to_async {
+            (sync, task + 1)
+        } else {
+            (sync + 1, task)
+        });
+    });
+    let _ = to_async;
 }
 
 const IDLE: usize = 0;
@@ -341,16 +354,16 @@ impl<S> ActorCell<S> {
                     let s = &*node;
                     (s.is_async, s.claim, s.serve, s.hand_over, s.discard)
                 };
+                if is_async {
+                    // Leaves the mailbox now (before a woken task could look at the count).
+                    self.async_queued.fetch_sub(1, Ordering::Relaxed);
+                }
                 if *served >= COMBINE_BUDGET {
                     // SAFETY: `node` heads the untaken rest of the chain, its `next` links the
                     // rest; handing over passes the token and that chain to its owner.
                     if unsafe { hand_over(node, *served >= MAX_TURN) } {
                         return;
                     }
-                }
-                if is_async {
-                    // Leaves the mailbox now (before a woken task could look at the count).
-                    self.async_queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 // SAFETY: the node is valid and claimed at most once, here.
                 if unsafe { claim(node) } {
@@ -551,11 +564,11 @@ impl<S, M: Message<S>> SyncNode<S, M> {
         // Preferably to a waiter that is still spinning: a parked one takes a wake-up to start.
         match status.compare_exchange(WAITING, HANDOVER, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                count_hand_over();
+                count_hand_over(false);
                 true
             }
             Err(PARKED) if force => {
-                count_hand_over();
+                count_hand_over(false);
                 // The owner parked and waits for DONE or HANDOVER; only we change its status
                 // now. Take its thread handle first: after the store it may run and return.
                 // SAFETY: written by the owner before its release CAS to PARKED, observed here.
@@ -684,9 +697,36 @@ impl<S, M: Message<S>> AsyncNode<S, M> {
         waker.map(Wake::Task)
     }
 
-    unsafe fn hand_over(_: *const Slot<S>, _force: bool) -> bool {
-        // Never to a task: it would hold every other caller hostage to its executor's schedule.
-        false
+    unsafe fn hand_over(slot: *const Slot<S>, force: bool) -> bool {
+        // To a task only past MAX_TURN: its executor must first poll it, which takes a wake-up.
+        if !force {
+            return false;
+        }
+        // SAFETY: `slot` came from `Arc::into_raw` of an `Arc<Self>`; take back the mailbox's
+        // reference so the node outlives our use of it below even if its future completes.
+        let node = unsafe { Arc::from_raw(slot as *const Self) };
+        match node.slot.status.compare_exchange(
+            WAITING,
+            HANDOVER,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                count_hand_over(true);
+                // The future takes the token (and the chain in `next`) when polled; the waker
+                // protocol is the one of DONE (register, then re-check the status).
+                let waker = lock(&node.waker).take();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                true
+            }
+            Err(_) => {
+                // Cancelled: the node stays in the chain, still holding the mailbox's reference.
+                let _ = Arc::into_raw(node);
+                false
+            }
+        }
     }
 
     unsafe fn discard(slot: *const Slot<S>) {
@@ -773,24 +813,44 @@ impl<S, M: Detach<S>> Call<'_, S, M> {
                     }
                 }
                 CallState::Queued(node) => {
-                    if node.slot.status.load(Ordering::Acquire) == DONE {
-                        return Poll::Ready(self.finish());
-                    }
-                    {
-                        let mut slot = lock(&node.waker);
-                        match &*slot {
-                            Some(w) if w.will_wake(cx.waker()) => {}
-                            _ => *slot = Some(cx.waker().clone()),
+                    let mut status = node.slot.status.load(Ordering::Acquire);
+                    if status != DONE && status != HANDOVER {
+                        {
+                            let mut slot = lock(&node.waker);
+                            match &*slot {
+                                Some(w) if w.will_wake(cx.waker()) => {}
+                                _ => *slot = Some(cx.waker().clone()),
+                            }
                         }
+                        status = node.slot.status.load(Ordering::Acquire);
                     }
-                    if node.slot.status.load(Ordering::Acquire) == DONE {
-                        return Poll::Ready(self.finish());
-                    }
-                    return Poll::Pending;
+                    return match status {
+                        DONE => Poll::Ready(self.finish()),
+                        HANDOVER => Poll::Ready(self.execute_handed_over()),
+                        _ => Poll::Pending,
+                    };
                 }
                 CallState::Finished => return Poll::Pending,
             }
         }
+    }
+
+    /// The token was handed to this future with the rest of a chain: serve our own message
+    /// (no executor touched it), then the chain, as any executor would.
+    fn execute_handed_over(&mut self) -> M::Reply {
+        let state = std::mem::replace(&mut self.state, CallState::Finished);
+        let CallState::Queued(node) = state else {
+            unreachable_msg()
+        };
+        // SAFETY: the hand-over (acquire) gave us the node's `next` field.
+        let rest = node.slot.next.with(|p| unsafe { *p });
+        // SAFETY: no executor claimed the node (it was handed over), so the message is ours.
+        let msg = node.msg.with_mut(|m| unsafe { (*m).take() });
+        let Some(msg) = msg else { unreachable_msg() };
+        let reply = self.cell.serve_inline(msg);
+        // SAFETY: the token and the chain are ours.
+        unsafe { self.cell.run(rest, 1) };
+        reply
     }
 
     fn finish(&mut self) -> M::Reply {
@@ -819,12 +879,20 @@ impl<S, M: Detach<S>> Drop for Call<'_, S, M> {
         if let CallState::Queued(node) = &self.state {
             // Withdraw the message if no executor claimed it yet; otherwise it is (being)
             // processed and the executor's own reference keeps the node alive.
-            let _ = node.slot.status.compare_exchange(
+            let withdrawn = node.slot.status.compare_exchange(
                 WAITING,
                 CANCELLED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
+            if withdrawn == Err(HANDOVER) {
+                // We were handed the token: serve the rest of the chain (not our own, cancelled
+                // message) so that nobody behind us is stranded.
+                // SAFETY: the hand-over (acquire) gave us the token and the node's `next`.
+                let rest = node.slot.next.with(|p| unsafe { *p });
+                // SAFETY: the token and the chain are ours.
+                unsafe { self.cell.run(rest, 0) };
+            }
         }
     }
 }
