@@ -139,7 +139,7 @@ impl<S: Strategy> ShardSet<S> {
                 BatchItem {
                     key,
                     hash: self.hasher.hash_one(key),
-                    pos: pos as u32,
+                    pos,
                 }
             })
             .collect();
@@ -180,15 +180,6 @@ impl<S: Strategy> ShardSet<S> {
         if keys.is_empty() {
             return;
         }
-        if keys.len() > u32::MAX as usize {
-            // Positions are u32; split absurdly large batches.
-            for chunk in keys.chunks(u32::MAX as usize) {
-                let mut part = Vec::new();
-                self.inc_many_into(chunk, rate, n, record, &mut part);
-                out.extend(part);
-            }
-            return;
-        }
         // Every slot is written by its shard; the filler never admits.
         out.resize(keys.len(), RateLimitDecision::KeyCapacityExceeded);
         let (items, ranges) = self.group(keys);
@@ -216,12 +207,6 @@ impl<S: Strategy> ShardSet<S> {
         if keys.is_empty() {
             return out;
         }
-        if keys.len() > u32::MAX as usize {
-            for (o, k) in out.iter_mut().zip(keys) {
-                *o = self.inc_async(k.as_ref(), rate, n, record).await.decision;
-            }
-            return out;
-        }
         let (items, ranges) = self.group(keys);
         for (shard, lo, hi) in ranges {
             let msg = IncManyAsync {
@@ -234,7 +219,7 @@ impl<S: Strategy> ShardSet<S> {
                 .await
                 .unwrap_or_default()
             {
-                if let Some(slot) = out.get_mut(pos as usize) {
+                if let Some(slot) = out.get_mut(pos) {
                     *slot = d;
                 }
             }

@@ -352,7 +352,7 @@ impl<S: Strategy> Detach<ShardActor<S>> for Inc<'_> {
 pub(crate) struct BatchItem<'a> {
     pub(crate) key: &'a str,
     pub(crate) hash: u64,
-    pub(crate) pos: u32,
+    pub(crate) pos: usize,
 }
 
 /// Decide a batch of keys that all live on one shard, in order, writing each decision to
@@ -371,11 +371,11 @@ impl<S: Strategy> ShardActor<S> {
     #[inline]
     fn serve_batch<'k>(
         &mut self,
-        items: impl Iterator<Item = (&'k str, u64, u32)>,
+        items: impl Iterator<Item = (&'k str, u64, usize)>,
         rate: &RateLimit,
         n: u64,
         record: bool,
-        mut emit: impl FnMut(u32, RateLimitDecision),
+        mut emit: impl FnMut(usize, RateLimitDecision),
     ) {
         let now = self.now();
         let limits = self.limits(rate);
@@ -404,11 +404,11 @@ impl<S: Strategy> ShardActor<S> {
     /// [`serve_batch`](Self::serve_batch) into a new vector of `(position, decision)`.
     fn batch_to_vec<'k>(
         &mut self,
-        items: impl ExactSizeIterator<Item = (&'k str, u64, u32)>,
+        items: impl ExactSizeIterator<Item = (&'k str, u64, usize)>,
         rate: &RateLimit,
         n: u64,
         record: bool,
-    ) -> Vec<(u32, RateLimitDecision)> {
+    ) -> Vec<(usize, RateLimitDecision)> {
         let mut out = Vec::with_capacity(items.len());
         self.serve_batch(items, rate, n, record, |pos, d| out.push((pos, d)));
         out
@@ -417,7 +417,7 @@ impl<S: Strategy> ShardActor<S> {
 
 impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
     /// `None`: the decisions were written into the caller's buffer.
-    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+    type Reply = Option<Vec<(usize, RateLimitDecision)>>;
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let out = self.out;
@@ -427,7 +427,7 @@ impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
             self.n,
             self.record,
             |pos, d| {
-                if let Some(slot) = out.get_mut(pos as usize) {
+                if let Some(slot) = out.get_mut(pos) {
                     *slot = d;
                 }
             },
@@ -439,14 +439,14 @@ impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
 /// The owned form of [`IncMany`], queued by async callers; replies with the decisions.
 #[derive(Debug)]
 pub(crate) struct IncManyOwned {
-    items: Vec<(Box<str>, u64, u32)>,
+    items: Vec<(Box<str>, u64, usize)>,
     rate: RateLimit,
     n: u64,
     record: bool,
 }
 
 impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
-    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+    type Reply = Option<Vec<(usize, RateLimitDecision)>>;
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let items = self.items.iter().map(|(k, h, p)| (&**k, *h, *p));
@@ -464,7 +464,7 @@ pub(crate) struct IncManyAsync<'a> {
 }
 
 impl<S: Strategy> Message<ShardActor<S>> for IncManyAsync<'_> {
-    type Reply = Option<Vec<(u32, RateLimitDecision)>>;
+    type Reply = Option<Vec<(usize, RateLimitDecision)>>;
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let items = self.items.iter().map(|it| (it.key, it.hash, it.pos));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eyelet::{ManualClock, RateLimit, RateLimitDecision, RateLimiter};
+use eyelet::{ManualClock, RateLimit, RateLimiter};
 use std::sync::Arc;
 
 /// A limiter on a manual clock with a fixed seed and no sweeper thread.
@@ -82,9 +82,4 @@ pub fn oracle(events: &[Event], cap: u64, w: u64, g: u64) -> (usize, usize) {
 /// A valid rate of `r` requests per second.
 pub fn rate(r: f64) -> RateLimit {
     RateLimit::try_from(r).expect("valid rate")
-}
-
-/// Whether a decision admitted the request.
-pub fn admitted(d: &RateLimitDecision) -> bool {
-    d.is_allowed()
 }
