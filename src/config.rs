@@ -43,6 +43,10 @@ pub enum ConfigError {
     ZeroSweepInterval,
     /// The background sweeper thread could not be started.
     SweeperSpawn(String),
+    /// The Redis key prefix is empty, longer than 128 bytes or contains a brace.
+    InvalidPrefix(String),
+    /// A Redis deadline shorter than 1 ms.
+    ZeroRedisDeadline,
 }
 
 impl fmt::Display for ConfigError {
@@ -66,6 +70,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxKeys => f.write_str("maximum number of keys must be at least 1"),
             ConfigError::ZeroSweepInterval => f.write_str("sweep interval must be at least 1 ms"),
             ConfigError::SweeperSpawn(e) => write!(f, "could not start the sweeper thread: {e}"),
+            ConfigError::InvalidPrefix(p) => write!(
+                f,
+                "redis prefix must be 1 to 128 bytes without braces, got {p:?}"
+            ),
+            ConfigError::ZeroRedisDeadline => f.write_str("redis deadline must be at least 1 ms"),
         }
     }
 }
@@ -105,12 +114,24 @@ pub struct RateLimiterBuilder {
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) seed: Option<u64>,
     pub(crate) random: Option<RandomFactory>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: RedisOptions,
+}
+
+/// The Redis provider's options (feature `redis`).
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug)]
+pub(crate) struct RedisOptions {
+    pub(crate) target: Option<crate::redis::Target>,
+    pub(crate) prefix: String,
+    pub(crate) deadline: Duration,
+    pub(crate) clock_time: bool,
 }
 
 impl fmt::Debug for RateLimiterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimiterBuilder")
-            .field("window", &self.window)
+        let mut d = f.debug_struct("RateLimiterBuilder");
+        d.field("window", &self.window)
             .field("bucket", &self.bucket)
             .field("hard_limit_factor", &self.hard_limit_factor)
             .field("stale_after", &self.stale_after)
@@ -120,8 +141,10 @@ impl fmt::Debug for RateLimiterBuilder {
             .field("shards", &self.shards)
             .field("custom_clock", &self.clock.is_some())
             .field("seed", &self.seed)
-            .field("custom_random", &self.random.is_some())
-            .finish()
+            .field("custom_random", &self.random.is_some());
+        #[cfg(feature = "redis")]
+        d.field("redis", &self.redis);
+        d.finish()
     }
 }
 
@@ -139,6 +162,13 @@ impl Default for RateLimiterBuilder {
             clock: None,
             seed: None,
             random: None,
+            #[cfg(feature = "redis")]
+            redis: RedisOptions {
+                target: None,
+                prefix: crate::redis::DEFAULT_PREFIX.to_string(),
+                deadline: crate::redis::DEFAULT_REDIS_DEADLINE,
+                clock_time: false,
+            },
         }
     }
 }
@@ -240,6 +270,69 @@ impl RateLimiterBuilder {
     /// sweep interval, or a sweeper thread that could not be spawned.
     pub fn build(self) -> Result<Arc<RateLimiter>, ConfigError> {
         RateLimiter::from_builder(self)
+    }
+
+    /// The Redis server for [`RateLimiter::redis`] (feature `redis`), e.g.
+    /// `redis://127.0.0.1:6379/` or `redis://user:pass@host:6379/2`; start it with
+    /// [`connect`](Self::connect).
+    #[cfg(feature = "redis")]
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis.target = Some(crate::redis::Target::Single(url.into()));
+        self
+    }
+
+    /// A Redis Cluster for [`RateLimiter::redis`] (feature `redis`), given some of its nodes;
+    /// the client discovers the rest and follows slot moves.
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes = nodes.into_iter().map(Into::into).collect();
+        self.redis.target = Some(crate::redis::Target::Cluster(nodes));
+        self
+    }
+
+    /// Prefix of every Redis key this limiter writes (default `eyelet`): limiters with the
+    /// same prefix on the same Redis share their limits. 1 to 128 bytes, no braces.
+    #[cfg(feature = "redis")]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis.prefix = prefix.into();
+        self
+    }
+
+    /// Deadline of every Redis call, from the call to its answer, queueing included
+    /// (default 500 ms). Past it the call returns [`RedisError::Timeout`](crate::RedisError).
+    #[cfg(feature = "redis")]
+    pub fn redis_deadline(mut self, deadline: Duration) -> Self {
+        self.redis.deadline = deadline;
+        self
+    }
+
+    /// Test hook: the scripts take the time from this limiter's [`clock`](Self::clock) instead
+    /// of Redis `TIME` (default false). Lets a [`ManualClock`](crate::ManualClock) drive the
+    /// Redis provider; in production keep server time, which every process shares.
+    #[cfg(feature = "redis")]
+    pub fn redis_time_from_clock(mut self, enabled: bool) -> Self {
+        self.redis.clock_time = enabled;
+        self
+    }
+
+    /// Validates the options, connects to Redis and starts the limiter: its local provider,
+    /// sweeper, and the Redis batcher (a task on the current tokio runtime, which must be
+    /// running; actix runs on tokio).
+    ///
+    /// # Errors
+    /// [`RedisError::Config`](crate::RedisError::Config) for invalid options (as
+    /// [`build`](Self::build), plus the prefix and deadline), [`RedisError::NotConfigured`]
+    /// without [`redis_url`](Self::redis_url) or [`redis_cluster`](Self::redis_cluster), and the
+    /// connection errors of a server that cannot be reached within the deadline.
+    ///
+    /// [`RedisError::NotConfigured`]: crate::RedisError::NotConfigured
+    #[cfg(feature = "redis")]
+    pub async fn connect(self) -> Result<Arc<RateLimiter>, crate::RedisError> {
+        RateLimiter::connect(self).await
     }
 
     /// The key hasher: seeded from [`seed`](Self::seed) if given, random otherwise.

@@ -51,6 +51,8 @@ mod local;
 mod math;
 mod random;
 mod rate;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod router;
 mod shard;
 mod sweeper;
@@ -67,6 +69,8 @@ pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
 pub use random::{RandomSource, SplitMix64};
 pub use rate::{RateError, RateLimit, MAX_RATE_PER_SECOND, MIN_RATE_PER_SECOND};
 pub use time::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "redis")]
+pub use redis::{RedisAbsolute, RedisError, RedisProvider, RedisSuppressed};
 
 /// The shard protocol, exposed only to the loom models in `loom-tests/`.
 #[cfg(eyelet_loom)]

@@ -42,6 +42,8 @@ const MIN_DEFAULT_SWEEP: Duration = Duration::from_millis(100);
 /// ```
 pub struct RateLimiter {
     local: LocalProvider,
+    #[cfg(feature = "redis")]
+    redis: crate::redis::RedisProvider,
     shared: Arc<Shared>,
     sweeper: OnceLock<Sweeper>,
 }
@@ -70,6 +72,44 @@ impl RateLimiter {
     }
 
     pub(crate) fn from_builder(b: RateLimiterBuilder) -> Result<Arc<Self>, ConfigError> {
+        let (shared, sweep_interval) = Self::validate(&b)?;
+        Self::assemble(
+            b,
+            shared,
+            sweep_interval,
+            #[cfg(feature = "redis")]
+            None,
+        )
+    }
+
+    /// [`RateLimiterBuilder::connect`]: validates, connects, then assembles.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn connect(
+        b: RateLimiterBuilder,
+    ) -> Result<Arc<Self>, crate::redis::RedisError> {
+        let (shared, sweep_interval) = Self::validate(&b)?;
+        if !crate::redis::valid_prefix(&b.redis.prefix) {
+            return Err(ConfigError::InvalidPrefix(b.redis.prefix.clone()).into());
+        }
+        if whole_ms(b.redis.deadline) == 0 {
+            return Err(ConfigError::ZeroRedisDeadline.into());
+        }
+        let target = b
+            .redis
+            .target
+            .clone()
+            .ok_or(crate::redis::RedisError::NotConfigured)?;
+        let conn = crate::redis::connect(
+            &target,
+            b.redis.deadline,
+            shared.clone(),
+            b.redis.clock_time,
+        )
+        .await?;
+        Ok(Self::assemble(b, shared, sweep_interval, Some(conn))?)
+    }
+
+    fn validate(b: &RateLimiterBuilder) -> Result<(Arc<Shared>, Duration), ConfigError> {
         let window_ms = whole_ms(b.window);
         let bucket_ms = whole_ms(b.bucket);
         if window_ms == 0 {
@@ -92,7 +132,6 @@ impl RateLimiter {
         if shards == 0 || shards > MAX_SHARDS {
             return Err(ConfigError::InvalidShardCount(shards));
         }
-        let shards = shards.next_power_of_two();
         if b.max_keys == Some(0) {
             return Err(ConfigError::ZeroMaxKeys);
         }
@@ -119,11 +158,37 @@ impl RateLimiter {
             live_keys: AtomicUsize::new(0),
             clock,
         });
+        Ok((shared, sweep_interval))
+    }
+
+    fn assemble(
+        b: RateLimiterBuilder,
+        shared: Arc<Shared>,
+        sweep_interval: Duration,
+        #[cfg(feature = "redis")] redis: Option<(crate::redis::BatcherHandle, bool)>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let shards = b.shards.unwrap_or(DEFAULT_SHARDS).next_power_of_two();
         let random = b.random_factory();
         let hasher = b.hasher();
         let local = LocalProvider::new(shards, &shared, hasher, &random);
+        #[cfg(feature = "redis")]
+        let redis = {
+            let (batcher, cluster) = match redis {
+                Some((h, c)) => (Some(h), c),
+                None => (None, false),
+            };
+            crate::redis::RedisProvider::new(
+                batcher,
+                shared.clone(),
+                b.redis.prefix.clone(),
+                cluster,
+                random(2 * shards),
+            )
+        };
         let rl = Arc::new(RateLimiter {
             local,
+            #[cfg(feature = "redis")]
+            redis,
             shared,
             sweeper: OnceLock::new(),
         });
@@ -138,6 +203,14 @@ impl RateLimiter {
     /// The in-process provider: decisions in this process only, exact under any concurrency.
     pub fn local(&self) -> &LocalProvider {
         &self.local
+    }
+
+    /// The Redis provider (feature `redis`): limits shared by every process using the same
+    /// Redis and prefix. On a limiter made with [`build`](RateLimiterBuilder::build) (no Redis)
+    /// its calls return [`RedisError::NotConfigured`](crate::RedisError::NotConfigured).
+    #[cfg(feature = "redis")]
+    pub fn redis(&self) -> &crate::redis::RedisProvider {
+        &self.redis
     }
 
     /// Runs one cleanup pass now: evicts keys idle for `stale_after` whose buckets have all

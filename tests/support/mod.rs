@@ -83,3 +83,9 @@ pub fn oracle(events: &[Event], cap: u64, w: u64, g: u64) -> (usize, usize) {
 pub fn rate(r: f64) -> RateLimit {
     RateLimit::try_from(r).expect("valid rate")
 }
+
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
+#[cfg(feature = "redis")]
+pub mod conformance;

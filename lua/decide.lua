@@ -1,0 +1,380 @@
+-- eyelet: batched rate-limit operations on sliding windows (absolute and suppressed).
+--
+-- KEYS[1..m]  the limiter keys this call touches (all in one hash slot: the caller groups by
+--             slot). Each key is a hash: field "m" holds the window header, fields "<seq>" the
+--             buckets strictly between the oldest and the newest (those two live in "m").
+-- ARGV[1]     now in milliseconds, or "" to read the server clock (TIME, read once per call)
+-- ARGV[2]     bucket width G in milliseconds
+-- ARGV[3..]   one operation each, packed as 7 little-endian doubles:
+--             op, key index (1-based into KEYS), window W_eff ms, capacity C, hard limit H,
+--             weight n, draw (uniform in [0, 1), used only in the suppressed band)
+--             op: 1 absolute inc, 2 absolute check, 3 absolute get,
+--                 4 suppressed inc, 5 suppressed check, 6 suppressed get, 7 reset
+-- Reply       { now_ms, then 4 values per operation: kind, a, b, c }
+--             kind 0 Allowed                              (a, b, c = 0)
+--             kind 1 Rejected: a retry_after_ms (-1 = never), b remaining_after_waiting, c W_eff
+--             kind 2 Suppressed: a is_allowed (0/1), b factor (string, %.17g), c = 0
+--             kind 3 absolute get: a live total
+--             kind 4 suppressed get: a total, b declined, c factor (string)
+--             kind 5 reset: a = 1 if the key existed
+--
+-- The rules mirror src/math (window.rs, absolute.rs, suppressed.rs) operation for operation, so
+-- both providers give the same decisions for the same calls and clock. Every write refreshes the
+-- key's TTL so that it outlives its live buckets; an idle key expires on its own.
+
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local G = tonumber(ARGV[2])
+local HEADER = '<dddddddddddddddd'
+local OP = '<ddddddd'
+local TTL_SLACK = 1000
+local sunpack = struct.unpack
+local spack = struct.pack
+local floor = math.floor
+local CHUNK = 1000
+
+-- Window state per key, loaded on first use and written back once at the end.
+local states = {}
+
+local function load(k)
+  local key = KEYS[k]
+  local w = states[k]
+  if w then return w end
+  local m = redis.call('HGET', key, 'm')
+  w = { key = key, cache = {}, dirty = {}, removed = {}, wipe = false, changed = false }
+  if m then
+    local T, D, newest, span, span_seen, head, len, last_soft, last_window, exp,
+      hs, ht, hd, ts, tt, td = sunpack(HEADER, m)
+    w.T, w.D, w.newest, w.span, w.span_seen = T, D, newest, span, span_seen
+    w.head, w.len, w.last_soft, w.last_window, w.exp = head, len, last_soft, last_window, exp
+    w.hb = { hs, ht, hd }
+    w.tb = { ts, tt, td }
+    -- one bucket is both the oldest and the newest: one table, so updates reach both
+    if len <= 1 then w.tb = w.hb end
+    w.exists = true
+  else
+    w.T, w.D, w.newest, w.span, w.span_seen = 0, 0, 0, 0, 0
+    w.head, w.len, w.last_soft, w.last_window, w.exp = 0, 0, 0, 0, 0
+    w.hb = { 0, 0, 0 }
+    w.tb = w.hb
+    w.exists = false
+  end
+  states[k] = w
+  return w
+end
+
+-- A middle bucket `seq` ({start, total, declined}), from its field.
+local function field(w, seq)
+  local b = w.cache[seq]
+  if b then return b end
+  local v = redis.call('HGET', w.key, tostring(seq))
+  if v then
+    local s, t, d = sunpack('<ddd', v)
+    b = { s, t, d }
+  else
+    b = { 0, 0, 0 }
+  end
+  w.cache[seq] = b
+  return b
+end
+
+-- Bucket `seq`; the oldest and the newest live in the header.
+local function bucket(w, seq)
+  if seq == w.head then return w.hb end
+  if seq == w.head + w.len - 1 then return w.tb end
+  return field(w, seq)
+end
+
+local function clear(w)
+  -- fields may exist (middle buckets, or ones awaiting HDEL): drop the whole hash
+  w.wipe = w.exists
+  w.changed = true
+  w.len, w.T, w.D = 0, 0, 0
+  w.cache, w.dirty, w.removed = {}, {}, {}
+  w.hb = { 0, 0, 0 }
+  w.tb = w.hb
+end
+
+local function advance(w, t, win)
+  if win >= w.span or t - w.span_seen >= w.span then
+    if w.span ~= win or w.span_seen ~= t then w.changed = true end
+    w.span = win
+    w.span_seen = t
+  end
+  if w.len == 0 then return end
+  if w.newest + w.span <= t then
+    clear(w)
+    return
+  end
+  while w.len > 1 do
+    local front = w.hb
+    if t - front[1] < w.span then break end
+    w.changed = true
+    w.T = w.T - front[2]
+    w.D = w.D - front[3]
+    w.head = w.head + 1
+    w.len = w.len - 1
+    if w.len == 1 then
+      w.hb = w.tb
+    else
+      -- the next bucket moves from its field into the header
+      w.hb = field(w, w.head)
+      w.removed[w.head] = true
+      w.dirty[w.head] = nil
+      w.cache[w.head] = nil
+    end
+  end
+end
+
+-- Sum of the buckets live at t for window win (after advance).
+local function live(w, t, win)
+  if w.len == 0 or w.newest + win <= t then return 0, 0 end
+  if win >= w.span or w.len == 1 then return w.T, w.D end
+  local st, sd = 0, 0
+  for i = w.len - 1, 0, -1 do
+    local b = bucket(w, w.head + i)
+    if t - b[1] >= win then break end
+    st = st + b[2]
+    sd = sd + b[3]
+  end
+  return st, sd
+end
+
+-- Oldest-first iteration over the buckets live at t for window win (reads need no advance).
+local function live_buckets(w, t, win)
+  local i = -1
+  local n = w.len
+  if w.newest + win <= t then n = 0 end
+  return function()
+    while true do
+      i = i + 1
+      if i >= n then return nil end
+      local b = bucket(w, w.head + i)
+      if t - b[1] < win then return b end
+    end
+  end
+end
+
+local function live_untrimmed(w, t, win)
+  local st, sd = 0, 0
+  for b in live_buckets(w, t, win) do
+    st = st + b[2]
+    sd = sd + b[3]
+  end
+  return st, sd
+end
+
+local function oldest_live_start(w, t, win)
+  for b in live_buckets(w, t, win) do return b[1] end
+  return nil
+end
+
+local function record(w, t, bt, bd, suppressed)
+  w.changed = true
+  if w.len == 0 then
+    w.len = 1
+    w.hb = { t, bt, bd }
+    w.tb = w.hb
+    w.T, w.D = bt, bd
+    w.newest = t
+    return
+  end
+  if t - w.newest < G then
+    local last = w.tb
+    if (not suppressed) or last[2] > last[3] or bt == bd then
+      last[2] = last[2] + bt
+      last[3] = last[3] + bd
+      w.T = w.T + bt
+      w.D = w.D + bd
+      return
+    end
+  end
+  -- open a bucket: the old tail becomes a field unless it is also the head
+  local old_tail = w.head + w.len - 1
+  if w.len >= 2 then
+    w.cache[old_tail] = w.tb
+    w.dirty[old_tail] = true
+  end
+  w.len = w.len + 1
+  w.tb = { t, bt, bd }
+  w.T = w.T + bt
+  w.D = w.D + bd
+  w.newest = t
+end
+
+local function factor_from(attempted, oldest, t, win, soft)
+  if oldest == nil or attempted == 0 then return 0 end
+  local span = t - oldest
+  local lo = G
+  if win < lo then lo = win end
+  local hi = win
+  if hi < 1 then hi = 1 end
+  if span < lo then span = lo end
+  if span > hi then span = hi end
+  local ratio = (soft * span) / (win * attempted)
+  local sf = 1 - ratio
+  if sf < 0 then sf = 0 end
+  if sf > 1 then sf = 1 end
+  return sf
+end
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function absolute(w, t, win, cap, n, rec)
+  advance(w, t, win)
+  if n > cap then return 1, -1, cap, win end
+  local need = n
+  if need < 1 then need = 1 end
+  local lv = live(w, t, win)
+  if lv + need <= cap then
+    if rec and n > 0 then record(w, t, n, 0, false) end
+    return 0, 0, 0, 0
+  end
+  local remaining = lv
+  local retry_at = t
+  for b in live_buckets(w, t, win) do
+    remaining = remaining - b[2]
+    retry_at = b[1] + win
+    if remaining + need <= cap then break end
+  end
+  if remaining < 0 then remaining = 0 end
+  local free = cap - remaining
+  if free < 0 then free = 0 end
+  local wait = retry_at - t
+  if wait < 0 then wait = 0 end
+  return 1, wait, free, win
+end
+
+local function suppressed(w, t, win, soft, hard, n, draw, rec)
+  advance(w, t, win)
+  if rec and n > 0 then
+    w.last_soft = soft
+    w.last_window = win
+    w.changed = true
+  end
+  local need = n
+  if need < 1 then need = 1 end
+  local total, declined = live(w, t, win)
+  local accepted = total - declined
+  local kind, a, b, dec
+  if accepted + need <= soft then
+    kind, a, b, dec = 0, 0, 0, false
+  elseif accepted + need > hard then
+    kind, a, b, dec = 2, 0, '1', true
+  else
+    local sf = factor_from(total, oldest_live_start(w, t, win), t, win, soft)
+    local ok = sf <= 0 or (sf < 1 and draw >= sf)
+    if ok then a = 1 else a = 0 end
+    kind, b, dec = 2, fmt(sf), not ok
+  end
+  if rec and n > 0 then
+    local d = 0
+    if dec then d = n end
+    record(w, t, n, d, true)
+  end
+  return kind, a, b, 0
+end
+
+local function header(w)
+  return spack(HEADER, w.T, w.D, w.newest, w.span, w.span_seen, w.head, w.len, w.last_soft,
+    w.last_window, w.exp, w.hb[1], w.hb[2], w.hb[3], w.tb[1], w.tb[2], w.tb[3])
+end
+
+-- Runs `cmd key args...` in chunks (Lua's unpack has a stack limit).
+local function chunked(cmd, key, args)
+  local i = 1
+  while i <= #args do
+    local j = i + CHUNK - 1
+    if j > #args then j = #args end
+    redis.call(cmd, key, unpack(args, i, j))
+    i = j + 1
+  end
+end
+
+local function write_back(w, t)
+  if not w.changed then return end
+  if not w.exists and w.len == 0 then return end -- like local: no state for nothing recorded
+  if w.wipe then redis.call('DEL', w.key) end
+  -- the TTL must outlive every live bucket and the retained span
+  local need = w.span_seen + w.span
+  if w.len > 0 and w.newest + w.span > need then need = w.newest + w.span end
+  local refresh = w.wipe or (not w.exists) or w.exp < need
+  if refresh then w.exp = need + w.span end
+  local fields = { 'm', header(w) }
+  for seq, _ in pairs(w.dirty) do
+    if seq > w.head and seq < w.head + w.len - 1 then
+      local b = w.cache[seq]
+      fields[#fields + 1] = tostring(seq)
+      fields[#fields + 1] = spack('<ddd', b[1], b[2], b[3])
+    end
+  end
+  chunked('HSET', w.key, fields)
+  if not w.wipe then
+    local del = {}
+    for seq, _ in pairs(w.removed) do del[#del + 1] = tostring(seq) end
+    chunked('HDEL', w.key, del)
+  end
+  if refresh then
+    redis.call('PEXPIRE', w.key, floor(w.exp - t) + TTL_SLACK)
+  end
+end
+
+-- Loads every bucket field of a key at once (reads walk all buckets).
+local function preload(w)
+  if w.len <= 2 or w.preloaded then return end
+  w.preloaded = true
+  local all = redis.call('HGETALL', w.key)
+  for i = 1, #all, 2 do
+    local seq = tonumber(all[i])
+    if seq and w.cache[seq] == nil and not w.removed[seq] then
+      local s, bt, bd = sunpack('<ddd', all[i + 1])
+      w.cache[seq] = { s, bt, bd }
+    end
+  end
+end
+
+local reply = { now }
+local nops = #ARGV - 2
+for i = 1, nops do
+  local op, k, win, cap, hard, n, draw = sunpack(OP, ARGV[i + 2])
+  local w = load(k)
+  -- a key's time never runs backwards (server clock steps)
+  local t = now
+  if w.newest > t then t = w.newest end
+  if w.span_seen > t then t = w.span_seen end
+  local kind, a, b, c
+  if op == 1 or op == 2 then
+    kind, a, b, c = absolute(w, t, win, cap, n, op == 1)
+  elseif op == 4 or op == 5 then
+    kind, a, b, c = suppressed(w, t, win, cap, hard, n, draw, op == 4)
+  elseif op == 3 then
+    preload(w)
+    kind, a, b, c = 3, live_untrimmed(w, t, w.span), 0, 0
+  elseif op == 6 then
+    preload(w)
+    local lw = w.last_window
+    if lw < 1 then lw = 1 end
+    local total, declined = live_untrimmed(w, t, w.span)
+    local sf = factor_from(live_untrimmed(w, t, lw), oldest_live_start(w, t, lw), t, lw,
+      w.last_soft)
+    kind, a, b, c = 4, total, declined, fmt(sf)
+  else
+    -- reset: forget the key (pending writes from earlier operations of this call included)
+    local existed = redis.call('DEL', w.key)
+    states[k] = nil
+    kind, a, b, c = 5, existed, 0, 0
+  end
+  reply[#reply + 1] = kind
+  reply[#reply + 1] = a
+  reply[#reply + 1] = b
+  reply[#reply + 1] = c
+end
+for k, w in pairs(states) do
+  write_back(w, now)
+end
+return reply

@@ -1,0 +1,410 @@
+//! The Redis provider: one limit per key shared by every process that uses the same Redis.
+//!
+//! Decisions follow the same contract as the local provider (same rules, written twice: in
+//! `src/math/` and in `lua/decide.lua`; a shared conformance suite runs both). Time comes from
+//! Redis (`TIME`, read once per script call), so app servers with skewed clocks agree.
+//!
+//! Calls go through a batcher actor (a tokio task owning a multiplexed connection): concurrent
+//! calls are coalesced into script calls of up to 64 operations, each distinct key read and
+//! written once per script call. Every call has a deadline
+//! ([`RateLimiterBuilder::redis_deadline`](crate::RateLimiterBuilder::redis_deadline)); a dead or
+//! stalled server yields a typed [`RedisError`], never a hang.
+//!
+//! Keys are `<prefix>:<a|s>:{<escaped user key>}`: injective for any UTF-8 key, glob-safe, and
+//! each key owns one hash slot, so Redis Cluster works without `CROSSSLOT`. Every key has a TTL
+//! that outlives its live buckets; idle keys expire on their own (no index, no sweeper).
+
+mod batcher;
+mod connection;
+mod error;
+mod keys;
+mod script;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub(crate) use batcher::BatcherHandle;
+pub(crate) use connection::{Conn, Target};
+pub use error::RedisError;
+pub use keys::{MAX_KEY_LEN, MAX_PREFIX_LEN};
+pub(crate) use keys::valid_prefix;
+pub use script::MAX_EXACT;
+
+use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
+use crate::random::RandomSource;
+use crate::rate::{Limits, RateLimit};
+use crate::shard::Shared;
+use batcher::Answer;
+use keys::Kind;
+use script::{OpArgs, OpCode, OpReply};
+
+/// Default per-call deadline of the Redis provider.
+pub const DEFAULT_REDIS_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "eyelet";
+
+/// What both strategy handles share.
+struct Inner {
+    batcher: Option<BatcherHandle>,
+    shared: Arc<Shared>,
+    prefix: String,
+    cluster: bool,
+    random: Mutex<Box<dyn RandomSource>>,
+}
+
+impl Inner {
+    fn batcher(&self) -> Result<&BatcherHandle, RedisError> {
+        self.batcher.as_ref().ok_or(RedisError::NotConfigured)
+    }
+
+    /// Validates and encodes one key.
+    fn key(&self, kind: Kind, key: &str) -> Result<(Vec<u8>, u16), RedisError> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(RedisError::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        let k = keys::encode(&self.prefix, kind, key);
+        let slot = if self.cluster { keys::slot(&k) } else { 0 };
+        Ok((k, slot))
+    }
+
+    /// The arguments of a decision, validated against what Lua counts exactly.
+    fn args(&self, code: OpCode, rate: &RateLimit, n: u64) -> Result<OpArgs, RedisError> {
+        if n > MAX_EXACT {
+            return Err(RedisError::WeightTooLarge { n, max: MAX_EXACT });
+        }
+        let limits = Limits::new(self.shared.window_ms, rate, self.shared.hard_limit_factor);
+        if limits.hard > MAX_EXACT || limits.capacity > MAX_EXACT {
+            return Err(RedisError::RateTooHigh {
+                limit: limits.hard.max(limits.capacity),
+                max: MAX_EXACT,
+            });
+        }
+        let draw = match code {
+            OpCode::SuppressedInc | OpCode::SuppressedCheck => self.draw(),
+            _ => 0.0,
+        };
+        Ok(OpArgs {
+            code,
+            window_ms: limits.window_ms,
+            capacity: limits.capacity,
+            hard: limits.hard,
+            n,
+            draw,
+        })
+    }
+
+    /// One uniform draw for the suppressed band (one per suppressed decision, used or not).
+    fn draw(&self) -> f64 {
+        let mut rng = match self.random.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64())).unwrap_or(0.5)
+    }
+
+    fn plain(code: OpCode) -> OpArgs {
+        OpArgs {
+            code,
+            window_ms: 0,
+            capacity: 0,
+            hard: 0,
+            n: 0,
+            draw: 0.0,
+        }
+    }
+
+    async fn run(&self, kind: Kind, key: &str, args: OpArgs) -> Answer {
+        let b = self.batcher()?;
+        let (k, slot) = self.key(kind, key)?;
+        b.call(k, slot, args).await
+    }
+
+    async fn decide(
+        &self,
+        kind: Kind,
+        code: OpCode,
+        key: &str,
+        rate: &RateLimit,
+        n: u64,
+    ) -> Result<Stamped, RedisError> {
+        let args = self.args(code, rate, n)?;
+        match self.run(kind, key, args).await? {
+            (at_ms, OpReply::Decision(decision)) => Ok(Stamped { decision, at_ms }),
+            (_, r) => Err(unexpected(&r)),
+        }
+    }
+
+    async fn decide_many<K: AsRef<str>>(
+        &self,
+        kind: Kind,
+        code: OpCode,
+        keys: &[K],
+        rate: &RateLimit,
+        n: u64,
+    ) -> Result<Vec<RateLimitDecision>, RedisError> {
+        let b = self.batcher()?;
+        // Validate everything before sending anything.
+        let mut prepared = Vec::with_capacity(keys.len());
+        for k in keys {
+            let (key, slot) = self.key(kind, k.as_ref())?;
+            prepared.push((key, slot, self.args(code, rate, n)?));
+        }
+        let deadline = b.deadline();
+        let work = async {
+            let mut rxs = Vec::with_capacity(prepared.len());
+            for (key, slot, args) in prepared {
+                rxs.push(b.send(key, slot, args).await?);
+            }
+            let mut out = Vec::with_capacity(rxs.len());
+            for rx in rxs {
+                match rx.await.map_err(|_| RedisError::Shutdown)?? {
+                    (_, OpReply::Decision(d)) => out.push(d),
+                    (_, r) => return Err(unexpected(&r)),
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| RedisError::Timeout { deadline })?
+    }
+}
+
+fn unexpected(r: &OpReply) -> RedisError {
+    RedisError::Protocol(format!("reply {r:?} does not fit the operation"))
+}
+
+/// The Redis provider: [`absolute`](Self::absolute) and [`suppressed`](Self::suppressed)
+/// handles over one batcher. Get it with [`RateLimiter::redis`](crate::RateLimiter::redis).
+pub struct RedisProvider {
+    absolute: RedisAbsolute,
+    suppressed: RedisSuppressed,
+}
+
+impl std::fmt::Debug for RedisProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProvider")
+            .field("connected", &self.absolute.inner.batcher.is_some())
+            .field("cluster", &self.absolute.inner.cluster)
+            .field("prefix", &self.absolute.inner.prefix)
+            .finish()
+    }
+}
+
+impl RedisProvider {
+    pub(crate) fn new(
+        batcher: Option<BatcherHandle>,
+        shared: Arc<Shared>,
+        prefix: String,
+        cluster: bool,
+        random: Box<dyn RandomSource>,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            batcher,
+            shared,
+            prefix,
+            cluster,
+            random: Mutex::new(random),
+        });
+        Self {
+            absolute: RedisAbsolute {
+                inner: inner.clone(),
+            },
+            suppressed: RedisSuppressed { inner },
+        }
+    }
+
+    /// The absolute strategy: sliding-window hard limit with retry hints.
+    pub fn absolute(&self) -> &RedisAbsolute {
+        &self.absolute
+    }
+
+    /// The suppressed strategy: probabilistic shedding near the limit, hard cutoff at `H`.
+    pub fn suppressed(&self) -> &RedisSuppressed {
+        &self.suppressed
+    }
+}
+
+macro_rules! redis_strategy {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $kind:expr, $inc:expr, $check:expr, $get:expr, $snapshot:ty,
+        $get_doc:literal, $from_get:expr
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        pub struct $name {
+            inner: Arc<Inner>,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// Decides a request of weight `n` for `key` at `rate` and records it if admitted,
+            /// atomically on the server: every process sharing the Redis sees one limit.
+            ///
+            /// `n = 0` is a free probe. A weight above what the key can ever take returns
+            /// `Rejected` with `retry_after_ms == RETRY_NEVER`.
+            ///
+            /// # Errors
+            /// Bad input ([`RedisError::KeyTooLong`], [`RedisError::WeightTooLarge`],
+            /// [`RedisError::RateTooHigh`]) before anything is sent; otherwise transport and
+            /// server failures ([`RedisError::Timeout`] after the deadline,
+            /// [`RedisError::Connection`], [`RedisError::ReadOnly`], ...).
+            ///
+            /// # Cancel safety
+            /// Dropping the future before the operation is sent withdraws it (it is never
+            /// applied); after it was sent it is applied once or not at all, as the server
+            /// decides, whether or not the caller is still there to hear it.
+            pub async fn inc(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> Result<RateLimitDecision, RedisError> {
+                Ok(self.inc_stamped(key, rate, n).await?.decision)
+            }
+
+            /// [`inc`](Self::inc), also returning the Redis server time (ms since the Unix
+            /// epoch, or the limiter's clock in tests) the decision was made at.
+            ///
+            /// # Errors
+            /// As [`inc`](Self::inc).
+            pub async fn inc_stamped(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> Result<Stamped, RedisError> {
+                self.inner.decide($kind, $inc, key, rate, n).await
+            }
+
+            /// The decision [`inc`](Self::inc) would return now, without recording anything.
+            ///
+            /// # Errors
+            /// As [`inc`](Self::inc).
+            pub async fn is_allowed(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> Result<RateLimitDecision, RedisError> {
+                Ok(self.inner.decide($kind, $check, key, rate, n).await?.decision)
+            }
+
+            /// Decides many keys at once, each as [`inc`](Self::inc) would, in input order per
+            /// key; the batcher packs them into as few script calls as their slots allow.
+            ///
+            /// # Errors
+            /// A bad key or weight fails the whole call before anything is sent. A transport
+            /// failure returns the first error; decisions of the same batch that reached Redis
+            /// may have been applied.
+            pub async fn inc_many<K: AsRef<str>>(
+                &self,
+                keys: &[K],
+                rate: &RateLimit,
+                n: u64,
+            ) -> Result<Vec<RateLimitDecision>, RedisError> {
+                self.inner.decide_many($kind, $inc, keys, rate, n).await
+            }
+
+            #[doc = $get_doc]
+            /// An unknown key reads as zero and creates no state.
+            ///
+            /// # Errors
+            /// As [`inc`](Self::inc).
+            pub async fn get(&self, key: &str) -> Result<$snapshot, RedisError> {
+                match self.inner.run($kind, key, Inner::plain($get)).await? {
+                    (_, r) => ($from_get)(r),
+                }
+            }
+
+            /// Forgets `key`; returns whether it had state. The next call sees a new key.
+            ///
+            /// # Errors
+            /// As [`inc`](Self::inc).
+            pub async fn reset(&self, key: &str) -> Result<bool, RedisError> {
+                match self.inner.run($kind, key, Inner::plain(OpCode::Reset)).await? {
+                    (_, OpReply::Reset(had)) => Ok(had),
+                    (_, r) => Err(unexpected(&r)),
+                }
+            }
+        }
+    };
+}
+
+redis_strategy!(
+    /// The Redis provider's absolute strategy: `live + n ≤ C`, all or nothing, exact across
+    /// every process sharing the server.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), eyelet::RedisError> {
+    /// use std::time::Duration;
+    /// use eyelet::{RateLimit, RateLimitDecision, RateLimiter};
+    ///
+    /// let rl = RateLimiter::builder()
+    ///     .window(Duration::from_secs(1))
+    ///     .redis_url("redis://127.0.0.1:6379/")
+    ///     .prefix("checkout-svc")
+    ///     .connect()
+    ///     .await?;
+    /// let rate = RateLimit::try_from(10.0).expect("valid rate");
+    /// match rl.redis().absolute().inc("user_123", &rate, 1).await? {
+    ///     RateLimitDecision::Allowed => { /* proceed */ }
+    ///     RateLimitDecision::Rejected { retry_after_ms, .. } => eprintln!("retry in {retry_after_ms}ms"),
+    ///     _ => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
+    RedisAbsolute,
+    Kind::Absolute,
+    OpCode::AbsoluteInc,
+    OpCode::AbsoluteCheck,
+    OpCode::AbsoluteGet,
+    u64,
+    "The weight live in `key`'s window now (over the longest window it retains).",
+    |r| match r {
+        OpReply::Total(t) => Ok(t),
+        r => Err(unexpected(&r)),
+    }
+);
+
+redis_strategy!(
+    /// The Redis provider's suppressed strategy: sheds with probability `sf` between the soft
+    /// limit `C` and the hard limit `H`, from the attempted rate.
+    ///
+    /// The random draw is made by the caller (from the limiter's random source, one draw per
+    /// suppressed `inc` or `is_allowed`) and sent with the request, so a seeded limiter is
+    /// deterministic.
+    RedisSuppressed,
+    Kind::Suppressed,
+    OpCode::SuppressedInc,
+    OpCode::SuppressedCheck,
+    OpCode::SuppressedGet,
+    SuppressedSnapshot,
+    "Attempted and declined weight live in `key`'s window, and the suppression factor a request at the key's last rate would see now.",
+    |r| match r {
+        OpReply::Snapshot(s) => Ok(s),
+        r => Err(unexpected(&r)),
+    }
+);
+
+/// Connects to `target` and starts the batcher.
+pub(crate) async fn connect(
+    target: &Target,
+    deadline: Duration,
+    shared: Arc<Shared>,
+    clock_time: bool,
+) -> Result<(BatcherHandle, bool), RedisError> {
+    let conn = Conn::open(target, deadline).await?;
+    let cluster = conn.is_cluster();
+    Ok((BatcherHandle::spawn(conn, shared, clock_time, deadline), cluster))
+}

@@ -1,0 +1,279 @@
+//! The Redis batcher actor: coalesces concurrent calls into few script calls.
+//!
+//! Callers send [`BatcherCommand`]s through a bounded mailbox and await a oneshot reply. The
+//! actor (a tokio task owning the connection) drains whatever is queued (up to [`MAX_BATCH`]
+//! operations), groups it per hash slot (one group on a single server), cuts each group into
+//! script calls of at most [`MAX_OPS_PER_CALL`] operations with duplicate keys coalesced, and
+//! sends them; while [`MAX_IN_FLIGHT`] batches are outstanding it lets the mailbox fill, which
+//! is what makes the next batch large. Operations keep their mailbox order inside a script call,
+//! and the script calls of one slot are issued in order on one multiplexed connection, so a
+//! key's operations apply in the order they were queued.
+//!
+//! A caller whose deadline passed (or whose future was dropped) before its operation was sent
+//! is skipped: its request is never applied. The actor exits when the last handle is dropped,
+//! after answering what is in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::{Cmd, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection::Conn;
+use super::script::{decode, OpArgs, OpReply, DECIDE_LUA};
+use super::RedisError;
+use crate::shard::Shared;
+
+/// Most operations in one script call (the script reads each distinct key once).
+pub(crate) const MAX_OPS_PER_CALL: usize = 64;
+/// Most operations drained from the mailbox into one batch.
+pub(crate) const MAX_BATCH: usize = 256;
+/// Batches outstanding at once; the mailbox fills meanwhile and the next batch is larger.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// Mailbox capacity (operations); callers wait for room within their deadline.
+pub(crate) const MAILBOX_CAPACITY: usize = 16 * 1024;
+
+/// One answered operation: the server time of the decision and its reply.
+pub(crate) type Answer = Result<(u64, OpReply), RedisError>;
+
+/// Messages the batcher actor handles.
+#[derive(Debug)]
+pub(crate) enum BatcherCommand {
+    /// Run one operation on `key` (in hash slot `slot`) and send the answer to `reply`.
+    Decide {
+        key: Vec<u8>,
+        slot: u16,
+        args: OpArgs,
+        reply: oneshot::Sender<Answer>,
+    },
+}
+
+/// A cloneable handle to the batcher actor.
+#[derive(Clone, Debug)]
+pub(crate) struct BatcherHandle {
+    tx: mpsc::Sender<BatcherCommand>,
+    deadline: Duration,
+}
+
+impl BatcherHandle {
+    /// Spawns the actor on the current tokio runtime.
+    pub(crate) fn spawn(conn: Conn, shared: Arc<Shared>, clock_time: bool, deadline: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+        let script = redis::Script::new(DECIDE_LUA);
+        let actor = BatcherActor {
+            rx,
+            conn,
+            sha: script.get_hash().to_string(),
+            shared,
+            clock_time,
+            deadline,
+        };
+        tokio::spawn(actor.run());
+        Self { tx, deadline }
+    }
+
+    /// The per-call deadline.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Queues one operation and returns the receiver of its answer.
+    pub(crate) async fn send(
+        &self,
+        key: Vec<u8>,
+        slot: u16,
+        args: OpArgs,
+    ) -> Result<oneshot::Receiver<Answer>, RedisError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(BatcherCommand::Decide {
+                key,
+                slot,
+                args,
+                reply,
+            })
+            .await
+            .map_err(|_| RedisError::Shutdown)?;
+        Ok(rx)
+    }
+
+    /// Runs one operation within the deadline.
+    pub(crate) async fn call(&self, key: Vec<u8>, slot: u16, args: OpArgs) -> Answer {
+        let deadline = self.deadline;
+        let work = async {
+            let rx = self.send(key, slot, args).await?;
+            rx.await.map_err(|_| RedisError::Shutdown)?
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| RedisError::Timeout { deadline })?
+    }
+}
+
+/// One queued operation, as the actor keeps it.
+struct Pending {
+    key: Vec<u8>,
+    slot: u16,
+    args: OpArgs,
+    reply: oneshot::Sender<Answer>,
+}
+
+struct BatcherActor {
+    rx: mpsc::Receiver<BatcherCommand>,
+    conn: Conn,
+    sha: String,
+    shared: Arc<Shared>,
+    /// Scripts take `now` from the limiter's clock instead of `TIME` (tests).
+    clock_time: bool,
+    deadline: Duration,
+}
+
+impl BatcherActor {
+    async fn run(mut self) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut buf: Vec<BatcherCommand> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                n = self.rx.recv_many(&mut buf, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
+                    if n == 0 {
+                        break;
+                    }
+                    let batch: Vec<Pending> = buf
+                        .drain(..)
+                        .filter_map(|BatcherCommand::Decide { key, slot, args, reply }| {
+                            // A caller that gave up is not applied behind its back.
+                            (!reply.is_closed()).then_some(Pending { key, slot, args, reply })
+                        })
+                        .collect();
+                    if !batch.is_empty() {
+                        in_flight.push(self.execute(batch));
+                    }
+                }
+            }
+        }
+        while in_flight.next().await.is_some() {}
+    }
+
+    /// Sends one batch: per slot, script calls of at most `MAX_OPS_PER_CALL` operations.
+    fn execute(&self, batch: Vec<Pending>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let groups = group_by_slot(batch, self.conn.is_cluster());
+        let now = self.clock_time.then(|| self.shared.clock.now_ms());
+        let calls: Vec<_> = groups
+            .into_iter()
+            .flat_map(|g| chunk(g, MAX_OPS_PER_CALL))
+            .map(|ops| {
+                script_call(
+                    self.conn.clone(),
+                    self.sha.clone(),
+                    ops,
+                    now,
+                    self.shared.bucket_ms,
+                    self.deadline,
+                )
+            })
+            .collect();
+        async move {
+            futures_util::future::join_all(calls).await;
+        }
+    }
+}
+
+/// Groups operations by hash slot, keeping their order inside each group (one group when the
+/// server is not a cluster: any keys may share a script call there).
+fn group_by_slot(batch: Vec<Pending>, cluster: bool) -> Vec<Vec<Pending>> {
+    if !cluster {
+        return vec![batch];
+    }
+    let mut index: HashMap<u16, usize> = HashMap::new();
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    for p in batch {
+        let i = *index.entry(p.slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(p);
+    }
+    groups
+}
+
+fn chunk(mut ops: Vec<Pending>, size: usize) -> Vec<Vec<Pending>> {
+    let mut out = Vec::with_capacity(ops.len().div_ceil(size));
+    while ops.len() > size {
+        let rest = ops.split_off(size);
+        out.push(std::mem::replace(&mut ops, rest));
+    }
+    out.push(ops);
+    out
+}
+
+/// Builds `EVALSHA sha`/`EVAL body` with the call's keys (each distinct key once) and ops.
+fn build(verb: &str, script: &str, ops: &[Pending], now: Option<u64>, bucket_ms: u64) -> Cmd {
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut key_index: HashMap<&[u8], usize> = HashMap::new();
+    let mut op_keys = Vec::with_capacity(ops.len());
+    for p in ops {
+        let i = *key_index.entry(&p.key[..]).or_insert_with(|| {
+            keys.push(&p.key[..]);
+            keys.len()
+        });
+        op_keys.push(i);
+    }
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(script).arg(keys.len());
+    for k in &keys {
+        cmd.arg(*k);
+    }
+    match now {
+        Some(t) => cmd.arg(t),
+        None => cmd.arg(""),
+    };
+    cmd.arg(bucket_ms);
+    for (p, i) in ops.iter().zip(op_keys) {
+        cmd.arg(&p.args.pack(i)[..]);
+    }
+    cmd
+}
+
+/// Runs one script call (reloading the script once on `NOSCRIPT`) and answers its operations.
+async fn script_call(
+    mut conn: Conn,
+    sha: String,
+    ops: Vec<Pending>,
+    now: Option<u64>,
+    bucket_ms: u64,
+    deadline: Duration,
+) {
+    let work = async {
+        let cmd = build("EVALSHA", &sha, &ops, now, bucket_ms);
+        match conn.query(&cmd).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                // The script cache was flushed (or this node never saw it): EVAL sends the body
+                // and caches it again. The EVALSHA did not run, so nothing is applied twice.
+                let cmd = build("EVAL", DECIDE_LUA, &ops, now, bucket_ms);
+                conn.query(&cmd).await
+            }
+            r => r,
+        }
+    };
+    let result: Result<Value, RedisError> = match tokio::time::timeout(deadline, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
+        Err(_) => Err(RedisError::Timeout { deadline }),
+    };
+    match result.and_then(|v| decode(&v, ops.len())) {
+        Ok((t, replies)) => {
+            for (p, r) in ops.into_iter().zip(replies) {
+                let _ = p.reply.send(Ok((t, r)));
+            }
+        }
+        Err(e) => {
+            for p in ops {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
