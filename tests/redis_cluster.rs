@@ -1,0 +1,88 @@
+//! The Redis provider on a local 3-master Redis Cluster: 100,000 hostile user keys, no
+//! CROSSSLOT, one Redis key per user key, a TTL on every key.
+#![cfg(feature = "redis")]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use eyelet::{RandomSource, RateLimitDecision, RateLimiter, SplitMix64};
+use support::rate;
+use support::redis_server::{scan_all, RedisCluster};
+
+/// Distinct random keys over an alphabet full of separators, braces, glob characters, spaces
+/// and non-ASCII.
+fn hostile_keys(n: usize) -> Vec<String> {
+    let alphabet: Vec<char> = "ab{}{}::**??[]\\  éß日本🦀xyz019-_.,;'\"\t".chars().collect();
+    let mut rng = SplitMix64::new(2026);
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    for special in ["", "{}", "}{", "{", "}", "*", "?", " ", "{a}", "a{}b"] {
+        seen.insert(special.to_string());
+        out.push(special.to_string());
+    }
+    while out.len() < n {
+        let len = 1 + (rng.next_u64() % 24) as usize;
+        let k: String = (0..len)
+            .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
+            .collect();
+        if seen.insert(k.clone()) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(60))
+        .redis_cluster(cluster.urls())
+        .prefix("cl")
+        .redis_deadline(Duration::from_secs(10))
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect to the cluster");
+    let keys = hostile_keys(100_000);
+    let one = rate(1.0 / 60.0); // C = 1 per 60 s window
+    let mut allowed = 0;
+    for chunk in keys.chunks(2_000) {
+        // Any error (CROSSSLOT included) fails the test.
+        let ds = rl.redis().absolute().inc_many(chunk, &one, 1).await.expect("inc_many");
+        allowed += ds.iter().filter(|d| d.is_allowed()).count();
+    }
+    // C = 1: had two user keys shared a Redis key, the second would have been rejected.
+    assert_eq!(allowed, keys.len());
+    for k in keys.iter().take(2_000) {
+        assert!(rl.redis().suppressed().inc(k, &one, 1).await.expect("inc").is_allowed());
+        assert!(matches!(
+            rl.redis().absolute().inc(k, &one, 1).await.expect("inc"),
+            RateLimitDecision::Rejected { .. }
+        ));
+    }
+    assert_eq!(rl.redis().absolute().get("{}").await, Ok(1));
+
+    let mut total = 0;
+    let mut without_ttl = 0;
+    for node in &cluster.nodes {
+        let mut conn = node.conn();
+        let found = scan_all(&mut conn, "cl:*");
+        total += found.len();
+        for k in &found {
+            let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut conn).expect("PTTL");
+            if ttl < 0 {
+                without_ttl += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} user keys -> {total} redis keys on 3 masters, {without_ttl} without TTL",
+        keys.len()
+    );
+    assert_eq!(total, keys.len() + 2_000, "one redis key per user key and strategy");
+    assert_eq!(without_ttl, 0);
+}
