@@ -5,17 +5,19 @@
 --             buckets strictly between the oldest and the newest (those two live in "m").
 -- ARGV[1]     now in milliseconds, or "" to read the server clock (TIME, read once per call)
 -- ARGV[2]     bucket width G in milliseconds
--- ARGV[3..]   one operation each, packed as 7 little-endian doubles:
+-- ARGV[3]     the operations, 56 bytes each: 7 little-endian doubles
 --             op, key index (1-based into KEYS), window W_eff ms, capacity C, hard limit H,
 --             weight n, draw (uniform in [0, 1), used only in the suppressed band)
 --             op: 1 absolute inc, 2 absolute check, 3 absolute get,
 --                 4 suppressed inc, 5 suppressed check, 6 suppressed get, 7 reset
--- Reply       { now_ms, then 4 values per operation: kind, a, b, c }
---             kind 0 Allowed                              (a, b, c = 0)
+-- Reply       one string of little-endian doubles: now_ms, then 4 per operation: kind, a, b, c
+--             kind 0 Allowed                                   (a, b, c = 0)
 --             kind 1 Rejected: a retry_after_ms (-1 = never), b remaining_after_waiting, c W_eff
---             kind 2 Suppressed: a is_allowed (0/1), b factor (string, %.17g), c = 0
+--             kind 2 Suppressed: a is_allowed (0/1), b factor span (-1 = hard cutoff, factor 1),
+--                    c attempted weight; the caller computes the factor from b and c with the
+--                    same arithmetic (so it is bit-identical and no float is formatted here)
 --             kind 3 absolute get: a live total
---             kind 4 suppressed get: a total, b declined, c factor (string)
+--             kind 4 suppressed get: a total, b declined, c factor
 --             kind 5 reset: a = 1 if the key existed
 --
 -- The rules mirror src/math (window.rs, absolute.rs, suppressed.rs) operation for operation, so
@@ -40,27 +42,26 @@ local CHUNK = 1000
 local states = {}
 
 local function load(k)
-  local key = KEYS[k]
   local w = states[k]
   if w then return w end
+  local key = KEYS[k]
   local m = redis.call('HGET', key, 'm')
-  w = { key = key, cache = {}, dirty = {}, removed = {}, wipe = false, changed = false }
   if m then
     local T, D, newest, span, span_seen, head, len, last_soft, last_window, exp,
       hs, ht, hd, ts, tt, td = sunpack(HEADER, m)
-    w.T, w.D, w.newest, w.span, w.span_seen = T, D, newest, span, span_seen
-    w.head, w.len, w.last_soft, w.last_window, w.exp = head, len, last_soft, last_window, exp
-    w.hb = { hs, ht, hd }
-    w.tb = { ts, tt, td }
+    local hb = { hs, ht, hd }
     -- one bucket is both the oldest and the newest: one table, so updates reach both
-    if len <= 1 then w.tb = w.hb end
-    w.exists = true
+    local tb = hb
+    if len > 1 then tb = { ts, tt, td } end
+    w = { key = key, cache = false, dirty = false, removed = false, wipe = false,
+      changed = false, exists = true, T = T, D = D, newest = newest, span = span,
+      span_seen = span_seen, head = head, len = len, last_soft = last_soft,
+      last_window = last_window, exp = exp, hb = hb, tb = tb }
   else
-    w.T, w.D, w.newest, w.span, w.span_seen = 0, 0, 0, 0, 0
-    w.head, w.len, w.last_soft, w.last_window, w.exp = 0, 0, 0, 0, 0
-    w.hb = { 0, 0, 0 }
-    w.tb = w.hb
-    w.exists = false
+    local hb = { 0, 0, 0 }
+    w = { key = key, cache = false, dirty = false, removed = false, wipe = false,
+      changed = false, exists = false, T = 0, D = 0, newest = 0, span = 0, span_seen = 0,
+      head = 0, len = 0, last_soft = 0, last_window = 0, exp = 0, hb = hb, tb = hb }
   end
   states[k] = w
   return w
@@ -68,6 +69,7 @@ end
 
 -- A middle bucket `seq` ({start, total, declined}), from its field.
 local function field(w, seq)
+  if not w.cache then w.cache = {} end
   local b = w.cache[seq]
   if b then return b end
   local v = redis.call('HGET', w.key, tostring(seq))
@@ -93,7 +95,7 @@ local function clear(w)
   w.wipe = w.exists
   w.changed = true
   w.len, w.T, w.D = 0, 0, 0
-  w.cache, w.dirty, w.removed = {}, {}, {}
+  w.cache, w.dirty, w.removed = false, false, false
   w.hb = { 0, 0, 0 }
   w.tb = w.hb
 end
@@ -122,9 +124,10 @@ local function advance(w, t, win)
     else
       -- the next bucket moves from its field into the header
       w.hb = field(w, w.head)
+      if not w.removed then w.removed = {} end
       w.removed[w.head] = true
-      w.dirty[w.head] = nil
-      w.cache[w.head] = nil
+      if w.dirty then w.dirty[w.head] = nil end
+      if w.cache then w.cache[w.head] = nil end
     end
   end
 end
@@ -168,7 +171,11 @@ local function live_untrimmed(w, t, win)
 end
 
 local function oldest_live_start(w, t, win)
-  for b in live_buckets(w, t, win) do return b[1] end
+  if w.newest + win <= t then return nil end
+  for i = 0, w.len - 1 do
+    local b = bucket(w, w.head + i)
+    if t - b[1] < win then return b[1] end
+  end
   return nil
 end
 
@@ -195,7 +202,9 @@ local function record(w, t, bt, bd, suppressed)
   -- open a bucket: the old tail becomes a field unless it is also the head
   local old_tail = w.head + w.len - 1
   if w.len >= 2 then
+    if not w.cache then w.cache = {} end
     w.cache[old_tail] = w.tb
+    if not w.dirty then w.dirty = {} end
     w.dirty[old_tail] = true
   end
   w.len = w.len + 1
@@ -205,8 +214,9 @@ local function record(w, t, bt, bd, suppressed)
   w.newest = t
 end
 
-local function factor_from(attempted, oldest, t, win, soft)
-  if oldest == nil or attempted == 0 then return 0 end
+-- The clamped span and attempted weight the factor is computed from (nil when it is 0).
+local function factor_inputs(attempted, oldest, t, win)
+  if oldest == nil or attempted == 0 then return nil end
   local span = t - oldest
   local lo = G
   if win < lo then lo = win end
@@ -214,15 +224,18 @@ local function factor_from(attempted, oldest, t, win, soft)
   if hi < 1 then hi = 1 end
   if span < lo then span = lo end
   if span > hi then span = hi end
+  return span
+end
+
+-- sf = clamp(1 - (S / W_eff) / (T / span), 0, 1), as src/math/suppressed.rs computes it.
+local function factor_from(attempted, oldest, t, win, soft)
+  local span = factor_inputs(attempted, oldest, t, win)
+  if span == nil then return 0 end
   local ratio = (soft * span) / (win * attempted)
   local sf = 1 - ratio
   if sf < 0 then sf = 0 end
   if sf > 1 then sf = 1 end
   return sf
-end
-
-local function fmt(x)
-  return string.format('%.17g', x)
 end
 
 local function absolute(w, t, win, cap, n, rec)
@@ -237,10 +250,13 @@ local function absolute(w, t, win, cap, n, rec)
   end
   local remaining = lv
   local retry_at = t
-  for b in live_buckets(w, t, win) do
-    remaining = remaining - b[2]
-    retry_at = b[1] + win
-    if remaining + need <= cap then break end
+  for i = 0, w.len - 1 do
+    local b = bucket(w, w.head + i)
+    if t - b[1] < win then
+      remaining = remaining - b[2]
+      retry_at = b[1] + win
+      if remaining + need <= cap then break end
+    end
   end
   if remaining < 0 then remaining = 0 end
   local free = cap - remaining
@@ -261,23 +277,31 @@ local function suppressed(w, t, win, soft, hard, n, draw, rec)
   if need < 1 then need = 1 end
   local total, declined = live(w, t, win)
   local accepted = total - declined
-  local kind, a, b, dec
+  local kind, a, b, c, dec
   if accepted + need <= soft then
-    kind, a, b, dec = 0, 0, 0, false
+    kind, a, b, c, dec = 0, 0, 0, 0, false
   elseif accepted + need > hard then
-    kind, a, b, dec = 2, 0, '1', true
+    kind, a, b, c, dec = 2, 0, -1, 0, true
   else
-    local sf = factor_from(total, oldest_live_start(w, t, win), t, win, soft)
+    local span = factor_inputs(total, oldest_live_start(w, t, win), t, win)
+    local sf = 0
+    if span ~= nil then
+      sf = 1 - (soft * span) / (win * total)
+      if sf < 0 then sf = 0 end
+      if sf > 1 then sf = 1 end
+    else
+      span = 0
+    end
     local ok = sf <= 0 or (sf < 1 and draw >= sf)
     if ok then a = 1 else a = 0 end
-    kind, b, dec = 2, fmt(sf), not ok
+    kind, b, c, dec = 2, span, total, not ok
   end
   if rec and n > 0 then
     local d = 0
     if dec then d = n end
     record(w, t, n, d, true)
   end
-  return kind, a, b, 0
+  return kind, a, b, c
 end
 
 local function header(w)
@@ -305,16 +329,20 @@ local function write_back(w, t)
   if w.len > 0 and w.newest + w.span > need then need = w.newest + w.span end
   local refresh = w.wipe or (not w.exists) or w.exp < need
   if refresh then w.exp = need + w.span end
-  local fields = { 'm', header(w) }
-  for seq, _ in pairs(w.dirty) do
-    if seq > w.head and seq < w.head + w.len - 1 then
-      local b = w.cache[seq]
-      fields[#fields + 1] = tostring(seq)
-      fields[#fields + 1] = spack('<ddd', b[1], b[2], b[3])
+  if w.dirty then
+    local fields = { 'm', header(w) }
+    for seq, _ in pairs(w.dirty) do
+      if seq > w.head and seq < w.head + w.len - 1 then
+        local b = w.cache[seq]
+        fields[#fields + 1] = tostring(seq)
+        fields[#fields + 1] = spack('<ddd', b[1], b[2], b[3])
+      end
     end
+    chunked('HSET', w.key, fields)
+  else
+    redis.call('HSET', w.key, 'm', header(w))
   end
-  chunked('HSET', w.key, fields)
-  if not w.wipe then
+  if w.removed and not w.wipe then
     local del = {}
     for seq, _ in pairs(w.removed) do del[#del + 1] = tostring(seq) end
     chunked('HDEL', w.key, del)
@@ -331,17 +359,22 @@ local function preload(w)
   local all = redis.call('HGETALL', w.key)
   for i = 1, #all, 2 do
     local seq = tonumber(all[i])
-    if seq and w.cache[seq] == nil and not w.removed[seq] then
+    if not w.cache then w.cache = {} end
+    if seq and w.cache[seq] == nil and not (w.removed and w.removed[seq]) then
       local s, bt, bd = sunpack('<ddd', all[i + 1])
       w.cache[seq] = { s, bt, bd }
     end
   end
 end
 
+local ops = ARGV[3]
+local nops = #ops / 56
 local reply = { now }
-local nops = #ARGV - 2
+local r = 1
+local pos = 1
 for i = 1, nops do
-  local op, k, win, cap, hard, n, draw = sunpack(OP, ARGV[i + 2])
+  local op, k, win, cap, hard, n, draw
+  op, k, win, cap, hard, n, draw, pos = sunpack(OP, ops, pos)
   local w = load(k)
   -- a key's time never runs backwards (server clock steps)
   local t = now
@@ -362,19 +395,22 @@ for i = 1, nops do
     local total, declined = live_untrimmed(w, t, w.span)
     local sf = factor_from(live_untrimmed(w, t, lw), oldest_live_start(w, t, lw), t, lw,
       w.last_soft)
-    kind, a, b, c = 4, total, declined, fmt(sf)
+    kind, a, b, c = 4, total, declined, sf
   else
-    -- reset: forget the key (pending writes from earlier operations of this call included)
-    local existed = redis.call('DEL', w.key)
+    -- reset: forget the key, including what earlier operations of this call did to it
+    local had = w.exists or w.len > 0
+    redis.call('DEL', w.key)
     states[k] = nil
-    kind, a, b, c = 5, existed, 0, 0
+    kind, a, b, c = 5, 0, 0, 0
+    if had then a = 1 end
   end
-  reply[#reply + 1] = kind
-  reply[#reply + 1] = a
-  reply[#reply + 1] = b
-  reply[#reply + 1] = c
+  reply[r + 1] = kind
+  reply[r + 2] = a
+  reply[r + 3] = b
+  reply[r + 4] = c
+  r = r + 4
 end
-for k, w in pairs(states) do
+for _, w in pairs(states) do
   write_back(w, now)
 end
-return reply
+return spack('<' .. string.rep('d', #reply), unpack(reply))

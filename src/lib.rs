@@ -68,9 +68,9 @@ pub use limiter::{RateLimiter, DEFAULT_SHARDS};
 pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
 pub use random::{RandomSource, SplitMix64};
 pub use rate::{RateError, RateLimit, MAX_RATE_PER_SECOND, MIN_RATE_PER_SECOND};
-pub use time::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "redis")]
 pub use redis::{RedisAbsolute, RedisError, RedisProvider, RedisSuppressed};
+pub use time::{Clock, ManualClock, SystemClock};
 
 /// The shard protocol, exposed only to the loom models in `loom-tests/`.
 #[cfg(eyelet_loom)]

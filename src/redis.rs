@@ -26,8 +26,8 @@ use std::time::Duration;
 pub(crate) use batcher::BatcherHandle;
 pub(crate) use connection::{Conn, Target};
 pub use error::RedisError;
-pub use keys::{MAX_KEY_LEN, MAX_PREFIX_LEN};
 pub(crate) use keys::valid_prefix;
+pub use keys::{MAX_KEY_LEN, MAX_PREFIX_LEN};
 pub use script::MAX_EXACT;
 
 use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
@@ -406,5 +406,8 @@ pub(crate) async fn connect(
 ) -> Result<(BatcherHandle, bool), RedisError> {
     let conn = Conn::open(target, deadline).await?;
     let cluster = conn.is_cluster();
-    Ok((BatcherHandle::spawn(conn, shared, clock_time, deadline), cluster))
+    Ok((
+        BatcherHandle::spawn(conn, shared, clock_time, deadline),
+        cluster,
+    ))
 }

@@ -1,7 +1,12 @@
 //! The Redis provider on a local 3-master Redis Cluster: 100,000 hostile user keys, no
 //! CROSSSLOT, one Redis key per user key, a TTL on every key.
 #![cfg(feature = "redis")]
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 
@@ -15,7 +20,9 @@ use support::redis_server::{scan_all, RedisCluster};
 /// Distinct random keys over an alphabet full of separators, braces, glob characters, spaces
 /// and non-ASCII.
 fn hostile_keys(n: usize) -> Vec<String> {
-    let alphabet: Vec<char> = "ab{}{}::**??[]\\  éß日本🦀xyz019-_.,;'\"\t".chars().collect();
+    let alphabet: Vec<char> = "ab{}{}::**??[]\\  éß日本🦀xyz019-_.,;'\"\t"
+        .chars()
+        .collect();
     let mut rng = SplitMix64::new(2026);
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -52,13 +59,24 @@ async fn hostile_keys_on_a_cluster() {
     let mut allowed = 0;
     for chunk in keys.chunks(2_000) {
         // Any error (CROSSSLOT included) fails the test.
-        let ds = rl.redis().absolute().inc_many(chunk, &one, 1).await.expect("inc_many");
+        let ds = rl
+            .redis()
+            .absolute()
+            .inc_many(chunk, &one, 1)
+            .await
+            .expect("inc_many");
         allowed += ds.iter().filter(|d| d.is_allowed()).count();
     }
     // C = 1: had two user keys shared a Redis key, the second would have been rejected.
     assert_eq!(allowed, keys.len());
     for k in keys.iter().take(2_000) {
-        assert!(rl.redis().suppressed().inc(k, &one, 1).await.expect("inc").is_allowed());
+        assert!(rl
+            .redis()
+            .suppressed()
+            .inc(k, &one, 1)
+            .await
+            .expect("inc")
+            .is_allowed());
         assert!(matches!(
             rl.redis().absolute().inc(k, &one, 1).await.expect("inc"),
             RateLimitDecision::Rejected { .. }
@@ -83,6 +101,10 @@ async fn hostile_keys_on_a_cluster() {
         "{} user keys -> {total} redis keys on 3 masters, {without_ttl} without TTL",
         keys.len()
     );
-    assert_eq!(total, keys.len() + 2_000, "one redis key per user key and strategy");
+    assert_eq!(
+        total,
+        keys.len() + 2_000,
+        "one redis key per user key and strategy"
+    );
     assert_eq!(without_ttl, 0);
 }

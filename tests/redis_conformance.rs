@@ -1,7 +1,12 @@
 //! The conformance suite on the Redis provider: every scenario the local provider passes, on a
 //! real `redis-server`, and a differential run comparing every answer with the local provider.
 #![cfg(feature = "redis")]
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 
@@ -48,19 +53,28 @@ async fn redis_answers_exactly_like_local() {
         for (i, step) in random_steps(seed as u64 + 7, 4000).iter().enumerate() {
             let a = run_step(&local, step).await;
             let b = run_step(&redis, step).await;
-            assert_eq!(a, b, "seed {seed}, step {i}: {step:?} at t = {}", local.clock.ms());
+            assert_eq!(
+                a,
+                b,
+                "seed {seed}, step {i}: {step:?} at t = {}",
+                local.clock.ms()
+            );
             compared += 1;
             if let support::conformance::Answer::Decision(d) = a {
                 kinds[match d {
                     eyelet::RateLimitDecision::Allowed => 0,
                     eyelet::RateLimitDecision::Rejected { .. } => 1,
-                    eyelet::RateLimitDecision::Suppressed { is_allowed: true, .. } => 2,
+                    eyelet::RateLimitDecision::Suppressed {
+                        is_allowed: true, ..
+                    } => 2,
                     _ => 3,
                 }] += 1;
             }
         }
     }
-    eprintln!("{compared} steps compared; allowed / rejected / suppressed-in / suppressed-out: {kinds:?}");
+    eprintln!(
+        "{compared} steps compared; allowed / rejected / suppressed-in / suppressed-out: {kinds:?}"
+    );
     // the run must reach every kind of decision, or it proves little
     assert!(kinds.iter().all(|&k| k > 50), "{kinds:?}");
 }
@@ -80,7 +94,10 @@ async fn redis_answers_like_local_on_a_long_ring() {
         .arg(format!("{}:a:{{hot}}", redis_prefix(&redis)))
         .query(&mut server.conn())
         .expect("HLEN");
-    assert!(fields > 20, "the ring should have spilled into fields: {fields}");
+    assert!(
+        fields > 20,
+        "the ring should have spilled into fields: {fields}"
+    );
 }
 
 fn redis_prefix(s: &Subject) -> String {

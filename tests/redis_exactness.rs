@@ -2,7 +2,12 @@
 //! key; every decision carries the Redis server time it was made at, and an oracle over those
 //! times finds no window that admitted more than its capacity.
 #![cfg(feature = "redis")]
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 
@@ -71,7 +76,10 @@ async fn two_instances_on_one_hot_key_never_over_admit() {
         events.len()
     );
     assert!(events.len() > 5000, "too few decisions to prove anything");
-    assert!(admitted >= 3 * cap, "the limit was never reached: {admitted}");
+    assert!(
+        admitted >= 3 * cap,
+        "the limit was never reached: {admitted}"
+    );
     assert_eq!(over, 0);
     assert_eq!(false_rejections, 0);
 }

@@ -2,7 +2,12 @@
 //! killed, out of memory, turned into a replica. Every failure is a typed error, every call
 //! returns within its deadline, and the provider recovers on its own.
 #![cfg(feature = "redis")]
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 
@@ -32,7 +37,9 @@ fn big() -> RateLimit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_typed_errors_and_reconnects_within_a_second() {
-    let alive_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let alive_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let mut server = RedisServer::start();
     let rl = limiter(&server, Duration::from_millis(300)).await;
     let abs = rl.redis().absolute();
@@ -68,11 +75,16 @@ async fn killed_server_gives_typed_errors_and_reconnects_within_a_second() {
     drop(rl);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let alive = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
         if alive <= alive_before {
             break;
         }
-        assert!(Instant::now() < deadline, "{alive} tasks alive, {alive_before} before");
+        assert!(
+            Instant::now() < deadline,
+            "{alive} tasks alive, {alive_before} before"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -82,7 +94,13 @@ async fn paused_server_every_call_returns_within_its_deadline() {
     let server = RedisServer::start();
     let deadline = Duration::from_millis(200);
     let rl = limiter(&server, deadline).await;
-    assert!(rl.redis().absolute().inc("k", &big(), 1).await.unwrap().is_allowed());
+    assert!(rl
+        .redis()
+        .absolute()
+        .inc("k", &big(), 1)
+        .await
+        .unwrap()
+        .is_allowed());
 
     server.pause();
     let paused = Instant::now();
@@ -178,12 +196,18 @@ async fn script_flush_every_second_under_load_fails_nothing() {
     let mut admin = server.conn();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut admin).expect("flush");
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut admin)
+            .expect("flush");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, errs) = runner.await.expect("load");
-    eprintln!("{ok} decisions under 4 SCRIPT FLUSHes, {} failed", errs.len());
+    eprintln!(
+        "{ok} decisions under 4 SCRIPT FLUSHes, {} failed",
+        errs.len()
+    );
     assert!(ok > 1000, "{ok}");
     assert!(errs.is_empty(), "{:?}", &errs[..errs.len().min(5)]);
 }
@@ -201,12 +225,22 @@ async fn client_kill_fails_at_most_the_calls_in_flight() {
         .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
         .query(&mut admin)
         .expect("client kill");
-    assert!(killed >= 1, "the library's connection was not there to kill");
+    assert!(
+        killed >= 1,
+        "the library's connection was not there to kill"
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, errs) = runner.await.expect("load");
-    eprintln!("killed {killed} connection(s): {ok} decisions, {} failed: {errs:?}", errs.len());
-    assert!(errs.len() <= callers, "{} failures > {callers} in flight", errs.len());
+    eprintln!(
+        "killed {killed} connection(s): {ok} decisions, {} failed: {errs:?}",
+        errs.len()
+    );
+    assert!(
+        errs.len() <= callers,
+        "{} failures > {callers} in flight",
+        errs.len()
+    );
     assert!(errs.iter().all(RedisError::is_transient), "{errs:?}");
     assert!(ok > 500, "did not recover: {ok}");
 }
@@ -249,7 +283,11 @@ async fn maxmemory_exhaustion_is_a_typed_error_and_recovers() {
         .arg(&["SET", "maxmemory", "0"][..])
         .query(&mut admin)
         .unwrap();
-    assert!(abs.inc("after", &big(), 1).await.expect("recovered").is_allowed());
+    assert!(abs
+        .inc("after", &big(), 1)
+        .await
+        .expect("recovered")
+        .is_allowed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +311,10 @@ async fn replicaof_gives_read_only_errors_and_recovers() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(err, RedisError::ReadOnly);
-    let _: () = redis::cmd("REPLICAOF").arg(&["NO", "ONE"][..]).query(&mut admin).unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(&["NO", "ONE"][..])
+        .query(&mut admin)
+        .unwrap();
     let start = Instant::now();
     loop {
         match abs.inc("k", &big(), 1).await {
@@ -283,7 +324,10 @@ async fn replicaof_gives_read_only_errors_and_recovers() {
             }
             Err(e) => {
                 assert!(e.is_transient(), "{e:?}");
-                assert!(start.elapsed() < Duration::from_secs(5), "not recovered: {e:?}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "not recovered: {e:?}"
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,7 +1,12 @@
 //! Bad inputs and configurations of the Redis provider are typed errors, checked before
 //! anything is sent.
 #![cfg(feature = "redis")]
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod support;
 
@@ -29,7 +34,10 @@ async fn bad_inputs_are_typed_errors() {
             max: MAX_KEY_LEN
         })
     );
-    assert!(abs.inc(&"k".repeat(MAX_KEY_LEN), &rate(1.0), 1).await.is_ok());
+    assert!(abs
+        .inc(&"k".repeat(MAX_KEY_LEN), &rate(1.0), 1)
+        .await
+        .is_ok());
     assert_eq!(
         abs.inc("k", &rate(1.0), MAX_EXACT + 1).await,
         Err(RedisError::WeightTooLarge {
@@ -51,9 +59,17 @@ async fn bad_inputs_are_typed_errors() {
             max: MAX_EXACT
         })
     );
-    assert!(long.redis().suppressed().inc("k", &rate(1e11), 1).await.is_ok());
+    assert!(long
+        .redis()
+        .suppressed()
+        .inc("k", &rate(1e11), 1)
+        .await
+        .is_ok());
     // A rate that cannot be built cannot reach Redis.
-    assert_eq!(RateLimit::try_from(f64::NAN).map(|_| ()), Err(RateError::NotANumber));
+    assert_eq!(
+        RateLimit::try_from(f64::NAN).map(|_| ()),
+        Err(RateError::NotANumber)
+    );
     // The largest exact weight is accepted (and, above capacity, never admissible).
     assert!(abs
         .is_allowed("k2", &rate(1e12), MAX_EXACT)
@@ -74,7 +90,10 @@ async fn bad_configurations_are_typed_errors() {
         .connect()
         .await
         .unwrap_err();
-    assert_eq!(err, RedisError::Config(ConfigError::InvalidPrefix("a{b}".into())));
+    assert_eq!(
+        err,
+        RedisError::Config(ConfigError::InvalidPrefix("a{b}".into()))
+    );
     let err = RateLimiter::builder()
         .redis_url(server.url())
         .redis_deadline(Duration::ZERO)

@@ -59,7 +59,12 @@ pub(crate) struct BatcherHandle {
 
 impl BatcherHandle {
     /// Spawns the actor on the current tokio runtime.
-    pub(crate) fn spawn(conn: Conn, shared: Arc<Shared>, clock_time: bool, deadline: Duration) -> Self {
+    pub(crate) fn spawn(
+        conn: Conn,
+        shared: Arc<Shared>,
+        clock_time: bool,
+        deadline: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
         let script = redis::Script::new(DECIDE_LUA);
         let actor = BatcherActor {
@@ -159,7 +164,10 @@ impl BatcherActor {
     }
 
     /// Sends one batch: per slot, script calls of at most `MAX_OPS_PER_CALL` operations.
-    fn execute(&self, batch: Vec<Pending>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn execute(
+        &self,
+        batch: Vec<Pending>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let groups = group_by_slot(batch, self.conn.is_cluster());
         let now = self.clock_time.then(|| self.shared.clock.now_ms());
         let calls: Vec<_> = groups
@@ -232,9 +240,11 @@ fn build(verb: &str, script: &str, ops: &[Pending], now: Option<u64>, bucket_ms:
         None => cmd.arg(""),
     };
     cmd.arg(bucket_ms);
+    let mut packed = Vec::with_capacity(ops.len() * 56);
     for (p, i) in ops.iter().zip(op_keys) {
-        cmd.arg(&p.args.pack(i)[..]);
+        packed.extend_from_slice(&p.args.pack(i));
     }
+    cmd.arg(packed);
     cmd
 }
 
@@ -264,7 +274,8 @@ async fn script_call(
         Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
         Err(_) => Err(RedisError::Timeout { deadline }),
     };
-    match result.and_then(|v| decode(&v, ops.len())) {
+    let args: Vec<OpArgs> = ops.iter().map(|p| p.args).collect();
+    match result.and_then(|v| decode(&v, &args)) {
         Ok((t, replies)) => {
             for (p, r) in ops.into_iter().zip(replies) {
                 let _ = p.reply.send(Ok((t, r)));

@@ -155,8 +155,21 @@ mod tests {
     #[test]
     fn encoding_is_injective_and_braces_stay_in_the_tag() {
         let keys = [
-            "", "a", "a}", "a\\)", "{x}", "*", "\\a", "?", "[]", "\\", "\\\\", "ü ñ 日本", "a:b",
-            "}{", "\\(",
+            "",
+            "a",
+            "a}",
+            "a\\)",
+            "{x}",
+            "*",
+            "\\a",
+            "?",
+            "[]",
+            "\\",
+            "\\\\",
+            "ü ñ 日本",
+            "a:b",
+            "}{",
+            "\\(",
         ];
         let mut seen = std::collections::HashSet::new();
         for k in keys {
@@ -164,7 +177,10 @@ mod tests {
             assert!(seen.insert(e.clone()), "collision for {k:?}");
             assert_eq!(decode(&e), Some((Kind::Absolute, k.to_string())));
             let body = &e[5..e.len() - 1];
-            assert!(!body.iter().any(|b| b"{}*?[]".contains(b)), "{k:?} -> {e:?}");
+            assert!(
+                !body.iter().any(|b| b"{}*?[]".contains(b)),
+                "{k:?} -> {e:?}"
+            );
             if !k.is_empty() {
                 assert_eq!(slot(&e), crc16(body) % SLOTS);
             }

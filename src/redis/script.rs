@@ -65,70 +65,68 @@ pub(crate) enum OpReply {
     Reset(bool),
 }
 
-fn int(v: &Value) -> Result<i64, RedisError> {
-    match v {
-        Value::Int(i) => Ok(*i),
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| RedisError::Protocol(format!("expected an integer, got {v:?}"))),
-        _ => Err(RedisError::Protocol(format!(
-            "expected an integer, got {v:?}"
-        ))),
+/// `sf = clamp(1 − S·span / (W_eff·T), 0, 1)` from the inputs the script reports: the same
+/// operations in the same order as the script (and `src/math/suppressed.rs`), so bit-identical.
+fn factor(soft: u64, window_ms: u64, span: f64, attempted: f64) -> f64 {
+    if attempted <= 0.0 || span <= 0.0 {
+        return 0.0;
+    }
+    let ratio = (soft as f64 * span) / (window_ms as f64 * attempted);
+    (1.0 - ratio).clamp(0.0, 1.0)
+}
+
+fn count(x: f64) -> Result<u64, RedisError> {
+    if x >= 0.0 && x <= MAX_EXACT as f64 && x.fract() == 0.0 {
+        Ok(x as u64)
+    } else {
+        Err(RedisError::Protocol(format!("expected a count, got {x}")))
     }
 }
 
-fn uint(v: &Value) -> Result<u64, RedisError> {
-    u64::try_from(int(v)?).map_err(|_| RedisError::Protocol(format!("negative count {v:?}")))
-}
-
-fn float(v: &Value) -> Result<f64, RedisError> {
-    match v {
-        Value::Int(i) => Ok(*i as f64),
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| RedisError::Protocol(format!("expected a number, got {v:?}"))),
-        _ => Err(RedisError::Protocol(format!("expected a number, got {v:?}"))),
-    }
-}
-
-/// Decodes a script reply for `ops` operations: the server time and one reply per operation.
-pub(crate) fn decode(value: &Value, ops: usize) -> Result<(u64, Vec<OpReply>), RedisError> {
-    let Value::Array(items) = value else {
-        return Err(RedisError::Protocol(format!("expected an array, got {value:?}")));
-    };
-    if items.len() != 1 + 4 * ops {
+/// Decodes a script reply for `ops`: the server time and one reply per operation.
+pub(crate) fn decode(value: &Value, ops: &[OpArgs]) -> Result<(u64, Vec<OpReply>), RedisError> {
+    let Value::BulkString(bytes) = value else {
         return Err(RedisError::Protocol(format!(
-            "expected {} values, got {}",
-            1 + 4 * ops,
-            items.len()
+            "expected a string, got {value:?}"
+        )));
+    };
+    if bytes.len() != 8 * (1 + 4 * ops.len()) {
+        return Err(RedisError::Protocol(format!(
+            "expected {} numbers, got {} bytes",
+            1 + 4 * ops.len(),
+            bytes.len()
         )));
     }
-    let now = uint(&items[0])?;
-    let mut out = Vec::with_capacity(ops);
-    for r in items[1..].chunks_exact(4) {
-        let reply = match int(&r[0])? {
+    let mut nums = bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+    let mut next = || nums.next().unwrap_or(f64::NAN);
+    let now = count(next())?;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (kind, a, b, c) = (next(), next(), next(), next());
+        let reply = match kind as i64 {
             0 => OpReply::Decision(RateLimitDecision::Allowed),
-            1 => {
-                let retry = int(&r[1])?;
-                OpReply::Decision(RateLimitDecision::Rejected {
-                    retry_after_ms: u64::try_from(retry).unwrap_or(RETRY_NEVER),
-                    remaining_after_waiting: uint(&r[2])?,
-                    window: Duration::from_millis(uint(&r[3])?),
-                })
-            }
+            1 => OpReply::Decision(RateLimitDecision::Rejected {
+                retry_after_ms: if a < 0.0 { RETRY_NEVER } else { count(a)? },
+                remaining_after_waiting: count(b)?,
+                window: Duration::from_millis(count(c)?),
+            }),
             2 => OpReply::Decision(RateLimitDecision::Suppressed {
-                is_allowed: int(&r[1])? != 0,
-                suppression_factor: float(&r[2])?,
+                is_allowed: a != 0.0,
+                suppression_factor: if b < 0.0 {
+                    1.0
+                } else {
+                    factor(op.capacity, op.window_ms, b, c)
+                },
             }),
-            3 => OpReply::Total(uint(&r[1])?),
+            3 => OpReply::Total(count(a)?),
             4 => OpReply::Snapshot(SuppressedSnapshot {
-                total: uint(&r[1])?,
-                declined: uint(&r[2])?,
-                suppression_factor: float(&r[3])?,
+                total: count(a)?,
+                declined: count(b)?,
+                suppression_factor: c,
             }),
-            5 => OpReply::Reset(int(&r[1])? != 0),
+            5 => OpReply::Reset(a != 0.0),
             k => return Err(RedisError::Protocol(format!("unknown reply kind {k}"))),
         };
         out.push(reply);
@@ -155,24 +153,39 @@ mod tests {
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        assert_eq!(vals, vec![4.0, 2.0, 1000.0, MAX_EXACT as f64, 15.0, 3.0, 0.25]);
+        assert_eq!(
+            vals,
+            vec![4.0, 2.0, 1000.0, MAX_EXACT as f64, 15.0, 3.0, 0.25]
+        );
         assert_eq!(MAX_EXACT as f64 as u64, MAX_EXACT);
+    }
+
+    fn encode(nums: &[f64]) -> Value {
+        Value::BulkString(nums.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
 
     #[test]
     fn decodes_replies() {
-        let v = Value::Array(vec![
-            Value::Int(1_700_000_000_000),
-            Value::Int(1),
-            Value::Int(-1),
-            Value::Int(3),
-            Value::Int(1000),
-            Value::Int(2),
-            Value::Int(1),
-            Value::BulkString(b"0.25".to_vec()),
-            Value::Int(0),
+        let op = OpArgs {
+            code: OpCode::SuppressedInc,
+            window_ms: 1000,
+            capacity: 10,
+            hard: 15,
+            n: 1,
+            draw: 0.5,
+        };
+        let v = encode(&[
+            1_700_000_000_000.0,
+            1.0,
+            -1.0,
+            3.0,
+            1000.0,
+            2.0,
+            1.0,
+            500.0,
+            40.0,
         ]);
-        let (now, r) = decode(&v, 2).unwrap_or_default();
+        let (now, r) = decode(&v, &[op, op]).unwrap_or_default();
         assert_eq!(now, 1_700_000_000_000);
         assert_eq!(
             r,
@@ -182,13 +195,16 @@ mod tests {
                     remaining_after_waiting: 3,
                     window: Duration::from_secs(1),
                 }),
+                // 1 − 10·500 / (1000·40) = 0.875
                 OpReply::Decision(RateLimitDecision::Suppressed {
                     is_allowed: true,
-                    suppression_factor: 0.25
+                    suppression_factor: 0.875
                 }),
             ]
         );
-        assert!(decode(&Value::Int(1), 1).is_err());
-        assert!(decode(&Value::Array(vec![Value::Int(1)]), 1).is_err());
+        assert!(decode(&Value::Int(1), &[op]).is_err());
+        assert!(decode(&encode(&[1.0]), &[op]).is_err());
+        assert!(decode(&encode(&[1.0, 0.0, 0.5, 0.0, 0.0]), &[op]).is_ok());
+        assert!(decode(&encode(&[1.0, 3.0, -2.0, 0.0, 0.0]), &[op]).is_err());
     }
 }

@@ -51,7 +51,9 @@ fn builder(w: u64, g: u64, h: f64, draw: f64, clock: &ManualClock) -> eyelet::Ra
 impl Subject {
     pub fn local(w: u64, g: u64, h: f64, draw: f64) -> Self {
         let clock = ManualClock::new();
-        let rl = builder(w, g, h, draw, &clock).build().expect("valid config");
+        let rl = builder(w, g, h, draw, &clock)
+            .build()
+            .expect("valid config");
         Subject {
             rl,
             clock,
@@ -89,8 +91,20 @@ impl Subject {
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().inc(key, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().inc(key, r, n),
-            (true, Strat::Abs) => self.rl.redis().absolute().inc(key, r, n).await.expect("inc"),
-            (true, Strat::Sup) => self.rl.redis().suppressed().inc(key, r, n).await.expect("inc"),
+            (true, Strat::Abs) => self
+                .rl
+                .redis()
+                .absolute()
+                .inc(key, r, n)
+                .await
+                .expect("inc"),
+            (true, Strat::Sup) => self
+                .rl
+                .redis()
+                .suppressed()
+                .inc(key, r, n)
+                .await
+                .expect("inc"),
         }
     }
 
@@ -98,12 +112,20 @@ impl Subject {
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().is_allowed(key, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().is_allowed(key, r, n),
-            (true, Strat::Abs) => {
-                self.rl.redis().absolute().is_allowed(key, r, n).await.expect("is_allowed")
-            }
-            (true, Strat::Sup) => {
-                self.rl.redis().suppressed().is_allowed(key, r, n).await.expect("is_allowed")
-            }
+            (true, Strat::Abs) => self
+                .rl
+                .redis()
+                .absolute()
+                .is_allowed(key, r, n)
+                .await
+                .expect("is_allowed"),
+            (true, Strat::Sup) => self
+                .rl
+                .redis()
+                .suppressed()
+                .is_allowed(key, r, n)
+                .await
+                .expect("is_allowed"),
         }
     }
 
@@ -117,12 +139,20 @@ impl Subject {
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().inc_many(keys, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().inc_many(keys, r, n),
-            (true, Strat::Abs) => {
-                self.rl.redis().absolute().inc_many(keys, r, n).await.expect("inc_many")
-            }
-            (true, Strat::Sup) => {
-                self.rl.redis().suppressed().inc_many(keys, r, n).await.expect("inc_many")
-            }
+            (true, Strat::Abs) => self
+                .rl
+                .redis()
+                .absolute()
+                .inc_many(keys, r, n)
+                .await
+                .expect("inc_many"),
+            (true, Strat::Sup) => self
+                .rl
+                .redis()
+                .suppressed()
+                .inc_many(keys, r, n)
+                .await
+                .expect("inc_many"),
         }
     }
 
@@ -147,7 +177,13 @@ impl Subject {
             (false, Strat::Abs) => self.rl.local().absolute().reset(key),
             (false, Strat::Sup) => self.rl.local().suppressed().reset(key),
             (true, Strat::Abs) => self.rl.redis().absolute().reset(key).await.expect("reset"),
-            (true, Strat::Sup) => self.rl.redis().suppressed().reset(key).await.expect("reset"),
+            (true, Strat::Sup) => self
+                .rl
+                .redis()
+                .suppressed()
+                .reset(key)
+                .await
+                .expect("reset"),
         }
     }
 }
@@ -185,7 +221,10 @@ pub async fn capacity_and_fractional_rates(s: &Subject) {
 pub async fn slow_rates_stretch_the_window(s: &Subject) {
     // 0.4 req/s on a 1 s limiter: one request every 2500 ms
     assert!(s.inc(Abs, "b", &rate(0.4), 1).await.is_allowed());
-    assert_eq!(s.inc(Abs, "b", &rate(0.4), 1).await, rejected(2500, 1, 2500));
+    assert_eq!(
+        s.inc(Abs, "b", &rate(0.4), 1).await,
+        rejected(2500, 1, 2500)
+    );
     s.advance(2499);
     assert_eq!(s.inc(Abs, "b", &rate(0.4), 1).await, rejected(1, 1, 2500));
     s.advance(1);
@@ -205,7 +244,11 @@ pub async fn zero_weight_is_a_free_probe(s: &Subject) {
     assert!(!s.inc(Abs, "k", &r, 0).await.is_allowed());
     assert_eq!(s.get_abs("k").await, 1);
     assert_eq!(s.inc(Sup, "k", &r, 0).await, RateLimitDecision::Allowed);
-    assert_eq!(s.get_sup("k").await.total, 0, "a suppressed probe is not an attempt");
+    assert_eq!(
+        s.get_sup("k").await.total,
+        0,
+        "a suppressed probe is not an attempt"
+    );
 }
 
 pub async fn oversized_weight_is_never_admissible(s: &Subject) {
@@ -345,7 +388,8 @@ pub async fn inc_many_equals_one_by_one(s: &Subject) {
 }
 
 /// `(name, W, G, h, draw, scenario)` for the runner.
-pub type Scenario = for<'a> fn(&'a Subject) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+pub type Scenario =
+    for<'a> fn(&'a Subject) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {

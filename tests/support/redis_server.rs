@@ -166,7 +166,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             // A paused server must be resumed for SIGKILL to reap promptly.
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -190,7 +192,10 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new(binary(CLI))
             .args(["--cluster", "create"])
             .args(&addrs)
