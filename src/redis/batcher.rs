@@ -30,8 +30,13 @@ use crate::shard::Shared;
 pub(crate) const MAX_OPS_PER_CALL: usize = 64;
 /// Most operations drained from the mailbox into one batch.
 pub(crate) const MAX_BATCH: usize = 256;
-/// Batches outstanding at once; the mailbox fills meanwhile and the next batch is larger.
+/// Batches outstanding at once while traffic concentrates on few keys: the mailbox fills
+/// meanwhile, the next batch is larger, and duplicate keys coalesce (one read, one write).
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// Batches outstanding at once while most operations are on distinct keys: nothing coalesces,
+/// so smaller script calls in parallel serve more (measured: 2 → 4 took 100k-key traffic from
+/// ~90k to ~110k decisions/s and lowered Redis CPU per decision, while a hot key did best at 2).
+pub(crate) const MAX_IN_FLIGHT_SPREAD: usize = 4;
 /// Mailbox capacity (operations); callers wait for room within their deadline.
 pub(crate) const MAILBOX_CAPACITY: usize = 16 * 1024;
 
@@ -139,11 +144,12 @@ impl BatcherActor {
     async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
         let mut buf: Vec<BatcherCommand> = Vec::with_capacity(MAX_BATCH);
+        let mut limit = MAX_IN_FLIGHT;
         loop {
             tokio::select! {
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                n = self.rx.recv_many(&mut buf, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => {
+                n = self.rx.recv_many(&mut buf, MAX_BATCH), if in_flight.len() < limit => {
                     if n == 0 {
                         break;
                     }
@@ -155,6 +161,7 @@ impl BatcherActor {
                         })
                         .collect();
                     if !batch.is_empty() {
+                        limit = in_flight_limit(&batch).unwrap_or(limit);
                         in_flight.push(self.execute(batch));
                     }
                 }
@@ -188,6 +195,22 @@ impl BatcherActor {
             futures_util::future::join_all(calls).await;
         }
     }
+}
+
+/// How many batches may be outstanding after `batch`: more when its keys are mostly distinct;
+/// `None` (keep the current limit) when the batch is too small to tell.
+fn in_flight_limit(batch: &[Pending]) -> Option<usize> {
+    if batch.len() < 8 {
+        return None;
+    }
+    let mut keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Some(if keys.len() * 2 > batch.len() {
+        MAX_IN_FLIGHT_SPREAD
+    } else {
+        MAX_IN_FLIGHT
+    })
 }
 
 /// Groups operations by hash slot, keeping their order inside each group (one group when the
