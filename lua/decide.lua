@@ -101,9 +101,14 @@ local function clear(w)
 end
 
 local function advance(w, t, win)
-  if win >= w.span or t - w.span_seen >= w.span then
+  -- the retained span, as src/math/window.rs keeps it (confirmed every half span)
+  local since = t - w.span_seen
+  if win > w.span or since >= w.span then
     if w.span ~= win or w.span_seen ~= t then w.changed = true end
     w.span = win
+    w.span_seen = t
+  elseif win == w.span and since >= floor(w.span / 2) then
+    if w.span_seen ~= t then w.changed = true end
     w.span_seen = t
   end
   if w.len == 0 then return end

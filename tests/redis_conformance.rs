@@ -108,3 +108,50 @@ fn redis_prefix(s: &Subject) -> String {
         .expect("prefix in Debug")
         .to_string()
 }
+
+/// A key served at one window never changes its header on a rejection: a rejected call reads
+/// and writes nothing back (the span is confirmed at most every half span).
+#[tokio::test(flavor = "current_thread")]
+async fn rejected_calls_write_nothing() {
+    let server = RedisServer::start();
+    let s = Subject::redis(&server, 1000, 10, 1.5, 0.5).await;
+    let r = support::rate(2.0);
+    assert!(s
+        .inc(support::conformance::Strat::Abs, "k", &r, 2)
+        .await
+        .is_allowed());
+    let mut admin = server.conn();
+    let writes = |admin: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(admin).unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_hset:") || l.starts_with("cmdstat_pexpire:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = writes(&mut admin);
+    for _ in 0..40 {
+        s.advance(10);
+        assert!(!s
+            .inc(support::conformance::Strat::Abs, "k", &r, 1)
+            .await
+            .is_allowed());
+    }
+    assert_eq!(
+        writes(&mut admin),
+        before,
+        "40 rejections within half a span"
+    );
+    s.advance(200); // t = 600: half a span since the confirmation at 0
+    assert!(!s
+        .inc(support::conformance::Strat::Abs, "k", &r, 1)
+        .await
+        .is_allowed());
+    assert_eq!(writes(&mut admin), before + 1, "the span is confirmed once");
+}

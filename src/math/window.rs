@@ -254,12 +254,22 @@ impl<C: Counts> Window<C> {
 
     /// Updates the retained span for a call with effective window `w_eff` at `now` and drops
     /// buckets that fell out of it.
+    ///
+    /// The span grows at once to a longer window and shrinks to a shorter one when nobody asked
+    /// for the longer one during a whole span. A call asking for the current span confirms it
+    /// only once half a span has passed since the last confirmation: the span then shrinks
+    /// between half a span and a span after the last call that needed it, and a key served at
+    /// one window (the common case) never changes its span at all, so the Redis provider, which
+    /// mirrors this rule, need not write a rejected call back.
     #[inline(always)]
     pub(crate) fn advance(&mut self, now: u64, w_eff: u64) {
         let w = w_eff.min(u64::from(u32::MAX)) as u32;
-        if w >= self.span || low(now).wrapping_sub(self.span_seen) >= self.span {
+        let since = low(now).wrapping_sub(self.span_seen);
+        if w > self.span || since >= self.span {
             // A longer window, or nobody asked for the longer one during a whole span.
             self.span = w;
+            self.span_seen = low(now);
+        } else if w == self.span && since >= self.span / 2 {
             self.span_seen = low(now);
         }
         self.trim(now);
@@ -481,6 +491,33 @@ mod tests {
         // the 2000 ms span is still retained: a 1000 ms call sees only the newer bucket
         assert_eq!(w.live(1500, 1000), 1);
         assert_eq!(w.live(1500, 2000), 2);
+    }
+
+    #[test]
+    fn span_is_confirmed_every_half_span_and_shrinks_after_a_whole_one() {
+        let mut w = Window::<Count>::new();
+        w.advance(0, 1000);
+        w.record(0, 10, 1);
+        // asked again for 1000 ms before half a span passed: not a confirmation
+        w.advance(400, 1000);
+        w.record(400, 10, 1);
+        assert_eq!((w.span_ms(), w.span_seen), (1000, 0));
+        // a shorter window a whole span after the last confirmation shrinks the span
+        w.advance(1000, 100);
+        assert_eq!(w.span_ms(), 100);
+        assert_eq!(
+            w.live(1000, 1000),
+            0,
+            "the 400 ms bucket left with the old span"
+        );
+        // a confirmation after half a span keeps it
+        let mut w = Window::<Count>::new();
+        w.advance(0, 1000);
+        w.advance(500, 1000);
+        w.advance(1000, 100);
+        assert_eq!(w.span_ms(), 1000);
+        w.advance(1500, 100);
+        assert_eq!(w.span_ms(), 100);
     }
 
     #[test]
