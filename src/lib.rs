@@ -43,6 +43,31 @@
 //!   and are cancel-safe.
 //! - **Cleanup**: a sweeper thread holding only a `Weak` reference evicts idle keys; an optional
 //!   key cap bounds memory.
+//! - **Redis** (feature `redis`): `rl.redis()` has the same handles, async, with limits shared by
+//!   every process on the same Redis (6.2+, or a Redis Cluster). One Lua script
+//!   (`lua/decide.lua`) mirrors the pure rules; a batcher actor (a tokio task owning a
+//!   multiplexed connection) packs concurrent calls into script calls of up to 64 decisions,
+//!   each distinct key read once and written once. Time is Redis `TIME`. Every call has a
+//!   deadline, and failures are a typed `RedisError`; the `redis` module has the details.
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn demo() -> Result<(), eyelet::RedisError> {
+//! use std::{sync::Arc, time::Duration};
+//! use eyelet::{RateLimit, RateLimitDecision, RateLimiter};
+//!
+//! let rl: Arc<RateLimiter> = RateLimiter::builder()
+//!     .window(Duration::from_secs(1))
+//!     .redis_url("redis://127.0.0.1:6379/")   // or .redis_cluster(["redis://127.0.0.1:7000/", ...])
+//!     .prefix("checkout-svc")
+//!     .connect()
+//!     .await?;                                 // build() stays the entry for local-only limiters
+//! let rate = RateLimit::try_from(10.0).expect("valid rate");
+//! let d: RateLimitDecision = rl.redis().absolute().inc("user_123", &rate, 1).await?;
+//! let d = rl.redis().suppressed().inc("user_123", &rate, 1).await?;
+//! // rl.local() keeps working on the same limiter
+//! # let _ = d; Ok(()) }
+//! ```
 
 mod config;
 mod decision;
