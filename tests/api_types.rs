@@ -196,3 +196,33 @@ fn send_sync_table() {
     fn copy<T: Copy>() {}
     copy::<RateLimit>();
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn send_sync_table_redis() {
+    use eyelet::{RedisAbsolute, RedisError, RedisProvider, RedisSuppressed};
+    send_sync::<RedisProvider>();
+    send_sync::<RedisAbsolute>();
+    send_sync::<RedisSuppressed>();
+    send_sync::<RedisError>();
+    fn is_send<F: Send>(_: &F) {}
+    let rl = RateLimiter::builder()
+        .sweeper(false)
+        .build()
+        .expect("config");
+    let r = RateLimit::try_from(1.0).expect("rate");
+    // The Redis futures are Send too (a limiter without Redis answers NotConfigured).
+    let f = rl.redis().absolute().inc("k", &r, 1);
+    is_send(&f);
+    let keys = ["a", "b"];
+    let g = rl.redis().suppressed().inc_many(&keys, &r, 1);
+    is_send(&g);
+    let h = rl.redis().suppressed().get("k");
+    is_send(&h);
+    let e = RedisError::Timeout {
+        deadline: Duration::from_millis(5),
+    };
+    assert!(e.is_transient());
+    assert_eq!(e.to_string(), "no reply from redis within the 5ms deadline");
+    assert!(!RedisError::NotConfigured.is_transient());
+}
