@@ -193,13 +193,6 @@ async fn eyelet_limiter(url: &str) -> Arc<RateLimiter> {
         .expect("connect")
 }
 
-fn key_of(w: Workload, keys: &[String], r: u64) -> usize {
-    match w {
-        Workload::Hot => usize::MAX,
-        _ => (r % keys.len() as u64) as usize,
-    }
-}
-
 async fn bench_eyelet(
     admin: &mut redis::Connection,
     rl: &Arc<RateLimiter>,
@@ -208,25 +201,6 @@ async fn bench_eyelet(
     s: Strategy,
 ) -> Outcome {
     let rate = eyelet::RateLimit::try_from(w.rate()).unwrap();
-    let call = {
-        let (rl, keys) = (rl.clone(), keys.clone());
-        move |_c: usize, r: u64| {
-            let (rl, keys) = (rl.clone(), keys.clone());
-            async move {
-                let i = key_of(w, &keys, r);
-                let key = if i == usize::MAX {
-                    "hot"
-                } else {
-                    keys[i].as_str()
-                };
-                let d = match s {
-                    Strategy::Absolute => rl.redis().absolute().inc(key, &rate, 1).await,
-                    Strategy::Suppressed => rl.redis().suppressed().inc(key, &rate, 1).await,
-                };
-                d.is_ok()
-            }
-        }
-    };
     if w == Workload::DistinctRejected {
         for chunk in keys.chunks(4096) {
             match s {
@@ -240,7 +214,39 @@ async fn bench_eyelet(
             .expect("prefill");
         }
     }
-    run(admin, call).await
+    let (rl, keys) = (rl.clone(), keys.clone());
+    run_keyed(admin, w, keys.len(), move |i| {
+        let (rl, keys) = (rl.clone(), keys.clone());
+        async move {
+            let key = i.map_or("hot", |i| keys[i].as_str());
+            match s {
+                Strategy::Absolute => rl.redis().absolute().inc(key, &rate, 1).await.is_ok(),
+                Strategy::Suppressed => rl.redis().suppressed().inc(key, &rate, 1).await.is_ok(),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `inc(i)` from 64 callers, `i` being the key index for the workload (`None`: the hot
+/// key): what every contender's call closure shares.
+async fn run_keyed<F, Fut>(
+    admin: &mut redis::Connection,
+    w: Workload,
+    keys: usize,
+    inc: F,
+) -> Outcome
+where
+    F: Fn(Option<usize>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    run(admin, move |_c: usize, r: u64| {
+        inc(match w {
+            Workload::Hot => None,
+            _ => Some((r % keys as u64) as usize),
+        })
+    })
+    .await
 }
 
 async fn run<F, Fut>(admin: &mut redis::Connection, call: F) -> Outcome
@@ -311,23 +317,19 @@ mod tr2 {
                 };
             }
         }
-        let call = {
-            let rl = rl.clone();
-            move |_c: usize, r: u64| {
-                let (rl, rkeys, hot) = (rl.clone(), rkeys.clone(), hot.clone());
-                async move {
-                    let key = match w {
-                        Workload::Hot => &hot,
-                        _ => &rkeys[(r % rkeys.len() as u64) as usize],
-                    };
-                    match s {
-                        Strategy::Absolute => rl.absolute().inc(key, &rate, 1).await.is_ok(),
-                        Strategy::Suppressed => rl.suppressed().inc(key, &rate, 1).await.is_ok(),
-                    }
+        let n = rkeys.len();
+        let rl = rl.clone();
+        run_keyed(admin, w, n, move |i| {
+            let (rl, rkeys, hot) = (rl.clone(), rkeys.clone(), hot.clone());
+            async move {
+                let key = i.map_or(&hot, |i| &rkeys[i]);
+                match s {
+                    Strategy::Absolute => rl.absolute().inc(key, &rate, 1).await.is_ok(),
+                    Strategy::Suppressed => rl.suppressed().inc(key, &rate, 1).await.is_ok(),
                 }
             }
-        };
-        run(admin, call).await
+        })
+        .await
     }
 }
 
@@ -384,27 +386,20 @@ mod tr1 {
                 .collect(),
         );
         let hot = RedisKey::try_from("hot".to_string()).unwrap();
-        let call = {
-            let rl = rl.clone();
-            move |_c: usize, r: u64| {
-                let (rl, rkeys, hot) = (rl.clone(), rkeys.clone(), hot.clone());
-                async move {
-                    let key = match w {
-                        Workload::Hot => &hot,
-                        _ => &rkeys[(r % rkeys.len() as u64) as usize],
-                    };
-                    match s {
-                        Strategy::Absolute => {
-                            rl.redis().absolute().inc(key, &rate, 1).await.is_ok()
-                        }
-                        Strategy::Suppressed => {
-                            rl.redis().suppressed().inc(key, &rate, 1).await.is_ok()
-                        }
-                    }
+        let n = rkeys.len();
+        let rl = rl.clone();
+        run_keyed(admin, w, n, move |i| {
+            let (rl, rkeys, hot) = (rl.clone(), rkeys.clone(), hot.clone());
+            async move {
+                let key = i.map_or(&hot, |i| &rkeys[i]);
+                let provider = rl.redis();
+                match s {
+                    Strategy::Absolute => provider.absolute().inc(key, &rate, 1).await.is_ok(),
+                    Strategy::Suppressed => provider.suppressed().inc(key, &rate, 1).await.is_ok(),
                 }
             }
-        };
-        run(admin, call).await
+        })
+        .await
     }
 }
 

@@ -151,30 +151,21 @@ local function live(w, t, win)
   return st, sd
 end
 
--- Oldest-first iteration over the buckets live at t for window win (reads need no advance).
-local function live_buckets(w, t, win)
-  local i = -1
-  local n = w.len
-  if w.newest + win <= t then n = 0 end
-  return function()
-    while true do
-      i = i + 1
-      if i >= n then return nil end
-      local b = bucket(w, w.head + i)
-      if t - b[1] < win then return b end
-    end
-  end
-end
-
+-- Sum of the buckets live at t for window win, for reads (correct without advance).
 local function live_untrimmed(w, t, win)
   local st, sd = 0, 0
-  for b in live_buckets(w, t, win) do
-    st = st + b[2]
-    sd = sd + b[3]
+  if w.newest + win <= t then return st, sd end
+  for i = 0, w.len - 1 do
+    local b = bucket(w, w.head + i)
+    if t - b[1] < win then
+      st = st + b[2]
+      sd = sd + b[3]
+    end
   end
   return st, sd
 end
 
+-- Start of the oldest bucket live at t for window win.
 local function oldest_live_start(w, t, win)
   if w.newest + win <= t then return nil end
   for i = 0, w.len - 1 do
