@@ -454,11 +454,25 @@ where
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    // EYELET_BENCH_RUNTIME=current: the callers on one thread (Redis keeps the other core);
+    // default: a multi-threaded runtime with 2 workers.
+    let current = std::env::var("EYELET_BENCH_RUNTIME").is_ok_and(|v| v == "current");
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    println!(
+        "client runtime: {}",
+        if current { "current_thread" } else { "multi_thread, 2 workers" }
+    );
     rt.block_on(async_main());
 }
 
