@@ -153,6 +153,18 @@ impl BatcherActor {
                     if n == 0 {
                         break;
                     }
+                    if n < MAX_BATCH && !in_flight.is_empty() {
+                        // Under load, callers answered by the last reply are still running on
+                        // this runtime and about to send: let them, then take what they sent.
+                        // (Idle, the lone request goes out at once.)
+                        tokio::task::yield_now().await;
+                        while buf.len() < MAX_BATCH {
+                            match self.rx.try_recv() {
+                                Ok(c) => buf.push(c),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     let batch: Vec<Pending> = buf
                         .drain(..)
                         .filter_map(|BatcherCommand::Decide { key, slot, args, reply }| {
