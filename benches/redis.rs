@@ -471,7 +471,11 @@ fn main() {
     };
     println!(
         "client runtime: {}",
-        if current { "current_thread" } else { "multi_thread, 2 workers" }
+        if current {
+            "current_thread"
+        } else {
+            "multi_thread, 2 workers"
+        }
     );
     rt.block_on(async_main());
 }

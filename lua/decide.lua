@@ -25,7 +25,10 @@
 -- key's TTL so that it outlives its live buckets; an idle key expires on its own.
 
 local now = tonumber(ARGV[1])
+-- With the caller's clock (tests) TTLs still run on the server's: keep keys at least a minute.
+local TTL_FLOOR = 60000
 if now == nil then
+  TTL_FLOOR = 0
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -37,6 +40,15 @@ local sunpack = struct.unpack
 local spack = struct.pack
 local floor = math.floor
 local CHUNK = 1000
+
+-- a + b, saturating at 2^53 - 1 (the most a Lua number counts exactly; src/math saturates at
+-- 2^64 - 1, which no real window reaches either).
+local MAX_COUNT = 9007199254740991
+local function sat(a, b)
+  local x = a + b
+  if x > MAX_COUNT then x = MAX_COUNT end
+  return x
+end
 
 -- Window state per key, loaded on first use and written back once at the end.
 local states = {}
@@ -101,9 +113,10 @@ local function clear(w)
 end
 
 local function advance(w, t, win)
-  -- the retained span, as src/math/window.rs keeps it (confirmed every half span)
+  -- the retained span, as src/math/window.rs keeps it (confirmed every half span, shrunk 1.5
+  -- spans after the last confirmation)
   local since = t - w.span_seen
-  if win > w.span or since >= w.span then
+  if win > w.span or since >= w.span + floor(w.span / 2) then
     if w.span ~= win or w.span_seen ~= t then w.changed = true end
     w.span = win
     w.span_seen = t
@@ -120,8 +133,8 @@ local function advance(w, t, win)
     local front = w.hb
     if t - front[1] < w.span then break end
     w.changed = true
-    w.T = w.T - front[2]
-    w.D = w.D - front[3]
+    w.T = math.max(w.T - front[2], 0)
+    w.D = math.max(w.D - front[3], 0)
     w.head = w.head + 1
     w.len = w.len - 1
     if w.len == 1 then
@@ -145,8 +158,8 @@ local function live(w, t, win)
   for i = w.len - 1, 0, -1 do
     local b = bucket(w, w.head + i)
     if t - b[1] >= win then break end
-    st = st + b[2]
-    sd = sd + b[3]
+    st = sat(st, b[2])
+    sd = sat(sd, b[3])
   end
   return st, sd
 end
@@ -158,8 +171,8 @@ local function live_untrimmed(w, t, win)
   for i = 0, w.len - 1 do
     local b = bucket(w, w.head + i)
     if t - b[1] < win then
-      st = st + b[2]
-      sd = sd + b[3]
+      st = sat(st, b[2])
+      sd = sat(sd, b[3])
     end
   end
   return st, sd
@@ -188,10 +201,10 @@ local function record(w, t, bt, bd, suppressed)
   if t - w.newest < G then
     local last = w.tb
     if (not suppressed) or last[2] > last[3] or bt == bd then
-      last[2] = last[2] + bt
-      last[3] = last[3] + bd
-      w.T = w.T + bt
-      w.D = w.D + bd
+      last[2] = sat(last[2], bt)
+      last[3] = sat(last[3], bd)
+      w.T = sat(w.T, bt)
+      w.D = sat(w.D, bd)
       return
     end
   end
@@ -205,8 +218,8 @@ local function record(w, t, bt, bd, suppressed)
   end
   w.len = w.len + 1
   w.tb = { t, bt, bd }
-  w.T = w.T + bt
-  w.D = w.D + bd
+  w.T = sat(w.T, bt)
+  w.D = sat(w.D, bd)
   w.newest = t
 end
 
@@ -321,7 +334,7 @@ local function write_back(w, t)
   if not w.exists and w.len == 0 then return end -- like local: no state for nothing recorded
   if w.wipe then redis.call('DEL', w.key) end
   -- the TTL must outlive every live bucket and the retained span
-  local need = w.span_seen + w.span
+  local need = w.span_seen + w.span + floor(w.span / 2)
   if w.len > 0 and w.newest + w.span > need then need = w.newest + w.span end
   local refresh = w.wipe or (not w.exists) or w.exp < need
   if refresh then w.exp = need + w.span end
@@ -344,7 +357,9 @@ local function write_back(w, t)
     chunked('HDEL', w.key, del)
   end
   if refresh then
-    redis.call('PEXPIRE', w.key, floor(w.exp - t) + TTL_SLACK)
+    local ttl = floor(w.exp - t) + TTL_SLACK
+    if ttl < TTL_FLOOR then ttl = TTL_FLOOR end
+    redis.call('PEXPIRE', w.key, ttl)
   end
 end
 

@@ -77,9 +77,16 @@ impl Inner {
             return Err(RedisError::WeightTooLarge { n, max: MAX_EXACT });
         }
         let limits = Limits::new(self.shared.window_ms, rate, self.shared.hard_limit_factor);
-        if limits.hard > MAX_EXACT || limits.capacity > MAX_EXACT {
+        // The absolute rules count up to C; the suppressed ones up to H (≥ C).
+        let suppressed = matches!(code, OpCode::SuppressedInc | OpCode::SuppressedCheck);
+        let limit = if suppressed {
+            limits.hard
+        } else {
+            limits.capacity
+        };
+        if limit > MAX_EXACT {
             return Err(RedisError::RateTooHigh {
-                limit: limits.hard.max(limits.capacity),
+                limit,
                 max: MAX_EXACT,
             });
         }
@@ -156,9 +163,18 @@ impl Inner {
         let deadline = b.deadline();
         let work = async {
             let mut rxs = Vec::with_capacity(prepared.len());
+            let mut ops = Vec::with_capacity(prepared.len());
             for (key, slot, args) in prepared {
-                rxs.push(b.send(key, slot, args).await?);
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                ops.push(batcher::Pending {
+                    key,
+                    slot,
+                    args,
+                    reply,
+                });
+                rxs.push(rx);
             }
+            b.send_many(ops).await?;
             let mut out = Vec::with_capacity(rxs.len());
             for rx in rxs {
                 match rx.await.map_err(|_| RedisError::Shutdown)?? {

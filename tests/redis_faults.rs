@@ -19,6 +19,10 @@ use eyelet::{RateLimit, RateLimiter, RedisError};
 use support::rate;
 use support::redis_server::RedisServer;
 
+/// The fault tests run one at a time: each one's timings (a deadline + 5 ms bound, a 1 s
+/// reconnect) must not absorb another test's kill, pause or load on this 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn limiter(server: &RedisServer, deadline: Duration) -> Arc<RateLimiter> {
     RateLimiter::builder()
         .window(Duration::from_secs(1))
@@ -37,6 +41,7 @@ fn big() -> RateLimit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_typed_errors_and_reconnects_within_a_second() {
+    let _serial = SERIAL.lock().await;
     let alive_before = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
@@ -91,6 +96,7 @@ async fn killed_server_gives_typed_errors_and_reconnects_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_server_every_call_returns_within_its_deadline() {
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let deadline = Duration::from_millis(200);
     let rl = limiter(&server, deadline).await;
@@ -189,6 +195,7 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_every_second_under_load_fails_nothing() {
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let rl = limiter(&server, Duration::from_secs(2)).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,6 +221,7 @@ async fn script_flush_every_second_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_fails_at_most_the_calls_in_flight() {
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let rl = limiter(&server, Duration::from_secs(2)).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,6 +255,7 @@ async fn client_kill_fails_at_most_the_calls_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maxmemory_exhaustion_is_a_typed_error_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let rl = limiter(&server, Duration::from_secs(2)).await;
     let abs = rl.redis().absolute();
@@ -292,6 +301,7 @@ async fn maxmemory_exhaustion_is_a_typed_error_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicaof_gives_read_only_errors_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let primary = RedisServer::start();
     let server = RedisServer::start();
     let rl = limiter(&server, Duration::from_secs(2)).await;

@@ -65,6 +65,30 @@ async fn bad_inputs_are_typed_errors() {
         .inc("k", &rate(1e11), 1)
         .await
         .is_ok());
+    // Absolute counts up to C only: H = 10·C beyond 2^53 does not refuse it.
+    let wide = RateLimiter::builder()
+        .window(Duration::from_secs(1000))
+        .hard_limit_factor(10.0)
+        .redis_url(server.url())
+        .prefix("wide")
+        .connect()
+        .await
+        .expect("connect");
+    let r = rate(1e12); // C = 1e15, H = 1e16
+    assert!(wide
+        .redis()
+        .absolute()
+        .inc("k", &r, 1)
+        .await
+        .expect("absolute")
+        .is_allowed());
+    assert_eq!(
+        wide.redis().suppressed().inc("k", &r, 1).await,
+        Err(RedisError::RateTooHigh {
+            limit: 10_000_000_000_000_000,
+            max: MAX_EXACT
+        })
+    );
     // A rate that cannot be built cannot reach Redis.
     assert_eq!(
         RateLimit::try_from(f64::NAN).map(|_| ()),
@@ -76,9 +100,9 @@ async fn bad_inputs_are_typed_errors() {
         .await
         .expect("valid")
         .is_never_admissible());
-    // Nothing invalid reached the server: only the two valid keys exist.
+    // Nothing invalid reached the server: only the three valid keys exist.
     let keys: Vec<Vec<u8>> = support::redis_server::scan_all(&mut server.conn(), "*");
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 3, "{keys:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

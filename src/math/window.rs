@@ -255,21 +255,23 @@ impl<C: Counts> Window<C> {
     /// Updates the retained span for a call with effective window `w_eff` at `now` and drops
     /// buckets that fell out of it.
     ///
-    /// The span grows at once to a longer window and shrinks to a shorter one when nobody asked
-    /// for the longer one during a whole span. A call asking for the current span confirms it
-    /// only once half a span has passed since the last confirmation: the span then shrinks
-    /// between half a span and a span after the last call that needed it, and a key served at
-    /// one window (the common case) never changes its span at all, so the Redis provider, which
-    /// mirrors this rule, need not write a rejected call back.
+    /// The span grows at once to a longer window and shrinks to a shorter one only when nobody
+    /// asked for the longer one during a whole span. A call asking for the current span
+    /// confirms it only once half a span has passed since the last confirmation (so a key served
+    /// at one window, the common case, changes nothing on most calls, and the Redis provider,
+    /// which mirrors this rule, need not write a rejected call back); to still wait a whole span
+    /// after the last call that needed it, the span shrinks 1.5 spans after the last
+    /// confirmation, i.e. between one and 1.5 spans after that call.
     #[inline(always)]
     pub(crate) fn advance(&mut self, now: u64, w_eff: u64) {
         let w = w_eff.min(u64::from(u32::MAX)) as u32;
-        let since = low(now).wrapping_sub(self.span_seen);
-        if w > self.span || since >= self.span {
+        let since = u64::from(low(now).wrapping_sub(self.span_seen));
+        let span = u64::from(self.span);
+        if w > self.span || since >= span + span / 2 {
             // A longer window, or nobody asked for the longer one during a whole span.
             self.span = w;
             self.span_seen = low(now);
-        } else if w == self.span && since >= self.span / 2 {
+        } else if w == self.span && since >= span / 2 {
             self.span_seen = low(now);
         }
         self.trim(now);
@@ -494,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn span_is_confirmed_every_half_span_and_shrinks_after_a_whole_one() {
+    fn span_is_confirmed_every_half_span_and_shrinks_a_whole_span_after_its_last_use() {
         let mut w = Window::<Count>::new();
         w.advance(0, 1000);
         w.record(0, 10, 1);
@@ -502,21 +504,25 @@ mod tests {
         w.advance(400, 1000);
         w.record(400, 10, 1);
         assert_eq!((w.span_ms(), w.span_seen), (1000, 0));
-        // a shorter window a whole span after the last confirmation shrinks the span
+        // a shorter window one span after the confirmation, but only 600 ms after the last call
+        // that needed the long one: the span (and the 400 ms bucket) stay
         w.advance(1000, 100);
-        assert_eq!(w.span_ms(), 100);
+        assert_eq!(w.span_ms(), 1000);
         assert_eq!(
             w.live(1000, 1000),
-            0,
-            "the 400 ms bucket left with the old span"
+            1,
+            "the 400 ms bucket still counts for a 1000 ms call"
         );
-        // a confirmation after half a span keeps it
+        // a whole span after that call (1.5 spans after the confirmation): shrinks
+        w.advance(1500, 100);
+        assert_eq!(w.span_ms(), 100);
+        // a confirmation after half a span moves the shrink point with it
         let mut w = Window::<Count>::new();
         w.advance(0, 1000);
         w.advance(500, 1000);
-        w.advance(1000, 100);
+        w.advance(1999, 100);
         assert_eq!(w.span_ms(), 1000);
-        w.advance(1500, 100);
+        w.advance(2000, 100);
         assert_eq!(w.span_ms(), 100);
     }
 

@@ -53,6 +53,9 @@ pub(crate) enum BatcherCommand {
         args: OpArgs,
         reply: oneshot::Sender<Answer>,
     },
+    /// Run many operations, in order; one message, so they land in one batch (and a key's
+    /// operations in one script call).
+    DecideMany { ops: Vec<Pending> },
 }
 
 /// A cloneable handle to the batcher actor.
@@ -109,6 +112,14 @@ impl BatcherHandle {
         Ok(rx)
     }
 
+    /// Queues many operations as one message (see [`BatcherCommand::DecideMany`]).
+    pub(crate) async fn send_many(&self, ops: Vec<Pending>) -> Result<(), RedisError> {
+        self.tx
+            .send(BatcherCommand::DecideMany { ops })
+            .await
+            .map_err(|_| RedisError::Shutdown)
+    }
+
     /// Runs one operation within the deadline.
     pub(crate) async fn call(&self, key: Vec<u8>, slot: u16, args: OpArgs) -> Answer {
         let deadline = self.deadline;
@@ -123,11 +134,12 @@ impl BatcherHandle {
 }
 
 /// One queued operation, as the actor keeps it.
-struct Pending {
-    key: Vec<u8>,
-    slot: u16,
-    args: OpArgs,
-    reply: oneshot::Sender<Answer>,
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) key: Vec<u8>,
+    pub(crate) slot: u16,
+    pub(crate) args: OpArgs,
+    pub(crate) reply: oneshot::Sender<Answer>,
 }
 
 struct BatcherActor {
@@ -165,13 +177,18 @@ impl BatcherActor {
                             }
                         }
                     }
-                    let batch: Vec<Pending> = buf
-                        .drain(..)
-                        .filter_map(|BatcherCommand::Decide { key, slot, args, reply }| {
-                            // A caller that gave up is not applied behind its back.
-                            (!reply.is_closed()).then_some(Pending { key, slot, args, reply })
-                        })
-                        .collect();
+                    let mut batch: Vec<Pending> = Vec::with_capacity(buf.len());
+                    for c in buf.drain(..) {
+                        match c {
+                            BatcherCommand::Decide { key, slot, args, reply } => {
+                                batch.push(Pending { key, slot, args, reply });
+                            }
+                            BatcherCommand::DecideMany { ops } => batch.extend(ops),
+                        }
+                    }
+                    // A caller that gave up before its operation is sent is not applied behind
+                    // its back.
+                    batch.retain(|p| !p.reply.is_closed());
                     if !batch.is_empty() {
                         limit = in_flight_limit(&batch).unwrap_or(limit);
                         in_flight.push(self.execute(batch));
@@ -243,13 +260,29 @@ fn group_by_slot(batch: Vec<Pending>, cluster: bool) -> Vec<Vec<Pending>> {
     groups
 }
 
-fn chunk(mut ops: Vec<Pending>, size: usize) -> Vec<Vec<Pending>> {
-    let mut out = Vec::with_capacity(ops.len().div_ceil(size));
-    while ops.len() > size {
-        let rest = ops.split_off(size);
-        out.push(std::mem::replace(&mut ops, rest));
+/// Cuts one slot's operations into script calls of about `size` operations without ever
+/// splitting a key's operations (they stay in order in one call, so nothing, not even a
+/// `NOSCRIPT` retry, can reorder them): a new key opens a new call once the current one is full.
+fn chunk(ops: Vec<Pending>, size: usize) -> Vec<Vec<Pending>> {
+    if ops.len() <= size {
+        return vec![ops];
     }
-    out.push(ops);
+    let mut out: Vec<Vec<Pending>> = vec![Vec::new()];
+    let mut home: HashMap<Vec<u8>, usize> = HashMap::new();
+    for p in ops {
+        let i = match home.get(&p.key) {
+            Some(&i) => i,
+            None => {
+                if out.last().is_some_and(|c| c.len() >= size) {
+                    out.push(Vec::new());
+                }
+                let i = out.len() - 1;
+                home.insert(p.key.clone(), i);
+                i
+            }
+        };
+        out[i].push(p);
+    }
     out
 }
 
@@ -321,5 +354,62 @@ async fn script_call(
                 let _ = p.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::script::OpCode;
+
+    fn op(key: &str, n: u64) -> Pending {
+        let (reply, _rx) = oneshot::channel();
+        Pending {
+            key: key.as_bytes().to_vec(),
+            slot: 0,
+            args: OpArgs {
+                code: OpCode::AbsoluteInc,
+                window_ms: 1000,
+                capacity: 10,
+                hard: 10,
+                n,
+                draw: 0.0,
+            },
+            reply,
+        }
+    }
+
+    #[test]
+    fn chunks_never_split_a_key_and_keep_its_order() {
+        // 100 operations on "hot" among 60 distinct keys, cut at 16 per call
+        let mut ops = Vec::new();
+        for i in 0..160u64 {
+            if i % 8 < 5 {
+                ops.push(op("hot", i));
+            } else {
+                ops.push(op(&format!("k{i}"), i));
+            }
+        }
+        let chunks = chunk(ops, 16);
+        assert!(chunks.len() > 1);
+        let mut seen = HashMap::new();
+        for (c, ops) in chunks.iter().enumerate() {
+            for p in ops {
+                assert_eq!(
+                    *seen.entry(p.key.clone()).or_insert(c),
+                    c,
+                    "a key was split"
+                );
+            }
+        }
+        let hot: Vec<u64> = chunks
+            .iter()
+            .flatten()
+            .filter(|p| p.key == b"hot")
+            .map(|p| p.args.n)
+            .collect();
+        assert_eq!(hot.len(), 100);
+        assert!(hot.windows(2).all(|w| w[0] < w[1]), "order kept");
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 160);
     }
 }

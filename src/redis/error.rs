@@ -8,11 +8,12 @@ use crate::config::ConfigError;
 /// Why a Redis-provider call failed. Nothing here is a rate-limit denial: those are
 /// [`RateLimitDecision`](crate::RateLimitDecision) values.
 ///
-/// Whether a failed `inc` was counted: a call that failed before reaching Redis (bad input,
-/// [`Connection`](Self::Connection) while the server is unreachable) was not; a call that timed
-/// out after it was sent may have been ([`Timeout`](Self::Timeout) says so); a server error
-/// ([`ReadOnly`](Self::ReadOnly), [`OutOfMemory`](Self::OutOfMemory), ...) aborts the script before
-/// it writes.
+/// Whether a failed `inc` was counted: a bad input was never sent, nor was a call whose caller
+/// gave up before the batcher sent it. A [`Timeout`](Self::Timeout) or a
+/// [`Connection`](Self::Connection) error after the script was sent (a connection killed or a
+/// server that died while answering) may have been applied. A server error
+/// ([`ReadOnly`](Self::ReadOnly), [`OutOfMemory`](Self::OutOfMemory), ...) is raised by the
+/// script's first write, so the call leaves no partial state.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum RedisError {
@@ -34,9 +35,10 @@ pub enum RedisError {
         /// The largest accepted weight, 2^53 − 1.
         max: u64,
     },
-    /// The rate's capacity over the window is beyond what the scripts count exactly.
+    /// The rate's limit over the window is beyond what the scripts count exactly.
     RateTooHigh {
-        /// Hard limit `H` (≥ capacity `C`) this rate gives over the window.
+        /// The limit this rate gives over the window: the capacity `C` (absolute) or the hard
+        /// limit `H` (suppressed).
         limit: u64,
         /// The largest accepted limit, 2^53 − 1.
         max: u64,
@@ -142,7 +144,14 @@ impl RedisError {
         if e.is_timeout() {
             return RedisError::Timeout { deadline };
         }
-        match e.code() {
+        let detail = e.detail().unwrap_or_default();
+        // Redis before 7.0 reports an error raised by `redis.call` inside a script as
+        // `ERR Error running script (...): ... -OOM ...`; 7.0 keeps the original code.
+        let code = match e.code() {
+            Some("ERR") => embedded_code(detail).or(Some("ERR")),
+            c => c,
+        };
+        match code {
             Some("READONLY") => return RedisError::ReadOnly,
             Some("OOM") => return RedisError::OutOfMemory,
             Some("BUSY") | Some("LOADING") => return RedisError::Busy,
@@ -150,26 +159,82 @@ impl RedisError {
             Some(
                 c @ ("CLUSTERDOWN" | "MOVED" | "ASK" | "TRYAGAIN" | "MASTERDOWN" | "CROSSSLOT"),
             ) => {
-                return RedisError::Cluster(format!("{c}: {}", e.detail().unwrap_or_default()));
+                return RedisError::Cluster(format!("{c}: {detail}"));
             }
             _ => {}
         }
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
+        let kind = e.kind();
+        if kind == redis::ErrorKind::AuthenticationFailed
+            || matches!(code, Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
         {
+            // Not transient: retrying with the same credentials fails the same way.
+            return RedisError::Server {
+                code: code.unwrap_or("AUTH").to_string(),
+                message: e.to_string(),
+            };
+        }
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
             return RedisError::Connection(e.to_string());
         }
         if e.is_cluster_error() {
             return RedisError::Cluster(e.to_string());
         }
-        match e.code() {
-            Some(code) => RedisError::Server {
+        if let Some(code) = code {
+            return RedisError::Server {
                 code: code.to_string(),
-                message: e.detail().unwrap_or_default().to_string(),
-            },
-            None => RedisError::Connection(e.to_string()),
+                message: detail.to_string(),
+            };
         }
+        if e.is_unrecoverable_error() {
+            return RedisError::Connection(e.to_string());
+        }
+        // Parse, type and client-side errors: the reply or the request did not fit.
+        RedisError::Protocol(e.to_string())
+    }
+}
+
+/// The code of an error that a script's `redis.call` raised, inside an `ERR Error running
+/// script` message (Redis before 7.0): the first ` -CODE` among the ones mapped to variants.
+fn embedded_code(detail: &str) -> Option<&'static str> {
+    const CODES: [&str; 11] = [
+        "READONLY",
+        "OOM",
+        "BUSY",
+        "LOADING",
+        "NOSCRIPT",
+        "CLUSTERDOWN",
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CROSSSLOT",
+    ];
+    detail.match_indices('-').find_map(|(i, _)| {
+        let rest = &detail[i + 1..];
+        let word = rest.split(|c: char| !c.is_ascii_uppercase()).next()?;
+        let preceded = i == 0 || detail[..i].ends_with(' ');
+        CODES.iter().find(|c| preceded && **c == word).copied()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_inside_script_errors() {
+        let six_two = "Error running script (call to f_0123): @user_script:208: \
+                       @user_script: 208: -OOM command not allowed when used memory > 'maxmemory'.";
+        assert_eq!(embedded_code(six_two), Some("OOM"));
+        assert_eq!(
+            embedded_code("Error running script: -READONLY You can't write against a replica."),
+            Some("READONLY")
+        );
+        assert_eq!(
+            embedded_code("wrong number of arguments for 'hset' command"),
+            None
+        );
+        assert_eq!(embedded_code("value is out of range, must be -OOMPH"), None);
+        assert_eq!(embedded_code("x-OOM"), None);
     }
 }
