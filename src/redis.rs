@@ -317,12 +317,14 @@ macro_rules! redis_strategy {
             }
 
             /// Decides many keys at once, each as [`inc`](Self::inc) would, in input order per
-            /// key; the batcher packs them into as few script calls as their slots allow.
+            /// key; the batcher packs them into as few script calls as their slots allow (a
+            /// key's operations always share one call).
             ///
             /// # Errors
-            /// A bad key or weight fails the whole call before anything is sent. A transport
-            /// failure returns the first error; decisions of the same batch that reached Redis
-            /// may have been applied.
+            /// A bad key or weight fails the whole call before anything is sent. The whole call
+            /// has one deadline ([`RateLimiterBuilder::redis_deadline`](crate::RateLimiterBuilder::redis_deadline)),
+            /// so split very large batches. A transport failure or timeout returns the first
+            /// error; decisions of the same call that reached Redis may have been applied.
             pub async fn inc_many<K: AsRef<str>>(
                 &self,
                 keys: &[K],
@@ -398,8 +400,11 @@ redis_strategy!(
     /// limit `C` and the hard limit `H`, from the attempted rate.
     ///
     /// The random draw is made by the caller (from the limiter's random source, one draw per
-    /// suppressed `inc` or `is_allowed`) and sent with the request, so a seeded limiter is
-    /// deterministic.
+    /// suppressed `inc` or `is_allowed`, used or not) and sent with the request, so a seeded
+    /// limiter replays the same decisions for the same calls. The local provider draws per
+    /// shard and only inside the band, so the two providers agree decision for decision when
+    /// their draws agree (a constant source, as in the conformance suite); otherwise they agree
+    /// in distribution.
     RedisSuppressed,
     Kind::Suppressed,
     OpCode::SuppressedInc,

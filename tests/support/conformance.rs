@@ -387,6 +387,20 @@ pub async fn inc_many_equals_one_by_one(s: &Subject) {
     }
 }
 
+pub async fn a_recent_long_window_call_keeps_its_buckets(s: &Subject) {
+    // 0.5 req/s stretches the window to 2000 ms (C = 1); 10 req/s uses 1000 ms
+    let (slow, fast) = (rate(0.5), rate(10.0));
+    assert!(s.inc(Abs, "k", &slow, 1).await.is_allowed());
+    s.set_ms(999);
+    assert!(s.inc(Abs, "k", &fast, 1).await.is_allowed());
+    assert!(!s.check(Abs, "k", &slow, 1).await.is_allowed());
+    s.set_ms(2000);
+    assert!(s.check(Abs, "k", &fast, 1).await.is_allowed());
+    s.set_ms(2001);
+    // the 999 ms bucket is inside (1, 2001]: a 2000 ms call must still count it
+    assert_eq!(s.inc(Abs, "k", &slow, 1).await, rejected(998, 1, 2000));
+}
+
 /// `(name, W, G, h, draw, scenario)` for the runner.
 pub type Scenario =
     for<'a> fn(&'a Subject) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
@@ -415,6 +429,7 @@ scenarios!(
     suppressed_sheds_between_soft_and_hard,
     suppressed_hard_cutoff,
     inc_many_equals_one_by_one,
+    a_recent_long_window_call_keeps_its_buckets,
 );
 
 /// One step of a differential run.
