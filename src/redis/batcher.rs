@@ -1,13 +1,14 @@
 //! The Redis batcher actor: coalesces concurrent calls into few script calls.
 //!
-//! Callers send [`BatcherCommand`]s through a bounded mailbox and await a oneshot reply. The
-//! actor (a tokio task owning the connection) drains whatever is queued (up to [`MAX_BATCH`]
-//! operations), groups it per hash slot (one group on a single server), cuts each group into
-//! script calls of at most [`MAX_OPS_PER_CALL`] operations with duplicate keys coalesced, and
-//! sends them; while [`MAX_IN_FLIGHT`] batches are outstanding it lets the mailbox fill, which
-//! is what makes the next batch large. Operations keep their mailbox order inside a script call,
-//! and the script calls of one slot are issued in order on one multiplexed connection, so a
-//! key's operations apply in the order they were queued.
+//! Callers send [`BatcherCommand`]s through a bounded mailbox and await a oneshot reply per
+//! operation. The actor (a tokio task owning the connection) drains what is queued (up to
+//! [`MAX_BATCH`] messages; under load it first yields once so that the callers its last reply
+//! woke can join), groups the operations per hash slot (one group on a single server), cuts each
+//! group into script calls of about [`MAX_OPS_PER_CALL`] operations without ever splitting a
+//! key's operations, and sends them. While [`MAX_IN_FLIGHT`] batches are outstanding it lets the
+//! mailbox fill, which is what makes the next batch large; [`MAX_IN_FLIGHT_SPREAD`] while keys
+//! are mostly distinct. A key's operations keep their mailbox order inside their one script
+//! call, and an `inc_many` is one message, so its operations on a key are applied in input order.
 //!
 //! A caller whose deadline passed (or whose future was dropped) before its operation was sent
 //! is skipped: its request is never applied. The actor exits when the last handle is dropped,
@@ -26,9 +27,10 @@ use super::script::{decode, OpArgs, OpReply, DECIDE_LUA};
 use super::RedisError;
 use crate::shard::Shared;
 
-/// Most operations in one script call (the script reads each distinct key once).
+/// Operations per script call before a new key opens the next call (the script reads each
+/// distinct key once; a key's own operations are never split, so a hot key can exceed it).
 pub(crate) const MAX_OPS_PER_CALL: usize = 64;
-/// Most operations drained from the mailbox into one batch.
+/// Most messages drained from the mailbox into one batch (an `inc_many` is one message).
 pub(crate) const MAX_BATCH: usize = 256;
 /// Batches outstanding at once while traffic concentrates on few keys: the mailbox fills
 /// meanwhile, the next batch is larger, and duplicate keys coalesce (one read, one write).
@@ -199,7 +201,7 @@ impl BatcherActor {
         while in_flight.next().await.is_some() {}
     }
 
-    /// Sends one batch: per slot, script calls of at most `MAX_OPS_PER_CALL` operations.
+    /// Sends one batch: per slot, script calls of about `MAX_OPS_PER_CALL` operations.
     fn execute(
         &self,
         batch: Vec<Pending>,
