@@ -365,7 +365,8 @@ end
 
 -- Loads every bucket field of a key at once (reads walk all buckets).
 local function preload(w)
-  if w.len <= 2 or w.preloaded then return end
+  -- after a wipe every middle bucket is new and cached; the stored fields are stale
+  if w.len <= 2 or w.preloaded or w.wipe then return end
   w.preloaded = true
   local all = redis.call('HGETALL', w.key)
   for i = 1, #all, 2 do

@@ -5,7 +5,7 @@
 //! Redis (`TIME`, read once per script call), so app servers with skewed clocks agree.
 //!
 //! Calls go through a batcher actor (a tokio task owning a multiplexed connection): concurrent
-//! calls are coalesced into script calls of up to 64 operations, each distinct key read and
+//! calls are coalesced into script calls of about 64 operations, each distinct key read and
 //! written once per script call. Every call has a deadline
 //! ([`RateLimiterBuilder::redis_deadline`](crate::RateLimiterBuilder::redis_deadline)); a dead or
 //! stalled server yields a typed [`RedisError`], never a hang.
