@@ -89,6 +89,19 @@ async fn bad_inputs_are_typed_errors() {
             max: MAX_EXACT
         })
     );
+    // Attempts beyond 2^53 in one window saturate (a suppressed key counts declined attempts
+    // too); reads keep working.
+    for _ in 0..3 {
+        let d = wide
+            .redis()
+            .suppressed()
+            .inc("big", &rate(1e11), MAX_EXACT)
+            .await
+            .expect("counted");
+        assert!(!d.is_allowed());
+    }
+    let snap = wide.redis().suppressed().get("big").await.expect("get");
+    assert_eq!((snap.total, snap.declined), (MAX_EXACT, MAX_EXACT));
     // A rate that cannot be built cannot reach Redis.
     assert_eq!(
         RateLimit::try_from(f64::NAN).map(|_| ()),
@@ -100,9 +113,9 @@ async fn bad_inputs_are_typed_errors() {
         .await
         .expect("valid")
         .is_never_admissible());
-    // Nothing invalid reached the server: only the three valid keys exist.
+    // Nothing invalid reached the server: only the four valid keys exist.
     let keys: Vec<Vec<u8>> = support::redis_server::scan_all(&mut server.conn(), "*");
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), 4, "{keys:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
