@@ -18,6 +18,14 @@ pub const DEFAULT_SHARDS: usize = 64;
 /// Shortest default sweep interval.
 const MIN_DEFAULT_SWEEP: Duration = Duration::from_millis(100);
 
+/// What [`RateLimiter::validate`] derives from a builder.
+struct Validated {
+    shared: Arc<Shared>,
+    sweep_interval: Duration,
+    /// Shards per strategy, a power of two.
+    shards: usize,
+}
+
 /// A per-key rate limiter: providers (`local()`), each with two strategies.
 ///
 /// Create it with [`RateLimiter::builder`]; share the returned `Arc` across threads, tasks and
@@ -72,11 +80,10 @@ impl RateLimiter {
     }
 
     pub(crate) fn from_builder(b: RateLimiterBuilder) -> Result<Arc<Self>, ConfigError> {
-        let (shared, sweep_interval) = Self::validate(&b)?;
+        let valid = Self::validate(&b)?;
         Self::assemble(
             b,
-            shared,
-            sweep_interval,
+            valid,
             #[cfg(feature = "redis")]
             None,
         )
@@ -87,7 +94,7 @@ impl RateLimiter {
     pub(crate) async fn connect(
         b: RateLimiterBuilder,
     ) -> Result<Arc<Self>, crate::redis::RedisError> {
-        let (shared, sweep_interval) = Self::validate(&b)?;
+        let valid = Self::validate(&b)?;
         if !crate::redis::valid_prefix(&b.redis.prefix) {
             return Err(ConfigError::InvalidPrefix(b.redis.prefix.clone()).into());
         }
@@ -102,14 +109,14 @@ impl RateLimiter {
         let conn = crate::redis::connect(
             &target,
             b.redis.deadline,
-            shared.clone(),
+            valid.shared.clone(),
             b.redis.clock_time,
         )
         .await?;
-        Ok(Self::assemble(b, shared, sweep_interval, Some(conn))?)
+        Ok(Self::assemble(b, valid, Some(conn))?)
     }
 
-    fn validate(b: &RateLimiterBuilder) -> Result<(Arc<Shared>, Duration), ConfigError> {
+    fn validate(b: &RateLimiterBuilder) -> Result<Validated, ConfigError> {
         let window_ms = whole_ms(b.window);
         let bucket_ms = whole_ms(b.bucket);
         if window_ms == 0 {
@@ -132,6 +139,7 @@ impl RateLimiter {
         if shards == 0 || shards > MAX_SHARDS {
             return Err(ConfigError::InvalidShardCount(shards));
         }
+        let shards = shards.next_power_of_two();
         if b.max_keys == Some(0) {
             return Err(ConfigError::ZeroMaxKeys);
         }
@@ -158,16 +166,23 @@ impl RateLimiter {
             live_keys: AtomicUsize::new(0),
             clock,
         });
-        Ok((shared, sweep_interval))
+        Ok(Validated {
+            shared,
+            sweep_interval,
+            shards,
+        })
     }
 
     fn assemble(
         b: RateLimiterBuilder,
-        shared: Arc<Shared>,
-        sweep_interval: Duration,
+        valid: Validated,
         #[cfg(feature = "redis")] redis: Option<(crate::redis::BatcherHandle, bool)>,
     ) -> Result<Arc<Self>, ConfigError> {
-        let shards = b.shards.unwrap_or(DEFAULT_SHARDS).next_power_of_two();
+        let Validated {
+            shared,
+            sweep_interval,
+            shards,
+        } = valid;
         let random = b.random_factory();
         let hasher = b.hasher();
         let local = LocalProvider::new(shards, &shared, hasher, &random);
