@@ -77,7 +77,7 @@ impl Inner {
             return Err(RedisError::WeightTooLarge { n, max: MAX_EXACT });
         }
         let limits = Limits::new(self.shared.window_ms, rate, self.shared.hard_limit_factor);
-        // The absolute rules count up to C; the suppressed ones up to H (≥ C).
+        // The absolute rules count up to C; the suppressed ones up to H (≥ C) and draw.
         let suppressed = matches!(code, OpCode::SuppressedInc | OpCode::SuppressedCheck);
         let limit = if suppressed {
             limits.hard
@@ -90,10 +90,7 @@ impl Inner {
                 max: MAX_EXACT,
             });
         }
-        let draw = match code {
-            OpCode::SuppressedInc | OpCode::SuppressedCheck => self.draw(),
-            _ => 0.0,
-        };
+        let draw = if suppressed { self.draw() } else { 0.0 };
         Ok(OpArgs {
             code,
             window_ms: limits.window_ms,
@@ -160,33 +157,14 @@ impl Inner {
             let (key, slot) = self.key(kind, k.as_ref())?;
             prepared.push((key, slot, self.args(code, rate, n)?));
         }
-        let deadline = b.deadline();
-        let work = async {
-            let mut rxs = Vec::with_capacity(prepared.len());
-            let mut ops = Vec::with_capacity(prepared.len());
-            for (key, slot, args) in prepared {
-                let (reply, rx) = tokio::sync::oneshot::channel();
-                ops.push(batcher::Pending {
-                    key,
-                    slot,
-                    args,
-                    reply,
-                });
-                rxs.push(rx);
+        let mut out = Vec::with_capacity(prepared.len());
+        for answer in b.call_many(prepared).await? {
+            match answer? {
+                (_, OpReply::Decision(d)) => out.push(d),
+                (_, r) => return Err(unexpected(&r)),
             }
-            b.send_many(ops).await?;
-            let mut out = Vec::with_capacity(rxs.len());
-            for rx in rxs {
-                match rx.await.map_err(|_| RedisError::Shutdown)?? {
-                    (_, OpReply::Decision(d)) => out.push(d),
-                    (_, r) => return Err(unexpected(&r)),
-                }
-            }
-            Ok(out)
-        };
-        tokio::time::timeout(deadline, work)
-            .await
-            .map_err(|_| RedisError::Timeout { deadline })?
+        }
+        Ok(out)
     }
 }
 

@@ -89,46 +89,66 @@ impl BatcherHandle {
         Self { tx, deadline }
     }
 
-    /// The per-call deadline.
-    pub(crate) fn deadline(&self) -> Duration {
-        self.deadline
-    }
-
-    /// Queues one operation and returns the receiver of its answer.
-    pub(crate) async fn send(
-        &self,
-        key: Vec<u8>,
-        slot: u16,
-        args: OpArgs,
-    ) -> Result<oneshot::Receiver<Answer>, RedisError> {
+    /// Runs one operation within the deadline.
+    pub(crate) async fn call(&self, key: Vec<u8>, slot: u16, args: OpArgs) -> Answer {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(BatcherCommand::Decide {
-                key,
-                slot,
-                args,
-                reply,
-            })
-            .await
-            .map_err(|_| RedisError::Shutdown)?;
-        Ok(rx)
+        let command = BatcherCommand::Decide {
+            key,
+            slot,
+            args,
+            reply,
+        };
+        self.within(async {
+            self.send(command).await?;
+            rx.await.map_err(|_| RedisError::Shutdown)?
+        })
+        .await
     }
 
-    /// Queues many operations as one message (see [`BatcherCommand::DecideMany`]).
-    pub(crate) async fn send_many(&self, ops: Vec<Pending>) -> Result<(), RedisError> {
+    /// Runs many operations as one message (see [`BatcherCommand::DecideMany`]), the whole
+    /// call within one deadline; the answers come in input order.
+    pub(crate) async fn call_many(
+        &self,
+        ops: impl IntoIterator<Item = (Vec<u8>, u16, OpArgs)>,
+    ) -> Result<Vec<Answer>, RedisError> {
+        let (pending, rxs): (Vec<Pending>, Vec<_>) = ops
+            .into_iter()
+            .map(|(key, slot, args)| {
+                let (reply, rx) = oneshot::channel();
+                let p = Pending {
+                    key,
+                    slot,
+                    args,
+                    reply,
+                };
+                (p, rx)
+            })
+            .unzip();
+        self.within(async {
+            self.send(BatcherCommand::DecideMany { ops: pending })
+                .await?;
+            let mut answers = Vec::with_capacity(rxs.len());
+            for rx in rxs {
+                answers.push(rx.await.map_err(|_| RedisError::Shutdown)?);
+            }
+            Ok(answers)
+        })
+        .await
+    }
+
+    async fn send(&self, command: BatcherCommand) -> Result<(), RedisError> {
         self.tx
-            .send(BatcherCommand::DecideMany { ops })
+            .send(command)
             .await
             .map_err(|_| RedisError::Shutdown)
     }
 
-    /// Runs one operation within the deadline.
-    pub(crate) async fn call(&self, key: Vec<u8>, slot: u16, args: OpArgs) -> Answer {
+    /// `work` bounded by the deadline (mailbox wait included).
+    async fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, RedisError> {
         let deadline = self.deadline;
-        let work = async {
-            let rx = self.send(key, slot, args).await?;
-            rx.await.map_err(|_| RedisError::Shutdown)?
-        };
         tokio::time::timeout(deadline, work)
             .await
             .map_err(|_| RedisError::Timeout { deadline })?
@@ -344,8 +364,7 @@ async fn script_call(
         Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
         Err(_) => Err(RedisError::Timeout { deadline }),
     };
-    let args: Vec<OpArgs> = ops.iter().map(|p| p.args).collect();
-    match result.and_then(|v| decode(&v, &args)) {
+    match result.and_then(|v| decode(&v, ops.iter().map(|p| &p.args))) {
         Ok((t, replies)) => {
             for (p, r) in ops.into_iter().zip(replies) {
                 let _ = p.reply.send(Ok((t, r)));

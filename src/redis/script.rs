@@ -84,16 +84,20 @@ fn count(x: f64) -> Result<u64, RedisError> {
 }
 
 /// Decodes a script reply for `ops`: the server time and one reply per operation.
-pub(crate) fn decode(value: &Value, ops: &[OpArgs]) -> Result<(u64, Vec<OpReply>), RedisError> {
+pub(crate) fn decode<'a>(
+    value: &Value,
+    ops: impl ExactSizeIterator<Item = &'a OpArgs>,
+) -> Result<(u64, Vec<OpReply>), RedisError> {
     let Value::BulkString(bytes) = value else {
         return Err(RedisError::Protocol(format!(
             "expected a string, got {value:?}"
         )));
     };
-    if bytes.len() != 8 * (1 + 4 * ops.len()) {
+    let n_ops = ops.len();
+    if bytes.len() != 8 * (1 + 4 * n_ops) {
         return Err(RedisError::Protocol(format!(
             "expected {} numbers, got {} bytes",
-            1 + 4 * ops.len(),
+            1 + 4 * n_ops,
             bytes.len()
         )));
     }
@@ -102,7 +106,7 @@ pub(crate) fn decode(value: &Value, ops: &[OpArgs]) -> Result<(u64, Vec<OpReply>
         .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
     let mut next = || nums.next().unwrap_or(f64::NAN);
     let now = count(next())?;
-    let mut out = Vec::with_capacity(ops.len());
+    let mut out = Vec::with_capacity(n_ops);
     for op in ops {
         let (kind, a, b, c) = (next(), next(), next(), next());
         let reply = match kind as i64 {
@@ -185,7 +189,7 @@ mod tests {
             500.0,
             40.0,
         ]);
-        let (now, r) = decode(&v, &[op, op]).unwrap_or_default();
+        let (now, r) = decode(&v, [op, op].iter()).unwrap_or_default();
         assert_eq!(now, 1_700_000_000_000);
         assert_eq!(
             r,
@@ -202,9 +206,9 @@ mod tests {
                 }),
             ]
         );
-        assert!(decode(&Value::Int(1), &[op]).is_err());
-        assert!(decode(&encode(&[1.0]), &[op]).is_err());
-        assert!(decode(&encode(&[1.0, 0.0, 0.5, 0.0, 0.0]), &[op]).is_ok());
-        assert!(decode(&encode(&[1.0, 3.0, -2.0, 0.0, 0.0]), &[op]).is_err());
+        assert!(decode(&Value::Int(1), [op].iter()).is_err());
+        assert!(decode(&encode(&[1.0]), [op].iter()).is_err());
+        assert!(decode(&encode(&[1.0, 0.0, 0.5, 0.0, 0.0]), [op].iter()).is_ok());
+        assert!(decode(&encode(&[1.0, 3.0, -2.0, 0.0, 0.0]), [op].iter()).is_err());
     }
 }
