@@ -17,12 +17,22 @@
 --                    c attempted weight; the caller computes the factor from b and c with the
 --                    same arithmetic (so it is bit-identical and no float is formatted here)
 --             kind 3 absolute get: a live total
---             kind 4 suppressed get: a total, b declined, c factor
+--             kind 4 suppressed get: a accepted, b declined, c factor
 --             kind 5 reset: a = 1 if the key existed
 --
 -- The rules mirror src/math (window.rs, absolute.rs, suppressed.rs) operation for operation, so
--- both providers give the same decisions for the same calls and clock. Every write refreshes the
--- key's TTL so that it outlives its live buckets; an idle key expires on its own.
+-- both providers give the same decisions for the same calls and clock:
+-- * every call first drops the buckets that left the key's span, and only a recording call
+--   (inc with n >= 1) may then move the span; reads and probes never change a later answer;
+-- * a window whose buckets all left its span is a new key (its span is forgotten), so a key
+--   dropped by its TTL answers as one that was kept;
+-- * suppressed buckets hold accepted and declined weight (never attempts minus declines, which
+--   saturate separately); a total that saturated is recounted from the buckets.
+-- Nothing is written before every operation has been decided and the reply packed, so an error
+-- raised by the script leaves no state behind; the first write is an HSET (or a DEL, which makes
+-- every later write of the call pass the OOM check), so OOM and READONLY fail the whole call.
+-- Every write refreshes the key's TTL so that it outlives its live buckets; an idle key expires
+-- on its own.
 
 local now = tonumber(ARGV[1])
 -- With the caller's clock (tests) TTLs still run on the server's: keep keys at least a minute.
@@ -39,10 +49,12 @@ local TTL_SLACK = 1000
 local sunpack = struct.unpack
 local spack = struct.pack
 local floor = math.floor
+-- Lua's unpack (and so any call spreading a table into arguments) has a stack limit of about
+-- 8000 values: argument lists and the reply are built in chunks of this many values.
 local CHUNK = 1000
 
 -- a + b, saturating at 2^53 - 1 (the most a Lua number counts exactly; src/math saturates at
--- 2^64 - 1, which no real window reaches either).
+-- 2^64 - 1).
 local MAX_COUNT = 9007199254740991
 local function sat(a, b)
   local x = a + b
@@ -59,27 +71,27 @@ local function load(k)
   local key = KEYS[k]
   local m = redis.call('HGET', key, 'm')
   if m then
-    local T, D, newest, span, span_seen, head, len, last_soft, last_window, exp,
-      hs, ht, hd, ts, tt, td = sunpack(HEADER, m)
-    local hb = { hs, ht, hd }
+    local A, D, newest, span, span_seen, head, len, last_soft, last_window, exp,
+      hs, ha, hd, ts, ta, td = sunpack(HEADER, m)
+    local hb = { hs, ha, hd }
     -- one bucket is both the oldest and the newest: one table, so updates reach both
     local tb = hb
-    if len > 1 then tb = { ts, tt, td } end
+    if len > 1 then tb = { ts, ta, td } end
     w = { key = key, cache = false, dirty = false, removed = false, wipe = false,
-      changed = false, exists = true, T = T, D = D, newest = newest, span = span,
+      changed = false, exists = true, A = A, D = D, newest = newest, span = span,
       span_seen = span_seen, head = head, len = len, last_soft = last_soft,
       last_window = last_window, exp = exp, hb = hb, tb = tb }
   else
     local hb = { 0, 0, 0 }
     w = { key = key, cache = false, dirty = false, removed = false, wipe = false,
-      changed = false, exists = false, T = 0, D = 0, newest = 0, span = 0, span_seen = 0,
+      changed = false, exists = false, A = 0, D = 0, newest = 0, span = 0, span_seen = 0,
       head = 0, len = 0, last_soft = 0, last_window = 0, exp = 0, hb = hb, tb = hb }
   end
   states[k] = w
   return w
 end
 
--- A middle bucket `seq` ({start, total, declined}), from its field.
+-- A middle bucket `seq` ({start, accepted, declined}), from its field.
 local function field(w, seq)
   if not w.cache then w.cache = {} end
   local b = w.cache[seq]
@@ -102,38 +114,58 @@ local function bucket(w, seq)
   return field(w, seq)
 end
 
+-- Forgets every bucket and the span: a new key. Dropping what left the span changes no answer,
+-- so it marks nothing to write; whatever the call writes later starts from a clean hash.
 local function clear(w)
   -- fields may exist (middle buckets, or ones awaiting HDEL): drop the whole hash
   w.wipe = w.exists
-  w.changed = true
-  w.len, w.T, w.D = 0, 0, 0
+  w.len, w.A, w.D, w.span, w.span_seen = 0, 0, 0, 0, 0
   w.cache, w.dirty, w.removed = false, false, false
   w.hb = { 0, 0, 0 }
   w.tb = w.hb
 end
 
-local function advance(w, t, win)
-  -- the retained span, as src/math/window.rs keeps it (confirmed every half span, shrunk 1.5
-  -- spans after the last confirmation)
-  local since = t - w.span_seen
-  if win > w.span or since >= w.span + floor(w.span / 2) then
-    if w.span ~= win or w.span_seen ~= t then w.changed = true end
-    w.span = win
-    w.span_seen = t
-  elseif win == w.span and since >= floor(w.span / 2) then
-    if w.span_seen ~= t then w.changed = true end
-    w.span_seen = t
+-- Loads every bucket field of a key at once (reads walk all buckets).
+local function preload(w)
+  -- after a wipe every middle bucket is new and cached; the stored fields are stale
+  if w.len <= 2 or w.preloaded or w.wipe then return end
+  w.preloaded = true
+  local all = redis.call('HGETALL', w.key)
+  for i = 1, #all, 2 do
+    local seq = tonumber(all[i])
+    if not w.cache then w.cache = {} end
+    if seq and w.cache[seq] == nil and not (w.removed and w.removed[seq]) then
+      local s, bt, bd = sunpack('<ddd', all[i + 1])
+      w.cache[seq] = { s, bt, bd }
+    end
   end
+end
+
+-- Sets A and D to the saturating sums of the buckets held (after a clipped total lost a bucket).
+local function recount(w)
+  preload(w)
+  local a, d = 0, 0
+  for i = 0, w.len - 1 do
+    local b = bucket(w, w.head + i)
+    a = sat(a, b[2])
+    d = sat(d, b[3])
+  end
+  w.A, w.D = a, d
+end
+
+-- Drops the buckets that left the span (the window's own rule: as src/math/window.rs trim).
+local function trim(w, t)
   if w.len == 0 then return end
   if w.newest + w.span <= t then
     clear(w)
     return
   end
+  local clipped = w.A >= MAX_COUNT or w.D >= MAX_COUNT
+  local before = w.len
   while w.len > 1 do
     local front = w.hb
     if t - front[1] < w.span then break end
-    w.changed = true
-    w.T = math.max(w.T - front[2], 0)
+    w.A = math.max(w.A - front[2], 0)
     w.D = math.max(w.D - front[3], 0)
     w.head = w.head + 1
     w.len = w.len - 1
@@ -148,12 +180,37 @@ local function advance(w, t, win)
       if w.cache then w.cache[w.head] = nil end
     end
   end
+  if clipped and w.len ~= before then recount(w) end
 end
 
--- Sum of the buckets live at t for window win (after advance).
+-- Brings the window to t for a call with window win: trims with the span in effect, then a
+-- recording call (confirm) moves the span, as src/math/window.rs advance (confirmed every half
+-- span, shrunk 1.5 spans after the last confirmation; an empty window has no span).
+local function advance(w, t, win, confirm)
+  trim(w, t)
+  if not confirm or w.len == 0 then return end
+  local since = t - w.span_seen
+  if win > w.span then
+    w.span = win
+    w.span_seen = t
+    w.changed = true
+  elseif since >= w.span + floor(w.span / 2) then
+    w.span_seen = t
+    w.changed = true
+    if win < w.span then
+      w.span = win
+      trim(w, t)
+    end
+  elseif win == w.span and since >= floor(w.span / 2) then
+    if w.span_seen ~= t then w.changed = true end
+    w.span_seen = t
+  end
+end
+
+-- Sums (accepted, declined) of the buckets live at t for window win (after advance).
 local function live(w, t, win)
   if w.len == 0 or w.newest + win <= t then return 0, 0 end
-  if win >= w.span or w.len == 1 then return w.T, w.D end
+  if win >= w.span or w.len == 1 then return w.A, w.D end
   local st, sd = 0, 0
   for i = w.len - 1, 0, -1 do
     local b = bucket(w, w.head + i)
@@ -164,9 +221,11 @@ local function live(w, t, win)
   return st, sd
 end
 
--- Sum of the buckets live at t for window win, for reads (correct without advance).
+-- Sums of the buckets live at t for window win, for reads (correct without advance): a bucket
+-- that left the span is gone even if no call trimmed it.
 local function live_untrimmed(w, t, win)
   local st, sd = 0, 0
+  if win > w.span then win = w.span end
   if w.newest + win <= t then return st, sd end
   for i = 0, w.len - 1 do
     local b = bucket(w, w.head + i)
@@ -178,8 +237,9 @@ local function live_untrimmed(w, t, win)
   return st, sd
 end
 
--- Start of the oldest bucket live at t for window win.
+-- Start of the oldest bucket live at t for window win (and inside the span).
 local function oldest_live_start(w, t, win)
+  if win > w.span then win = w.span end
   if w.newest + win <= t then return nil end
   for i = 0, w.len - 1 do
     local b = bucket(w, w.head + i)
@@ -188,22 +248,27 @@ local function oldest_live_start(w, t, win)
   return nil
 end
 
-local function record(w, t, bt, bd, suppressed)
+-- Records accepted ba and declined bd at t for a call with window win (after advance).
+local function record(w, t, ba, bd, suppressed, win)
   w.changed = true
   if w.len == 0 then
+    -- the first bucket of an empty window sets its span
     w.len = 1
-    w.hb = { t, bt, bd }
+    w.hb = { t, ba, bd }
     w.tb = w.hb
-    w.T, w.D = bt, bd
+    w.A, w.D = ba, bd
     w.newest = t
+    w.span = win
+    w.span_seen = t
     return
   end
   if t - w.newest < G then
     local last = w.tb
-    if (not suppressed) or last[2] > last[3] or bt == bd then
-      last[2] = sat(last[2], bt)
+    -- accepted weight joins only a bucket holding accepted weight (src/math/window.rs joinable)
+    if (not suppressed) or last[2] > 0 or ba == 0 then
+      last[2] = sat(last[2], ba)
       last[3] = sat(last[3], bd)
-      w.T = sat(w.T, bt)
+      w.A = sat(w.A, ba)
       w.D = sat(w.D, bd)
       return
     end
@@ -217,8 +282,8 @@ local function record(w, t, bt, bd, suppressed)
     w.dirty[old_tail] = true
   end
   w.len = w.len + 1
-  w.tb = { t, bt, bd }
-  w.T = sat(w.T, bt)
+  w.tb = { t, ba, bd }
+  w.A = sat(w.A, ba)
   w.D = sat(w.D, bd)
   w.newest = t
 end
@@ -248,13 +313,13 @@ local function factor_from(attempted, oldest, t, win, soft)
 end
 
 local function absolute(w, t, win, cap, n, rec)
-  advance(w, t, win)
+  advance(w, t, win, rec and n > 0)
   if n > cap then return 1, -1, cap, win end
   local need = n
   if need < 1 then need = 1 end
   local lv = live(w, t, win)
   if lv + need <= cap then
-    if rec and n > 0 then record(w, t, n, 0, false) end
+    if rec and n > 0 then record(w, t, n, 0, false, win) end
     return 0, 0, 0, 0
   end
   local remaining = lv
@@ -276,7 +341,7 @@ local function absolute(w, t, win, cap, n, rec)
 end
 
 local function suppressed(w, t, win, soft, hard, n, draw, rec)
-  advance(w, t, win)
+  advance(w, t, win, rec and n > 0)
   if rec and n > 0 then
     w.last_soft = soft
     w.last_window = win
@@ -284,8 +349,8 @@ local function suppressed(w, t, win, soft, hard, n, draw, rec)
   end
   local need = n
   if need < 1 then need = 1 end
-  local total, declined = live(w, t, win)
-  local accepted = total - declined
+  local accepted, declined = live(w, t, win)
+  local total = sat(accepted, declined)
   local kind, a, b, c, dec
   if accepted + need <= soft then
     kind, a, b, c, dec = 0, 0, 0, 0, false
@@ -306,15 +371,17 @@ local function suppressed(w, t, win, soft, hard, n, draw, rec)
     kind, b, c, dec = 2, span, total, not ok
   end
   if rec and n > 0 then
-    local d = 0
-    if dec then d = n end
-    record(w, t, n, d, true)
+    if dec then
+      record(w, t, 0, n, true, win)
+    else
+      record(w, t, n, 0, true, win)
+    end
   end
   return kind, a, b, c
 end
 
 local function header(w)
-  return spack(HEADER, w.T, w.D, w.newest, w.span, w.span_seen, w.head, w.len, w.last_soft,
+  return spack(HEADER, w.A, w.D, w.newest, w.span, w.span_seen, w.head, w.len, w.last_soft,
     w.last_window, w.exp, w.hb[1], w.hb[2], w.hb[3], w.tb[1], w.tb[2], w.tb[3])
 end
 
@@ -330,12 +397,16 @@ local function chunked(cmd, key, args)
 end
 
 local function write_back(w, t)
+  if w.len == 0 then
+    -- an empty window is a new key: no state. A reset drops the stored hash; a window that
+    -- merely emptied is left to its TTL (reads write nothing).
+    if w.reset and w.wipe then redis.call('DEL', w.key) end
+    return
+  end
   if not w.changed then return end
-  if not w.exists and w.len == 0 then return end -- like local: no state for nothing recorded
   if w.wipe then redis.call('DEL', w.key) end
-  -- the TTL must outlive every live bucket and the retained span
-  local need = w.span_seen + w.span + floor(w.span / 2)
-  if w.len > 0 and w.newest + w.span > need then need = w.newest + w.span end
+  -- the TTL must outlive every live bucket: the window is empty from newest + span on
+  local need = w.newest + w.span
   local refresh = w.wipe or (not w.exists) or w.exp < need
   if refresh then w.exp = need + w.span end
   if w.dirty then
@@ -363,20 +434,17 @@ local function write_back(w, t)
   end
 end
 
--- Loads every bucket field of a key at once (reads walk all buckets).
-local function preload(w)
-  -- after a wipe every middle bucket is new and cached; the stored fields are stale
-  if w.len <= 2 or w.preloaded or w.wipe then return end
-  w.preloaded = true
-  local all = redis.call('HGETALL', w.key)
-  for i = 1, #all, 2 do
-    local seq = tonumber(all[i])
-    if not w.cache then w.cache = {} end
-    if seq and w.cache[seq] == nil and not (w.removed and w.removed[seq]) then
-      local s, bt, bd = sunpack('<ddd', all[i + 1])
-      w.cache[seq] = { s, bt, bd }
-    end
+-- The numbers of `list` as one string of little-endian doubles, packed in chunks.
+local function pack_all(list)
+  local parts = {}
+  local i = 1
+  while i <= #list do
+    local j = i + CHUNK - 1
+    if j > #list then j = #list end
+    parts[#parts + 1] = spack('<' .. string.rep('d', j - i + 1), unpack(list, i, j))
+    i = j + 1
   end
+  return table.concat(parts)
 end
 
 local ops = ARGV[3]
@@ -404,15 +472,19 @@ for i = 1, nops do
     preload(w)
     local lw = w.last_window
     if lw < 1 then lw = 1 end
-    local total, declined = live_untrimmed(w, t, w.span)
-    local sf = factor_from(live_untrimmed(w, t, lw), oldest_live_start(w, t, lw), t, lw,
-      w.last_soft)
-    kind, a, b, c = 4, total, declined, sf
+    local accepted, declined = live_untrimmed(w, t, w.span)
+    local la, ld = live_untrimmed(w, t, lw)
+    local sf = factor_from(sat(la, ld), oldest_live_start(w, t, lw), t, lw, w.last_soft)
+    kind, a, b, c = 4, accepted, declined, sf
   else
-    -- reset: forget the key, including what earlier operations of this call did to it
+    -- reset: forget the key, including what earlier operations of this call did to it; the
+    -- stored hash is deleted with the call's other writes, after every operation is decided
     local had = w.exists or w.len > 0
-    redis.call('DEL', w.key)
-    states[k] = nil
+    local hb = { 0, 0, 0 }
+    states[k] = { key = w.key, cache = false, dirty = false, removed = false,
+      wipe = w.exists or w.wipe, reset = true, changed = false, exists = false, A = 0, D = 0,
+      newest = 0, span = 0, span_seen = 0, head = 0, len = 0, last_soft = 0, last_window = 0,
+      exp = 0, hb = hb, tb = hb }
     kind, a, b, c = 5, 0, 0, 0
     if had then a = 1 end
   end
@@ -422,7 +494,10 @@ for i = 1, nops do
   reply[r + 4] = c
   r = r + 4
 end
+-- Every operation is decided and the reply packed before the first write: an error above leaves
+-- nothing applied.
+local packed = pack_all(reply)
 for _, w in pairs(states) do
   write_back(w, now)
 end
-return spack('<' .. string.rep('d', #reply), unpack(reply))
+return packed

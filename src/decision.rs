@@ -79,9 +79,13 @@ impl RateLimitDecision {
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 #[non_exhaustive]
 pub struct SuppressedSnapshot {
-    /// Attempted weight in the window (admitted or not).
+    /// Attempted weight in the window (admitted or not); saturates (at `u64::MAX` locally,
+    /// 2^53 − 1 on Redis) when a caller attempts absurd weights.
     pub total: u64,
-    /// Declined weight in the window.
+    /// Accepted weight in the window: at most the hard limit `H` over any window, whatever was
+    /// attempted. Kept exactly, never derived from the two saturating counts around it.
+    pub accepted: u64,
+    /// Declined weight in the window; saturates like [`total`](Self::total).
     pub declined: u64,
     /// The suppression factor a request would see now, at the key's last rate.
     pub suppression_factor: f64,

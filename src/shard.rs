@@ -131,7 +131,8 @@ impl Strategy for Suppressed {
         let span = k.window.span_ms();
         let live: Attempts = k.window.live_untrimmed(now, span);
         SuppressedSnapshot {
-            total: live.total,
+            total: live.attempted(),
+            accepted: live.accepted,
             declined: live.declined,
             suppression_factor: suppression_factor(
                 &k.window,

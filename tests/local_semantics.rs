@@ -372,3 +372,106 @@ fn suppressed_factor_in_get_ignores_expired_attempts() {
     assert_eq!(snap.total, 1);
     assert_eq!(snap.suppression_factor, 0.0, "{snap:?}");
 }
+
+/// One step of the differential runs below.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Advance(u64),
+    Inc(bool, usize, f64, u64),
+    Read(bool, usize, f64, u64),
+    Sweep,
+}
+
+/// A random sequence over a few keys and rates that stretch the window (0.2/s → 5 s,
+/// 0.4/s → 2.5 s) beside fast ones, with reads, probes and idle gaps past `stale_after`.
+fn mixed_ops(seed: u64, len: usize) -> Vec<Op> {
+    use eyelet::{RandomSource, SplitMix64};
+    let mut rng = SplitMix64::new(seed);
+    let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+    let rates = [0.2, 0.4, 1.0, 10.0, 50.0];
+    let weights = [0, 1, 1, 1, 2, 3, 9];
+    let gaps = [1, 9, 10, 120, 400, 999, 1000, 1300, 2600, 5000, 12_000];
+    (0..len)
+        .map(|_| {
+            let sup = pick(2) == 0;
+            let (k, r, n) = (
+                pick(4),
+                rates[pick(rates.len())],
+                weights[pick(weights.len())],
+            );
+            match pick(12) {
+                0..=3 => Op::Advance(gaps[pick(gaps.len())]),
+                4..=7 => Op::Inc(sup, k, r, n),
+                8..=10 => Op::Read(sup, k, r, n),
+                _ => Op::Sweep,
+            }
+        })
+        .collect()
+}
+
+fn limiter(stale_ms: u64, clock: &eyelet::ManualClock) -> std::sync::Arc<RateLimiter> {
+    RateLimiter::builder()
+        .window(Duration::from_millis(1000))
+        .bucket(Duration::from_millis(10))
+        .stale_after(Duration::from_millis(stale_ms))
+        .clock(clock.clone())
+        .seed(3)
+        .random_source(|_| support::Half)
+        .sweeper(false)
+        .build()
+        .expect("config")
+}
+
+/// Three limiters see the same `inc` calls: one is also read, probed and swept after every
+/// step (with `stale_after` = 1 ms, the most eager sweeper), one is only swept at the default
+/// `stale_after`, one is never read nor swept. Every `inc` answer must be the same (issue 7.2:
+/// reads, probes and evictions changed later answers).
+#[test]
+fn reads_probes_and_sweeps_never_change_an_answer() {
+    for seed in 0..40 {
+        let clock = eyelet::ManualClock::new();
+        let eager = limiter(1, &clock);
+        let lazy = limiter(10_000, &clock);
+        let quiet = limiter(10_000, &clock);
+        let keys = ["a", "b", "c", "d"];
+        for (i, op) in mixed_ops(seed, 600).into_iter().enumerate() {
+            match op {
+                Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                Op::Inc(sup, k, r, n) => {
+                    let r = rate(r);
+                    let answers: Vec<RateLimitDecision> = [&eager, &lazy, &quiet]
+                        .iter()
+                        .map(|rl| {
+                            if sup {
+                                rl.local().suppressed().inc(keys[k], &r, n)
+                            } else {
+                                rl.local().absolute().inc(keys[k], &r, n)
+                            }
+                        })
+                        .collect();
+                    assert!(
+                        answers.windows(2).all(|w| w[0] == w[1]),
+                        "seed {seed}, step {i}: {op:?} at {} ms: {answers:?}",
+                        clock.ms()
+                    );
+                }
+                Op::Read(sup, k, r, n) => {
+                    let r = rate(r);
+                    if sup {
+                        eager.local().suppressed().is_allowed(keys[k], &r, n);
+                        eager.local().suppressed().inc(keys[k], &r, 0);
+                        eager.local().suppressed().get(keys[k]);
+                    } else {
+                        eager.local().absolute().is_allowed(keys[k], &r, n);
+                        eager.local().absolute().inc(keys[k], &r, 0);
+                        eager.local().absolute().get(keys[k]);
+                    }
+                }
+                Op::Sweep => {
+                    lazy.sweep();
+                }
+            }
+            eager.sweep();
+        }
+    }
+}

@@ -13,9 +13,17 @@ mod support;
 use support::conformance::{dense_steps, random_steps, run_step, Subject, SCENARIOS};
 use support::redis_server::RedisServer;
 
+/// The scenarios to run: all, or those whose name contains `EYELET_SCENARIO`.
+fn scenarios() -> impl Iterator<Item = &'static (&'static str, support::conformance::Scenario)> {
+    let only = std::env::var("EYELET_SCENARIO").unwrap_or_default();
+    SCENARIOS
+        .iter()
+        .filter(move |(name, _)| name.contains(&only))
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_scenario_passes_on_local() {
-    for (name, scenario) in SCENARIOS {
+    for (name, scenario) in scenarios() {
         let s = Subject::local(1000, 10, 1.5, 0.5);
         eprintln!("local: {name}");
         scenario(&s).await;
@@ -25,7 +33,7 @@ async fn every_scenario_passes_on_local() {
 #[tokio::test(flavor = "current_thread")]
 async fn every_scenario_passes_on_redis() {
     let server = RedisServer::start();
-    for (name, scenario) in SCENARIOS {
+    for (name, scenario) in scenarios() {
         let s = Subject::redis(&server, 1000, 10, 1.5, 0.5).await;
         eprintln!("redis: {name}");
         scenario(&s).await;

@@ -19,7 +19,8 @@ pub(crate) fn decide_absolute(
     let Request { limits, n, record } = req;
     let w_eff = limits.window_ms;
     let cap = limits.capacity;
-    window.advance(now, w_eff);
+    // Only a recording call may move the key's span; reads and probes never do.
+    window.advance(now, w_eff, record && n > 0);
     if n > cap {
         return never_admissible(cap, w_eff);
     }
@@ -28,7 +29,7 @@ pub(crate) fn decide_absolute(
     let live = window.live(now, w_eff);
     if live.saturating_add(need) <= cap {
         if record && n > 0 {
-            window.record(now, bucket_ms, n);
+            window.record(now, bucket_ms, w_eff, n);
         }
         return RateLimitDecision::Allowed;
     }

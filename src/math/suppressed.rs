@@ -26,7 +26,7 @@ pub(crate) fn suppression_factor(
     w_eff: u64,
     soft: u64,
 ) -> f64 {
-    let attempted = window.live_untrimmed(now, w_eff).total;
+    let attempted = window.live_untrimmed(now, w_eff).attempted();
     factor(window, attempted, now, bucket_ms, w_eff, soft)
 }
 
@@ -80,14 +80,17 @@ pub(crate) fn decide_suppressed(
     let soft = limits.capacity;
     let hard = limits.hard;
     let window = &mut key.window;
-    window.advance(now, w_eff);
-    if record && n > 0 {
+    let recording = record && n > 0;
+    // Only a recording call may move the key's span; reads and probes never do.
+    window.advance(now, w_eff, recording);
+    if recording {
         key.last_soft = soft;
         key.last_window_ms = w_eff;
     }
     let need = n.max(1);
     let live = window.live(now, w_eff);
-    let accepted = live.total.saturating_sub(live.declined);
+    // Kept as such (never attempts − declines, which saturate separately).
+    let accepted = live.accepted;
     let (decision, declined) = if accepted.saturating_add(need) <= soft {
         (RateLimitDecision::Allowed, false)
     } else if accepted.saturating_add(need) > hard {
@@ -99,7 +102,7 @@ pub(crate) fn decide_suppressed(
             true,
         )
     } else {
-        let sf = factor(window, live.total, now, bucket_ms, w_eff, soft);
+        let sf = factor(window, live.attempted(), now, bucket_ms, w_eff, soft);
         let is_allowed = sf <= 0.0 || (sf < 1.0 && draw() >= sf);
         (
             RateLimitDecision::Suppressed {
@@ -109,15 +112,19 @@ pub(crate) fn decide_suppressed(
             !is_allowed,
         )
     };
-    if record && n > 0 {
-        window.record(
-            now,
-            bucket_ms,
+    if recording {
+        let counts = if declined {
             Attempts {
-                total: n,
-                declined: if declined { n } else { 0 },
-            },
-        );
+                accepted: 0,
+                declined: n,
+            }
+        } else {
+            Attempts {
+                accepted: n,
+                declined: 0,
+            }
+        };
+        window.record(now, bucket_ms, w_eff, counts);
     }
     decision
 }
@@ -167,7 +174,7 @@ mod tests {
             }
         );
         let live = k.window.live(11, 1000);
-        assert_eq!((live.total, live.declined), (16, 1));
+        assert_eq!((live.attempted(), live.declined), (16, 1));
     }
 
     #[test]

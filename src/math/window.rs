@@ -11,6 +11,28 @@
 //! because a window never holds a bucket older than its span, which is below 2^32 ms
 //! (`MAX_WINDOW` and `MIN_RATE_PER_SECOND` keep every effective window within it): whenever the
 //! newest activity (kept in full) is a span or more in the past, the whole ring is dropped unread.
+//!
+//! # The retained span
+//! A key keeps its buckets for its *span*: the longest effective window it was recently asked
+//! about by a recording call. The rules, which `lua/decide.lua` mirrors step for step:
+//! - A bucket that has left the span in effect is gone, whether or not a call trimmed it: every
+//!   call first trims with the span it finds, and only then may change the span. So a longer
+//!   window never brings back a bucket that had already left.
+//! - Only recording calls (`inc` with `n ≥ 1`, admitted or not) change the span; reads
+//!   (`is_allowed`, `get`) and `n = 0` probes never do, so they never change a later answer.
+//! - A window whose buckets have all left its span is empty and forgets its span: it is exactly
+//!   a new key, so dropping it (the sweeper, a Redis TTL) changes no answer. The first bucket
+//!   of an empty window sets the span to its call's window.
+//! - While buckets remain, the span grows at once to a longer window, is confirmed by a call
+//!   asking for it at most every half span, and shrinks to a shorter window only 1.5 spans after
+//!   its last confirmation (at least a whole span after the last call that needed it).
+//!
+//! # Saturation
+//! Counts saturate (at `u64::MAX` here, at 2^53 − 1 in Lua). The window's running total is
+//! always the saturating sum of its buckets: a total that saturated is recounted from the
+//! buckets when one leaves, never decremented from a clipped value. The suppressed strategy
+//! keeps accepted and declined weight (not attempts and declines), so the accepted weight that
+//! decides admission never depends on a saturated difference.
 
 /// A `u64` stored as two `u32` halves (4-byte alignment keeps buckets at 12 bytes).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -46,6 +68,8 @@ pub(crate) trait Counts: Copy + Default + std::fmt::Debug + Send + 'static {
     fn add_wide(a: &mut Self::Wide, b: &Self::Wide);
     /// `a -= b`, saturating (only recorded counts are ever removed).
     fn sub_wide(a: &mut Self::Wide, b: &Self::Wide);
+    /// Whether some counter of a sum reached its ceiling (the sum may be clipped).
+    fn saturated(w: &Self::Wide) -> bool;
     /// Whether a young newest bucket holding `self` may take `incoming`.
     fn joinable(&self, incoming: &Self::Wide) -> bool;
 }
@@ -72,25 +96,41 @@ impl Counts for Split64 {
         *a = a.saturating_sub(*b);
     }
     #[inline(always)]
+    fn saturated(w: &u64) -> bool {
+        *w == u64::MAX
+    }
+    #[inline(always)]
     fn joinable(&self, _: &u64) -> bool {
         true
     }
 }
 
-/// Attempted and declined weight in one bucket (suppressed strategy).
+/// Accepted and declined weight in one bucket (suppressed strategy).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct AttemptCounts {
-    total: Split64,
+    accepted: Split64,
     declined: Split64,
 }
 
-/// Attempted and declined weight as numbers, and summed over buckets (suppressed strategy).
+/// Accepted and declined weight as numbers, and summed over buckets (suppressed strategy).
+///
+/// Accepted weight is kept as such, not derived from attempts minus declines: attempts can
+/// saturate (a caller's `-1i64 as u64` weight), and a difference of two clipped counters would
+/// read as zero accepted and open the key.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct Attempts {
-    /// Every attempt, admitted or not.
-    pub(crate) total: u64,
-    /// Attempts that were declined.
+    /// Admitted weight.
+    pub(crate) accepted: u64,
+    /// Declined weight.
     pub(crate) declined: u64,
+}
+
+impl Attempts {
+    /// Every attempt, admitted or not (saturating).
+    #[inline(always)]
+    pub(crate) fn attempted(&self) -> u64 {
+        self.accepted.saturating_add(self.declined)
+    }
 }
 
 impl Counts for AttemptCounts {
@@ -98,26 +138,30 @@ impl Counts for AttemptCounts {
     #[inline(always)]
     fn widen(self) -> Attempts {
         Attempts {
-            total: self.total.get(),
+            accepted: self.accepted.get(),
             declined: self.declined.get(),
         }
     }
     #[inline(always)]
     fn narrow(w: &Attempts) -> Self {
         Self {
-            total: Split64::new(w.total),
+            accepted: Split64::new(w.accepted),
             declined: Split64::new(w.declined),
         }
     }
     #[inline(always)]
     fn add_wide(a: &mut Attempts, b: &Attempts) {
-        a.total = a.total.saturating_add(b.total);
+        a.accepted = a.accepted.saturating_add(b.accepted);
         a.declined = a.declined.saturating_add(b.declined);
     }
     #[inline(always)]
     fn sub_wide(a: &mut Attempts, b: &Attempts) {
-        a.total = a.total.saturating_sub(b.total);
+        a.accepted = a.accepted.saturating_sub(b.accepted);
         a.declined = a.declined.saturating_sub(b.declined);
+    }
+    #[inline(always)]
+    fn saturated(w: &Attempts) -> bool {
+        w.accepted == u64::MAX || w.declined == u64::MAX
     }
     /// Accepted weight joins only a bucket that holds accepted weight: then the accepted weight
     /// is bucketed exactly as the absolute strategy buckets admissions (a decline-only bucket is
@@ -125,7 +169,7 @@ impl Counts for AttemptCounts {
     /// exactly what absolute admits.
     #[inline(always)]
     fn joinable(&self, incoming: &Attempts) -> bool {
-        self.total.get() > self.declined.get() || incoming.total == incoming.declined
+        self.accepted.get() > 0 || incoming.accepted == 0
     }
 }
 
@@ -145,7 +189,8 @@ pub(crate) struct LiveBucket<W> {
 }
 
 /// One key's window. Buckets are kept for `span` milliseconds: the longest effective window
-/// the key was asked about recently (a call with a shorter one counts only its own part).
+/// the key was asked about recently (a call with a shorter one counts only its own part); see
+/// the module docs for the span's rules. An empty window has no span (`span == 0`).
 ///
 /// Storage has two modes. With `buf` empty, the window holds `len ∈ {0, 1}` buckets and the one
 /// bucket is implied: it starts at `newest` and holds `total` (a key with one bucket, the common
@@ -231,7 +276,8 @@ impl<C: Counts> Window<C> {
         u64::from(self.span)
     }
 
-    /// Whether some bucket may still count for a call at `now` (for the longest window asked).
+    /// Whether some bucket is still inside the span at `now`. When not, the window is empty
+    /// at `now` (its next call forgets it), so dropping it changes no answer.
     pub(crate) fn may_be_live(&self, now: u64) -> bool {
         !self.is_empty() && self.newest.saturating_add(u64::from(self.span)) > now
     }
@@ -242,7 +288,7 @@ impl<C: Counts> Window<C> {
         now.saturating_sub(u64::from(low(now).wrapping_sub(b.start)))
     }
 
-    /// Forgets every bucket (and frees the ring).
+    /// Forgets every bucket and the span (and frees the ring): a new key.
     fn clear(&mut self) {
         if self.ring_mode() {
             self.buf = Box::new([]);
@@ -250,10 +296,12 @@ impl<C: Counts> Window<C> {
         self.head = 0;
         self.len = 0;
         self.total = C::Wide::default();
+        self.span = 0;
+        self.span_seen = 0;
     }
 
-    /// Updates the retained span for a call with effective window `w_eff` at `now` and drops
-    /// buckets that fell out of it.
+    /// Brings the window to `now` for a call with effective window `w_eff`: drops the buckets
+    /// that left the span in effect, then, for a recording call (`confirm`), updates the span.
     ///
     /// The span grows at once to a longer window and shrinks to a shorter one only when nobody
     /// asked for the longer one during a whole span. A call asking for the current span
@@ -261,23 +309,34 @@ impl<C: Counts> Window<C> {
     /// at one window, the common case, changes nothing on most calls, and the Redis provider,
     /// which mirrors this rule, need not write a rejected call back); to still wait a whole span
     /// after the last call that needed it, the span shrinks 1.5 spans after the last
-    /// confirmation, i.e. between one and 1.5 spans after that call.
+    /// confirmation, i.e. between one and 1.5 spans after that call. An empty window has no
+    /// span to update: its first bucket sets it ([`record`](Self::record)).
     #[inline(always)]
-    pub(crate) fn advance(&mut self, now: u64, w_eff: u64) {
+    pub(crate) fn advance(&mut self, now: u64, w_eff: u64, confirm: bool) {
+        self.trim(now);
+        if !confirm || self.is_empty() {
+            return;
+        }
         let w = w_eff.min(u64::from(u32::MAX)) as u32;
         let since = u64::from(low(now).wrapping_sub(self.span_seen));
         let span = u64::from(self.span);
-        if w > self.span || since >= span + span / 2 {
-            // A longer window, or nobody asked for the longer one during a whole span.
+        if w > self.span {
+            // A longer window: everything still held is inside it.
             self.span = w;
             self.span_seen = low(now);
+        } else if since >= span + span / 2 {
+            // Nobody asked for the longer window during a whole span.
+            self.span_seen = low(now);
+            if w < self.span {
+                self.span = w;
+                self.trim(now);
+            }
         } else if w == self.span && since >= span / 2 {
             self.span_seen = low(now);
         }
-        self.trim(now);
     }
 
-    /// Drops buckets older than the retained span.
+    /// Drops buckets older than the retained span; forgets an emptied window's span.
     #[inline(always)]
     fn trim(&mut self, now: u64) {
         if self.is_empty() {
@@ -294,6 +353,8 @@ impl<C: Counts> Window<C> {
             return;
         }
         let mask = self.buf.len() - 1;
+        let clipped = C::saturated(&self.total);
+        let before = self.len;
         while self.len > 1 {
             let front = self.buf[self.head as usize & mask];
             if u64::from(low(now).wrapping_sub(front.start)) < span {
@@ -303,6 +364,22 @@ impl<C: Counts> Window<C> {
             self.head = ((self.head as usize + 1) & mask) as u32;
             self.len -= 1;
         }
+        if clipped && self.len != before {
+            // A saturated total is not the sum it stands for: count the buckets left.
+            self.recount();
+        }
+    }
+
+    /// Sets `total` to the saturating sum of the buckets held.
+    #[cold]
+    fn recount(&mut self) {
+        let mut sum = C::Wide::default();
+        for i in 0..self.len as usize {
+            if let Some(b) = self.bucket(i) {
+                C::add_wide(&mut sum, &b.counts.widen());
+            }
+        }
+        self.total = sum;
     }
 
     /// Sum of the buckets live at `now` for effective window `w_eff` (start > now − w_eff).
@@ -329,7 +406,8 @@ impl<C: Counts> Window<C> {
     }
 
     /// Like [`live`](Self::live), but correct without a preceding [`advance`](Self::advance)
-    /// (reads such as `get` do not trim): sums the buckets that are live at `now`.
+    /// (reads such as `get` do not trim): sums the buckets that are live at `now` and still
+    /// inside the span.
     pub(crate) fn live_untrimmed(&self, now: u64, w_eff: u64) -> C::Wide {
         let mut sum = C::Wide::default();
         for b in self.live_buckets(now, w_eff) {
@@ -338,12 +416,14 @@ impl<C: Counts> Window<C> {
         sum
     }
 
-    /// Live buckets at `now` for `w_eff`, oldest first.
+    /// Buckets live at `now` for `w_eff` (and inside the span), oldest first.
     pub(crate) fn live_buckets(
         &self,
         now: u64,
         w_eff: u64,
     ) -> impl Iterator<Item = LiveBucket<C::Wide>> + '_ {
+        // A bucket that left the span is gone even if no call trimmed it yet.
+        let w_eff = w_eff.min(u64::from(self.span));
         let all_expired = self.newest.saturating_add(w_eff) <= now;
         let n = if all_expired { 0 } else { self.len as usize };
         (0..n)
@@ -393,16 +473,19 @@ impl<C: Counts> Window<C> {
         self.len += 1;
     }
 
-    /// Records `counts` at `now`: joins the newest bucket if it is younger than `bucket_ms`
-    /// (and, for suppressed, [`joinable`](Counts::joinable)), else opens a new bucket starting
-    /// at `now`. Adds at most one bucket.
+    /// Records `counts` at `now` for a call with effective window `w_eff`: joins the newest
+    /// bucket if it is younger than `bucket_ms` (and, for suppressed,
+    /// [`joinable`](Counts::joinable)), else opens a new bucket starting at `now`. Adds at most
+    /// one bucket. Assumes [`advance`](Self::advance) ran at `now` for this call.
     #[inline(always)]
-    pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, counts: C::Wide) {
+    pub(crate) fn record(&mut self, now: u64, bucket_ms: u64, w_eff: u64, counts: C::Wide) {
         if self.is_empty() {
-            // The first bucket is implied by `newest` and `total`.
+            // The first bucket is implied by `newest` and `total`; it sets the span.
             self.len = 1;
             self.total = counts;
             self.newest = now;
+            self.span = w_eff.min(u64::from(u32::MAX)) as u32;
+            self.span_seen = low(now);
             return;
         }
         if now.saturating_sub(self.newest) < bucket_ms {
@@ -442,6 +525,12 @@ impl<C: Counts> Window<C> {
 mod tests {
     use super::*;
 
+    /// A recording call: advance, then record `n` at `now` for window `w_eff` (G = 10 ms).
+    fn inc<C: Counts>(w: &mut Window<C>, now: u64, w_eff: u64, n: C::Wide) {
+        w.advance(now, w_eff, true);
+        w.record(now, 10, w_eff, n);
+    }
+
     #[test]
     fn compact_layout() {
         assert_eq!(std::mem::size_of::<Bucket<Count>>(), 12);
@@ -452,11 +541,10 @@ mod tests {
     #[test]
     fn joins_young_bucket_and_opens_new_one() {
         let mut w = Window::<Count>::new();
-        w.advance(0, 1000);
-        w.record(0, 10, 1);
-        w.record(9, 10, 1);
+        inc(&mut w, 0, 1000, 1);
+        inc(&mut w, 9, 1000, 1);
         assert_eq!(w.bucket_count(), 1);
-        w.record(10, 10, 1);
+        inc(&mut w, 10, 1000, 1);
         assert_eq!(w.bucket_count(), 2);
         assert_eq!(w.live(10, 1000), 3);
     }
@@ -464,65 +552,86 @@ mod tests {
     #[test]
     fn expires_at_start_plus_window() {
         let mut w = Window::<Count>::new();
-        w.advance(5, 1000);
-        w.record(5, 10, 2);
+        inc(&mut w, 5, 1000, 2);
         assert_eq!(w.live(1004, 1000), 2);
         assert_eq!(w.live(1005, 1000), 0);
-        w.advance(1005, 1000);
+        w.advance(1005, 1000, false);
         assert!(w.is_empty());
+        assert_eq!(w.span_ms(), 0, "an empty window forgets its span");
     }
 
     #[test]
     fn reads_without_advance_skip_expired_buckets() {
         let mut w = Window::<Count>::new();
-        w.advance(0, 1000);
-        w.record(0, 10, 1);
-        w.advance(500, 1000);
-        w.record(500, 10, 1);
+        inc(&mut w, 0, 1000, 1);
+        inc(&mut w, 500, 1000, 1);
         assert_eq!(w.live_untrimmed(1200, 1000), 1);
         assert_eq!(w.live_untrimmed(1500, 1000), 0);
+        // a read with a longer window sees only what is inside the span
+        assert_eq!(w.live_untrimmed(1200, 5000), 1);
     }
 
     #[test]
     fn shorter_call_window_counts_only_its_part() {
         let mut w = Window::<Count>::new();
-        w.advance(0, 2000);
-        w.record(0, 10, 1);
-        w.advance(1500, 1000);
-        w.record(1500, 10, 1);
+        inc(&mut w, 0, 2000, 1);
+        inc(&mut w, 1500, 1000, 1);
         // the 2000 ms span is still retained: a 1000 ms call sees only the newer bucket
         assert_eq!(w.live(1500, 1000), 1);
         assert_eq!(w.live(1500, 2000), 2);
     }
 
     #[test]
+    fn a_longer_window_never_brings_back_a_bucket_that_left_the_span() {
+        let mut w = Window::<Count>::new();
+        inc(&mut w, 0, 1000, 1);
+        inc(&mut w, 500, 1000, 1);
+        // at 1200 the 0 ms bucket left the 1000 ms span, untrimmed: a 5000 ms call trims first
+        w.advance(1200, 5000, true);
+        assert_eq!(w.span_ms(), 5000);
+        assert_eq!(w.live(1200, 5000), 1);
+        // reads do not move the span
+        let mut r = Window::<Count>::new();
+        inc(&mut r, 0, 1000, 1);
+        r.advance(300, 5000, false);
+        assert_eq!(r.span_ms(), 1000);
+        assert_eq!(r.live_untrimmed(1200, 5000), 0);
+    }
+
+    #[test]
     fn span_is_confirmed_every_half_span_and_shrinks_a_whole_span_after_its_last_use() {
         let mut w = Window::<Count>::new();
-        w.advance(0, 1000);
-        w.record(0, 10, 1);
+        inc(&mut w, 0, 1000, 1);
         // asked again for 1000 ms before half a span passed: not a confirmation
-        w.advance(400, 1000);
-        w.record(400, 10, 1);
+        inc(&mut w, 400, 1000, 1);
         assert_eq!((w.span_ms(), w.span_seen), (1000, 0));
         // a shorter window one span after the confirmation, but only 600 ms after the last call
         // that needed the long one: the span (and the 400 ms bucket) stay
-        w.advance(1000, 100);
+        w.advance(1000, 100, true);
         assert_eq!(w.span_ms(), 1000);
         assert_eq!(
             w.live(1000, 1000),
             1,
             "the 400 ms bucket still counts for a 1000 ms call"
         );
-        // a whole span after that call (1.5 spans after the confirmation): shrinks
-        w.advance(1500, 100);
+        inc(&mut w, 1450, 100, 1);
+        // a whole span after that call (1.5 spans after the confirmation): shrinks, and the
+        // buckets older than the new span are gone at once
+        w.advance(1500, 100, true);
         assert_eq!(w.span_ms(), 100);
+        assert_eq!(w.live(1500, 1000), 1, "only the 1450 ms bucket is left");
+        w.advance(1550, 100, false);
+        assert!(w.is_empty());
+        assert_eq!(w.span_ms(), 0, "an emptied window forgets its span");
         // a confirmation after half a span moves the shrink point with it
         let mut w = Window::<Count>::new();
-        w.advance(0, 1000);
-        w.advance(500, 1000);
-        w.advance(1999, 100);
+        inc(&mut w, 0, 1000, 1);
+        inc(&mut w, 500, 1000, 1);
+        inc(&mut w, 1400, 100, 1);
+        inc(&mut w, 1950, 100, 1);
+        w.advance(1999, 100, true);
         assert_eq!(w.span_ms(), 1000);
-        w.advance(2000, 100);
+        w.advance(2000, 100, true);
         assert_eq!(w.span_ms(), 100);
     }
 
@@ -530,14 +639,13 @@ mod tests {
     fn ring_grows_wraps_and_empties() {
         let mut w = Window::<Count>::new();
         for t in 0..1000u64 {
-            w.advance(t * 10, 100);
-            w.record(t * 10, 10, 1);
+            inc(&mut w, t * 10, 100, 1);
             assert!(w.bucket_count() <= 10);
             assert_eq!(w.live(t * 10, 100), w.bucket_count() as u64);
         }
-        w.advance(10_080, 100);
+        w.advance(10_080, 100, false);
         assert_eq!(w.bucket_count(), 1);
-        w.advance(10_090, 100);
+        w.advance(10_090, 100, false);
         assert!(w.is_empty());
         assert_eq!(w.live(10_090, 100), 0);
     }
@@ -545,13 +653,12 @@ mod tests {
     #[test]
     fn huge_weights_take_one_bucket() {
         let mut w = Window::<Count>::new();
-        w.advance(0, 1000);
         // C is at most 1e12/s × 2^32 ms ≈ 4.3e18, so admitted sums never leave u64.
         let big = 1u64 << 62;
-        w.record(0, 10, big);
-        w.record(3, 10, 7);
+        inc(&mut w, 0, 1000, big);
+        inc(&mut w, 3, 1000, 7);
         assert_eq!(w.bucket_count(), 1);
-        w.record(20, 10, big);
+        inc(&mut w, 20, 1000, big);
         assert_eq!(w.bucket_count(), 2, "one call adds at most one bucket");
         assert_eq!(w.live(20, 1000), 2 * big + 7);
         let starts: Vec<(u64, u64)> = w
@@ -559,24 +666,57 @@ mod tests {
             .map(|b| (b.start, b.counts))
             .collect();
         assert_eq!(starts, vec![(0, big + 7), (20, big)]);
-        w.advance(1000, 1000);
+        w.advance(1000, 1000, true);
         assert_eq!(w.live(1000, 1000), big);
+    }
+
+    #[test]
+    fn a_saturated_total_is_recounted_when_a_bucket_leaves() {
+        let mut w = Window::<Count>::new();
+        inc(&mut w, 0, 1000, u64::MAX - 5);
+        inc(&mut w, 100, 1000, 10);
+        inc(&mut w, 200, 1000, 3);
+        assert_eq!(w.live(200, 1000), u64::MAX, "the sum saturates");
+        w.advance(1000, 1000, true);
+        assert_eq!(w.live(1000, 1000), 13, "not u64::MAX − (u64::MAX − 5)");
+        let mut s = Window::<AttemptCounts>::new();
+        let declined = |n| Attempts {
+            accepted: 0,
+            declined: n,
+        };
+        inc(&mut s, 0, 1000, declined(u64::MAX));
+        inc(&mut s, 100, 1000, declined(7));
+        inc(
+            &mut s,
+            100,
+            1000,
+            Attempts {
+                accepted: 4,
+                declined: 0,
+            },
+        );
+        let live = s.live(100, 1000);
+        assert_eq!(
+            (live.accepted, live.declined, live.attempted()),
+            (4, u64::MAX, u64::MAX)
+        );
+        s.advance(1000, 1000, true);
+        let live = s.live(1000, 1000);
+        assert_eq!((live.accepted, live.declined), (4, 7));
     }
 
     #[test]
     fn exact_across_32_bit_wrap() {
         let base = u64::from(u32::MAX) - 50;
         let mut w = Window::<Count>::new();
-        w.advance(base, 1000);
-        w.record(base, 10, 1);
-        w.advance(base + 100, 1000);
-        w.record(base + 100, 10, 1);
+        inc(&mut w, base, 1000, 1);
+        inc(&mut w, base + 100, 1000, 1);
         let starts: Vec<u64> = w.live_buckets(base + 500, 1000).map(|b| b.start).collect();
         assert_eq!(starts, vec![base, base + 100]);
-        w.advance(base + 1000, 1000);
+        w.advance(base + 1000, 1000, true);
         assert_eq!(w.live(base + 1000, 1000), 1);
         // idle for longer than the 32-bit range: everything expired, nothing misread
-        w.advance(base + (1u64 << 33), 1000);
+        w.advance(base + (1u64 << 33), 1000, true);
         assert!(w.is_empty());
     }
 }

@@ -83,7 +83,118 @@ fn count(x: f64) -> Result<u64, RedisError> {
     }
 }
 
+/// 0 or 1, as the script encodes a flag.
+fn flag(x: f64) -> Result<bool, RedisError> {
+    match x {
+        0.0 => Ok(false),
+        1.0 => Ok(true),
+        _ => Err(RedisError::Protocol(format!("expected 0 or 1, got {x}"))),
+    }
+}
+
+/// `x` must be exactly `want` (an unused slot, or a number the request fixes).
+fn exactly(x: f64, want: f64) -> Result<(), RedisError> {
+    if x == want {
+        Ok(())
+    } else {
+        Err(RedisError::Protocol(format!("expected {want}, got {x}")))
+    }
+}
+
+/// Decodes one operation's four numbers, checking that they are a reply this operation can
+/// get: anything else (a truncated or garbled reply, a reply kind of another operation) is a
+/// [`RedisError::Protocol`], never a decision.
+fn decode_one(op: &OpArgs, kind: f64, a: f64, b: f64, c: f64) -> Result<OpReply, RedisError> {
+    let bad = || {
+        RedisError::Protocol(format!(
+            "reply ({kind}, {a}, {b}, {c}) does not fit operation {:?}",
+            op.code
+        ))
+    };
+    let decision_op = matches!(
+        op.code,
+        OpCode::AbsoluteInc
+            | OpCode::AbsoluteCheck
+            | OpCode::SuppressedInc
+            | OpCode::SuppressedCheck
+    );
+    let suppressed_op = matches!(op.code, OpCode::SuppressedInc | OpCode::SuppressedCheck);
+    let reply = match kind {
+        0.0 if decision_op => {
+            exactly(a, 0.0)?;
+            exactly(b, 0.0)?;
+            exactly(c, 0.0)?;
+            OpReply::Decision(RateLimitDecision::Allowed)
+        }
+        1.0 if decision_op && !suppressed_op => {
+            let retry_after_ms = if a == -1.0 { RETRY_NEVER } else { count(a)? };
+            let remaining_after_waiting = count(b)?;
+            if remaining_after_waiting > op.capacity {
+                return Err(bad());
+            }
+            exactly(c, op.window_ms as f64)?;
+            OpReply::Decision(RateLimitDecision::Rejected {
+                retry_after_ms,
+                remaining_after_waiting,
+                window: Duration::from_millis(op.window_ms),
+            })
+        }
+        2.0 if suppressed_op => {
+            let is_allowed = flag(a)?;
+            let suppression_factor = if b == -1.0 {
+                // the hard cutoff: never admitted, factor 1
+                if is_allowed {
+                    return Err(bad());
+                }
+                exactly(c, 0.0)?;
+                1.0
+            } else {
+                let span = count(b)?;
+                if span > op.window_ms {
+                    return Err(bad());
+                }
+                count(c)?;
+                factor(op.capacity, op.window_ms, b, c)
+            };
+            OpReply::Decision(RateLimitDecision::Suppressed {
+                is_allowed,
+                suppression_factor,
+            })
+        }
+        3.0 if op.code == OpCode::AbsoluteGet => {
+            exactly(b, 0.0)?;
+            exactly(c, 0.0)?;
+            OpReply::Total(count(a)?)
+        }
+        4.0 if op.code == OpCode::SuppressedGet => {
+            let accepted = count(a)?;
+            let declined = count(b)?;
+            if !(0.0..=1.0).contains(&c) {
+                return Err(bad());
+            }
+            OpReply::Snapshot(SuppressedSnapshot {
+                total: accepted.saturating_add(declined).min(MAX_EXACT),
+                accepted,
+                declined,
+                suppression_factor: c,
+            })
+        }
+        5.0 if op.code == OpCode::Reset => {
+            exactly(b, 0.0)?;
+            exactly(c, 0.0)?;
+            OpReply::Reset(flag(a)?)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(reply)
+}
+
 /// Decodes a script reply for `ops`: the server time and one reply per operation.
+///
+/// # Errors
+/// [`RedisError::Protocol`] for a reply that is not exactly what these operations get: its
+/// length, every number's range and every reply's kind are checked, so a garbled reply is never
+/// read as a decision. The call was executed, so its effects may have been applied.
 pub(crate) fn decode<'a>(
     value: &Value,
     ops: impl ExactSizeIterator<Item = &'a OpArgs>,
@@ -109,31 +220,7 @@ pub(crate) fn decode<'a>(
     let mut out = Vec::with_capacity(n_ops);
     for op in ops {
         let (kind, a, b, c) = (next(), next(), next(), next());
-        let reply = match kind as i64 {
-            0 => OpReply::Decision(RateLimitDecision::Allowed),
-            1 => OpReply::Decision(RateLimitDecision::Rejected {
-                retry_after_ms: if a < 0.0 { RETRY_NEVER } else { count(a)? },
-                remaining_after_waiting: count(b)?,
-                window: Duration::from_millis(count(c)?),
-            }),
-            2 => OpReply::Decision(RateLimitDecision::Suppressed {
-                is_allowed: a != 0.0,
-                suppression_factor: if b < 0.0 {
-                    1.0
-                } else {
-                    factor(op.capacity, op.window_ms, b, c)
-                },
-            }),
-            3 => OpReply::Total(count(a)?),
-            4 => OpReply::Snapshot(SuppressedSnapshot {
-                total: count(a)?,
-                declined: count(b)?,
-                suppression_factor: c,
-            }),
-            5 => OpReply::Reset(a != 0.0),
-            k => return Err(RedisError::Protocol(format!("unknown reply kind {k}"))),
-        };
-        out.push(reply);
+        out.push(decode_one(op, kind, a, b, c)?);
     }
     Ok((now, out))
 }
@@ -189,7 +276,11 @@ mod tests {
             500.0,
             40.0,
         ]);
-        let (now, r) = decode(&v, [op, op].iter()).unwrap_or_default();
+        let abs = OpArgs {
+            code: OpCode::AbsoluteInc,
+            ..op
+        };
+        let (now, r) = decode(&v, [abs, op].iter()).unwrap_or_default();
         assert_eq!(now, 1_700_000_000_000);
         assert_eq!(
             r,
@@ -208,7 +299,76 @@ mod tests {
         );
         assert!(decode(&Value::Int(1), [op].iter()).is_err());
         assert!(decode(&encode(&[1.0]), [op].iter()).is_err());
-        assert!(decode(&encode(&[1.0, 0.0, 0.5, 0.0, 0.0]), [op].iter()).is_ok());
+        assert!(decode(&encode(&[1.0, 0.0, 0.0, 0.0, 0.0]), [op].iter()).is_ok());
         assert!(decode(&encode(&[1.0, 3.0, -2.0, 0.0, 0.0]), [op].iter()).is_err());
+    }
+
+    /// Malformed replies are protocol errors, never decisions (issue 7.9: a NaN or fractional
+    /// kind read as 0, `Allowed`).
+    #[test]
+    fn malformed_replies_are_protocol_errors_never_allowed() {
+        let abs = OpArgs {
+            code: OpCode::AbsoluteInc,
+            window_ms: 1000,
+            capacity: 10,
+            hard: 10,
+            n: 1,
+            draw: 0.0,
+        };
+        let sup = OpArgs {
+            code: OpCode::SuppressedInc,
+            hard: 15,
+            ..abs
+        };
+        let get = OpArgs {
+            code: OpCode::SuppressedGet,
+            ..abs
+        };
+        let bad: &[(&OpArgs, [f64; 4])] = &[
+            (&abs, [f64::NAN, 0.0, 0.0, 0.0]),
+            (&abs, [0.5, 0.0, 0.0, 0.0]),
+            (&abs, [-0.0 - 1.0, 0.0, 0.0, 0.0]),
+            (&abs, [0.0, f64::NAN, 0.0, 0.0]),
+            (&abs, [0.0, 1.0, 0.0, 0.0]),
+            (&abs, [2.0, 1.0, 10.0, 5.0]), // a suppressed answer to an absolute op
+            (&abs, [3.0, 1.0, 0.0, 0.0]),  // a read's answer to an inc
+            (&abs, [1.0, 5.0, 11.0, 1000.0]), // more remaining than the capacity
+            (&abs, [1.0, 5.0, 1.0, 999.0]), // another window
+            (&abs, [1.0, -2.0, 1.0, 1000.0]),
+            (&abs, [1.0, 0.5, 1.0, 1000.0]),
+            (&sup, [1.0, 5.0, 1.0, 1000.0]), // suppressed never rejects
+            (&sup, [2.0, 0.5, 10.0, 5.0]),
+            (&sup, [2.0, 2.0, 10.0, 5.0]),
+            (&sup, [2.0, 1.0, -1.0, 0.0]), // admitted at the hard cutoff
+            (&sup, [2.0, 1.0, 1001.0, 5.0]),
+            (&sup, [2.0, 1.0, 10.0, f64::INFINITY]),
+            (&get, [4.0, 1.0, 2.0, 1.5]),
+            (&get, [4.0, 1.0, 2.0, f64::NAN]),
+            (&get, [5.0, 1.0, 0.0, 0.0]),
+        ];
+        for (op, [k, a, b, c]) in bad {
+            let r = decode(&encode(&[1.0, *k, *a, *b, *c]), [**op].iter());
+            assert!(
+                matches!(r, Err(RedisError::Protocol(_))),
+                "{op:?} ({k}, {a}, {b}, {c}) -> {r:?}"
+            );
+        }
+        // a reply of another length, or a garbled time, fails the whole call
+        assert!(decode(&encode(&[1.0, 0.0, 0.0, 0.0]), [abs].iter()).is_err());
+        assert!(decode(&encode(&[-5.0, 0.0, 0.0, 0.0, 0.0]), [abs].iter()).is_err());
+        assert!(decode(&encode(&[f64::NAN, 0.0, 0.0, 0.0, 0.0]), [abs].iter()).is_err());
+        // the well-formed replies decode
+        let ok: &[(&OpArgs, [f64; 4])] = &[
+            (&abs, [0.0, 0.0, 0.0, 0.0]),
+            (&abs, [1.0, -1.0, 10.0, 1000.0]),
+            (&abs, [1.0, 250.0, 3.0, 1000.0]),
+            (&sup, [2.0, 0.0, -1.0, 0.0]),
+            (&sup, [2.0, 1.0, 10.0, 40.0]),
+            (&get, [4.0, 9.0, 2.0, 0.25]),
+        ];
+        for (op, [k, a, b, c]) in ok {
+            let r = decode(&encode(&[1.0, *k, *a, *b, *c]), [**op].iter());
+            assert!(r.is_ok(), "{op:?} ({k}, {a}, {b}, {c}) -> {r:?}");
+        }
     }
 }

@@ -83,6 +83,21 @@ impl Subject {
         self.clock.set_ms(t);
     }
 
+    /// The largest weight this provider takes as input: any `u64` locally, 2^53 − 1 on Redis
+    /// (the most a Lua number counts exactly; larger weights are a typed error there).
+    pub fn max_weight(&self) -> u64 {
+        if self.redis {
+            eyelet::redis::MAX_EXACT
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// A local sweep pass (the Redis provider drops idle keys by TTL on its own).
+    pub fn sweep(&self) -> usize {
+        self.rl.sweep()
+    }
+
     pub fn advance(&self, ms: u64) {
         self.clock.advance(Duration::from_millis(ms));
     }
@@ -401,6 +416,108 @@ pub async fn a_recent_long_window_call_keeps_its_buckets(s: &Subject) {
     assert_eq!(s.inc(Abs, "k", &slow, 1).await, rejected(998, 1, 2000));
 }
 
+/// One declined request of any weight never opens a suppressed key: accepted weight stays
+/// within `H` whatever was attempted (issue 7.1: attempts and declines saturated separately,
+/// so `accepted = attempts − declines` read 0 and every later call was admitted).
+pub async fn a_huge_declined_weight_keeps_the_key_shut(s: &Subject) {
+    let r = rate(10.0); // S = 10, H = 15
+    for (key, first) in [("max", s.max_weight()), ("wrapped", s.max_weight() - 7)] {
+        let d = s.inc(Sup, key, &r, first).await;
+        assert!(!d.is_allowed(), "{key}: {d:?}");
+        let mut accepted = 0u64;
+        for _ in 0..1000 {
+            if s.inc(Sup, key, &r, 1).await.is_allowed() {
+                accepted += 1;
+            }
+        }
+        // the attempted rate is enormous, so the band sheds everything: exactly S get in
+        assert_eq!(
+            accepted, 10,
+            "{key}: accepted after a declined weight of {first}"
+        );
+        let snap = s.get_sup(key).await;
+        assert_eq!(
+            snap.total,
+            s.max_weight(),
+            "{key}: attempts saturate: {snap:?}"
+        );
+        assert_eq!(
+            snap.accepted, 10,
+            "{key}: accepted weight stays exact: {snap:?}"
+        );
+        assert_eq!(snap.declined, s.max_weight(), "{key}: {snap:?}");
+        assert!(snap.suppression_factor > 0.99, "{key}: {snap:?}");
+    }
+}
+
+/// Reads (`is_allowed`, `get`) and `n = 0` probes never change a later answer, at any rate
+/// (issue 7.2: a read at a short window trimmed buckets that a later long-window call would
+/// otherwise have counted, and a long-window call resurrected buckets that had left the span).
+pub async fn reads_and_probes_never_change_a_later_answer(s: &Subject) {
+    let (fast, slow) = (rate(10.0), rate(0.2)); // slow: W_eff = 5000 ms, C = 1
+    let keys = [
+        "untouched",
+        "read-fast",
+        "probe-fast",
+        "read-slow",
+        "probe-slow",
+        "got",
+    ];
+    for strat in [Abs, Sup] {
+        for k in keys {
+            assert!(s.inc(strat, k, &fast, 1).await.is_allowed());
+        }
+    }
+    s.set_ms(1300);
+    for strat in [Abs, Sup] {
+        s.check(strat, "read-fast", &fast, 1).await;
+        s.inc(strat, "probe-fast", &fast, 0).await;
+        s.check(strat, "read-slow", &slow, 1).await;
+        s.inc(strat, "probe-slow", &slow, 0).await;
+    }
+    s.get_abs("got").await;
+    s.get_sup("got").await;
+    s.set_ms(2500);
+    // The bucket at 0 left the key's 1000 ms span at 1000: it is gone for every key, read or
+    // not, so a request at 0.2/s (C = 1 over 5 s) is admitted.
+    for strat in [Abs, Sup] {
+        for k in keys {
+            assert_eq!(
+                s.inc(strat, k, &slow, 1).await,
+                RateLimitDecision::Allowed,
+                "{strat:?} {k}"
+            );
+        }
+    }
+}
+
+/// A key dropped while idle (the sweeper, a Redis TTL) answers every later call as a key that
+/// was kept: a window whose buckets all left its span forgets the span too. The local run
+/// sweeps both keys; the Redis run (clock mode, TTLs of at least a minute) keeps both; both
+/// must give the contract's answer.
+pub async fn an_evicted_key_answers_like_a_kept_one(s: &Subject) {
+    let (fast, slow) = (rate(10.0), rate(0.2)); // slow: W_eff = 5000 ms, C = 1
+    for k in ["kept", "swept"] {
+        assert!(s.inc(Abs, k, &slow, 1).await.is_allowed());
+    }
+    // a call asking for the 5 s window after its bucket expired, then idle past stale_after
+    s.set_ms(9000);
+    for k in ["kept", "swept"] {
+        assert!(s.inc(Abs, k, &slow, 2).await.is_never_admissible());
+    }
+    s.set_ms(10_000);
+    s.sweep();
+    for k in ["kept", "swept"] {
+        assert!(s.inc(Abs, k, &fast, 1).await.is_allowed());
+    }
+    s.set_ms(11_100);
+    let kept = s.inc(Abs, "kept", &slow, 1).await;
+    let swept = s.inc(Abs, "swept", &slow, 1).await;
+    assert_eq!(kept, swept);
+    // the 10 000 ms bucket was recorded at a 1000 ms window on an empty key: gone at 11 000
+    assert_eq!(kept, RateLimitDecision::Allowed);
+}
+
 /// `(name, W, G, h, draw, scenario)` for the runner.
 pub type Scenario =
     for<'a> fn(&'a Subject) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
@@ -430,6 +547,9 @@ scenarios!(
     suppressed_hard_cutoff,
     inc_many_equals_one_by_one,
     a_recent_long_window_call_keeps_its_buckets,
+    a_huge_declined_weight_keeps_the_key_shut,
+    reads_and_probes_never_change_a_later_answer,
+    an_evicted_key_answers_like_a_kept_one,
 );
 
 /// One step of a differential run.

@@ -89,3 +89,17 @@ pub mod redis_server;
 
 #[cfg(feature = "redis")]
 pub mod conformance;
+
+#[cfg(feature = "redis")]
+pub mod proxy;
+
+/// A random source that always draws one half: suppressed decisions then depend only on the
+/// window, so two limiters fed the same calls answer alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Half;
+
+impl eyelet::RandomSource for Half {
+    fn next_u64(&mut self) -> u64 {
+        1 << 63
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 const SERVER: &str = "redis-server";
 const CLI: &str = "redis-cli";
 
-fn binary(name: &str) -> String {
+pub(crate) fn binary(name: &str) -> String {
     let ok = Command::new(name)
         .arg("--version")
         .stdout(Stdio::null())
@@ -178,18 +178,46 @@ impl Drop for RedisServer {
 /// A local 3-master Redis Cluster (no replicas).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// With [`start_behind_proxies`](Self::start_behind_proxies): one proxy per node, whose
+    /// port the node announces, so clients reach the nodes only through them.
+    pub proxies: Vec<super::proxy::Proxy>,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_nodes(false)
+    }
+
+    /// A cluster whose nodes announce a proxy's port ([`super::proxy::Proxy`]).
+    pub fn start_behind_proxies() -> Self {
+        Self::start_nodes(true)
+    }
+
+    fn start_nodes(proxied: bool) -> Self {
+        let mut proxies = Vec::new();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
+                let mut args = vec![
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-node-timeout".into(),
+                    "5000".into(),
+                ];
+                let proxy_port = proxied.then(|| free_port(false));
+                if let Some(p) = proxy_port {
+                    args.extend([
+                        "--cluster-announce-ip".to_string(),
+                        "127.0.0.1".into(),
+                        "--cluster-announce-port".into(),
+                        p.to_string(),
+                    ]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let node = RedisServer::start_with(&args);
+                if let Some(p) = proxy_port {
+                    proxies.push(super::proxy::Proxy::start_on(p, node.port));
+                }
+                node
             })
             .collect();
         let addrs: Vec<String> = nodes
@@ -207,9 +235,48 @@ impl RedisCluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = RedisCluster { nodes };
+        let c = RedisCluster { nodes, proxies };
         c.wait_ok();
         c
+    }
+
+    /// Index of the node serving `key`'s hash slot.
+    pub fn node_of(&self, key: &str) -> usize {
+        let mut admin = self.nodes[0].conn();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut admin)
+            .expect("CLUSTER KEYSLOT");
+        let ranges: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut admin)
+            .expect("CLUSTER SLOTS");
+        for (lo, hi, master) in ranges {
+            if (lo..=hi).contains(&slot) {
+                let port = match master.get(1) {
+                    Some(redis::Value::Int(p)) => *p as u16,
+                    other => panic!("CLUSTER SLOTS port: {other:?}"),
+                };
+                return self
+                    .nodes
+                    .iter()
+                    .zip(
+                        self.proxies
+                            .iter()
+                            .map(|p| p.port)
+                            .chain(std::iter::repeat(0)),
+                    )
+                    .position(|(n, pp)| n.port == port || pp == port)
+                    .expect("a node of this cluster");
+            }
+        }
+        panic!("slot {slot} unassigned")
+    }
+
+    /// Seed URLs through the proxies.
+    pub fn proxy_urls(&self) -> Vec<String> {
+        self.proxies.iter().map(super::proxy::Proxy::url).collect()
     }
 
     fn wait_ok(&self) {
