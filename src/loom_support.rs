@@ -12,16 +12,21 @@ use crate::shard::mailbox::{ActorCell, Detach, Message};
 use crate::shard::{Absolute, Inc, KeyRef, ShardActor, Shared, Sweep};
 use crate::time::{ClockSource, ManualClock};
 
-/// Hand-overs performed so far on this test's thread: `(to sync callers, to async callers)`.
-pub fn hand_overs() -> (usize, usize) {
-    crate::shard::mailbox::HANDOVERS.with(|c| c.get())
+pub use crate::shard::mailbox::reached::{counts as reached, Branch};
+
+/// How often `branch` was reached on this thread so far (a loom model runs on the test's
+/// thread, so a model compares this before and after it ran).
+pub fn reached_count(branch: Branch) -> usize {
+    reached()[branch as usize]
 }
 
 /// The combining budget the protocol runs with under loom.
 pub const COMBINE_BUDGET: usize = crate::shard::mailbox::COMBINE_BUDGET;
+/// The turn bound (in items) under loom.
+pub const MAX_TURN: usize = crate::shard::mailbox::MAX_TURN;
 
 /// An actor whose messages are closures over its state.
-pub struct Cell<S: Send>(ActorCell<S>);
+pub struct Cell<S: Send + 'static>(ActorCell<S>);
 
 struct FnMsg<F>(F);
 
@@ -43,7 +48,7 @@ where
     }
 }
 
-impl<S: Send> Cell<S> {
+impl<S: Send + 'static> Cell<S> {
     /// An idle actor owning `state`.
     pub fn new(state: S) -> Self {
         Self(ActorCell::new(state))
@@ -61,6 +66,37 @@ impl<S: Send> Cell<S> {
         R: Send,
     {
         self.0.call_async(FnMsg(f))
+    }
+
+    /// An async call polled once and then leaked (never polled again, never dropped): returns
+    /// what the future would keep, to be dropped after the cell.
+    pub fn call_leaked<R, F>(&self, f: F) -> LeakedCall
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+        S: 'static,
+    {
+        let leaked = self.0.call_leaked(FnMsg(f));
+        LeakedCall {
+            state: Box::new(move || (leaked.is_done(), leaked.is_cancelled())),
+        }
+    }
+}
+
+/// What a leaked async call keeps alive (its node); see [`Cell::call_leaked`].
+pub struct LeakedCall {
+    state: Box<dyn Fn() -> (bool, bool)>,
+}
+
+impl LeakedCall {
+    /// Whether the call was served.
+    pub fn is_done(&self) -> bool {
+        (self.state)().0
+    }
+
+    /// Whether the call was withdrawn without being served.
+    pub fn is_cancelled(&self) -> bool {
+        (self.state)().1
     }
 }
 

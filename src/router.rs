@@ -12,7 +12,7 @@ use crate::rate::RateLimit;
 use crate::shard::mailbox::{ActorCell, Detach};
 use crate::shard::{
     BatchItem, Clear, Get, Inc, IncMany, IncManyAsync, KeyRef, Len, Reset, Shard, ShardActor,
-    Shared, Strategy, Sweep, SWEEP_BUDGET,
+    Shared, Strategy, Sweep, BATCH_MESSAGE_KEYS, SWEEP_BUDGET,
 };
 
 /// All shards of one strategy.
@@ -184,14 +184,17 @@ impl<S: Strategy> ShardSet<S> {
         out.resize(keys.len(), RateLimitDecision::KeyCapacityExceeded);
         let (items, ranges) = self.group(keys);
         // Shards are visited one at a time in ascending order; no two tokens are ever held.
+        // A shard's keys go in messages of at most `BATCH_MESSAGE_KEYS` (one turn each).
         for (shard, lo, hi) in ranges {
-            self.shards[shard].call(IncMany {
-                items: &items[lo..hi],
-                out: out.as_mut_slice(),
-                rate: *rate,
-                n,
-                record,
-            });
+            for part in items[lo..hi].chunks(BATCH_MESSAGE_KEYS) {
+                self.shards[shard].call(IncMany {
+                    items: part,
+                    out: out.as_mut_slice(),
+                    rate: *rate,
+                    n,
+                    record,
+                });
+            }
         }
     }
 
@@ -209,18 +212,20 @@ impl<S: Strategy> ShardSet<S> {
         }
         let (items, ranges) = self.group(keys);
         for (shard, lo, hi) in ranges {
-            let msg = IncManyAsync {
-                items: &items[lo..hi],
-                rate: *rate,
-                n,
-                record,
-            };
-            for (pos, d) in call_async(&self.shards[shard], msg)
-                .await
-                .unwrap_or_default()
-            {
-                if let Some(slot) = out.get_mut(pos) {
-                    *slot = d;
+            for part in items[lo..hi].chunks(BATCH_MESSAGE_KEYS) {
+                let msg = IncManyAsync {
+                    items: part,
+                    rate: *rate,
+                    n,
+                    record,
+                };
+                for (pos, d) in call_async(&self.shards[shard], msg)
+                    .await
+                    .unwrap_or_default()
+                {
+                    if let Some(slot) = out.get_mut(pos) {
+                        *slot = d;
+                    }
                 }
             }
         }

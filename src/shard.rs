@@ -21,6 +21,10 @@ use store::{CacheLine, Slot, Store};
 
 /// Entries a sweep message visits before the executor lets others in.
 pub(crate) const SWEEP_BUDGET: usize = 256;
+/// Keys one batch message carries at most: a larger `inc_many` on one shard is sent as several
+/// messages, so that one batch takes at most one executor turn ([`mailbox::MAX_TURN`] items)
+/// and other callers get in between.
+pub(crate) const BATCH_MESSAGE_KEYS: usize = mailbox::MAX_TURN;
 /// Entries scanned for an expired key to replace when the key cap is reached.
 pub(crate) const EVICT_SCAN: usize = 64;
 
@@ -420,6 +424,10 @@ impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
     /// `None`: the decisions were written into the caller's buffer.
     type Reply = Option<Vec<(usize, RateLimitDecision)>>;
 
+    fn cost(&self) -> usize {
+        self.items.len()
+    }
+
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let out = self.out;
         shard.serve_batch(
@@ -449,6 +457,10 @@ pub(crate) struct IncManyOwned {
 impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
     type Reply = Option<Vec<(usize, RateLimitDecision)>>;
 
+    fn cost(&self) -> usize {
+        self.items.len()
+    }
+
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let items = self.items.iter().map(|(k, h, p)| (&**k, *h, *p));
         Some(shard.batch_to_vec(items, &self.rate, self.n, self.record))
@@ -466,6 +478,10 @@ pub(crate) struct IncManyAsync<'a> {
 
 impl<S: Strategy> Message<ShardActor<S>> for IncManyAsync<'_> {
     type Reply = Option<Vec<(usize, RateLimitDecision)>>;
+
+    fn cost(&self) -> usize {
+        self.items.len()
+    }
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let items = self.items.iter().map(|it| (it.key, it.hash, it.pos));
