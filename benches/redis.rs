@@ -18,6 +18,11 @@
 #[allow(dead_code, unreachable_pub)]
 mod redis_server;
 
+// `redis_server` can start clusters behind proxies; the bench does not, but the module needs it.
+#[path = "../tests/support/proxy.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod proxy;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

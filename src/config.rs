@@ -20,6 +20,9 @@ pub const DEFAULT_STALE_AFTER_WINDOWS: u32 = 10;
 pub const MAX_WINDOW: Duration = Duration::from_millis(u32::MAX as u64);
 /// Most shards a limiter may have.
 pub const MAX_SHARDS: usize = 1 << 16;
+/// Largest accepted hard-limit factor `h`, on every provider: beyond it the hard limit would be
+/// one in name only (and `H` would leave what Redis counts exactly for ordinary rates).
+pub const MAX_HARD_LIMIT_FACTOR: f64 = 1000.0;
 
 /// Why a limiter configuration was refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,7 +36,7 @@ pub enum ConfigError {
     ZeroBucket,
     /// The bucket width is longer than the window.
     BucketLargerThanWindow,
-    /// The hard-limit factor is below 1, NaN or infinite.
+    /// The hard-limit factor is NaN, below 1 or above [`MAX_HARD_LIMIT_FACTOR`].
     InvalidHardLimitFactor(f64),
     /// Zero shards, or more than [`MAX_SHARDS`].
     InvalidShardCount(usize),
@@ -47,6 +50,13 @@ pub enum ConfigError {
     InvalidPrefix(String),
     /// A Redis deadline shorter than 1 ms.
     ZeroRedisDeadline,
+    /// A Redis server or cluster was configured, but the limiter was started with `build()`,
+    /// which does not connect: use `connect().await`.
+    RedisNeedsConnect,
+    /// Scripts were told to take the time from the limiter's clock, but no clock was injected:
+    /// that switch exists for tests driving Redis with a `ManualClock`; in production every
+    /// process must share the server's time.
+    ClientClockWithoutCustomClock,
 }
 
 impl fmt::Display for ConfigError {
@@ -61,7 +71,7 @@ impl fmt::Display for ConfigError {
             ConfigError::InvalidHardLimitFactor(h) => {
                 write!(
                     f,
-                    "hard limit factor must be finite and at least 1, got {h}"
+                    "hard limit factor must be within 1..={MAX_HARD_LIMIT_FACTOR}, got {h}"
                 )
             }
             ConfigError::InvalidShardCount(n) => {
@@ -75,6 +85,12 @@ impl fmt::Display for ConfigError {
                 "redis prefix must be 1 to 128 bytes without braces, got {p:?}"
             ),
             ConfigError::ZeroRedisDeadline => f.write_str("redis deadline must be at least 1 ms"),
+            ConfigError::RedisNeedsConnect => f.write_str(
+                "a redis target is configured: start the limiter with connect().await, not build()",
+            ),
+            ConfigError::ClientClockWithoutCustomClock => f.write_str(
+                "redis time from the limiter's clock needs an injected clock (a test switch)",
+            ),
         }
     }
 }
@@ -113,6 +129,7 @@ pub struct RateLimiterBuilder {
     pub(crate) shards: Option<usize>,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) seed: Option<u64>,
+    pub(crate) key_hash_seed: Option<u64>,
     pub(crate) random: Option<RandomFactory>,
     #[cfg(feature = "redis")]
     pub(crate) redis: RedisOptions,
@@ -141,6 +158,7 @@ impl fmt::Debug for RateLimiterBuilder {
             .field("shards", &self.shards)
             .field("custom_clock", &self.clock.is_some())
             .field("seed", &self.seed)
+            .field("key_hash_seed", &self.key_hash_seed.is_some())
             .field("custom_random", &self.random.is_some());
         #[cfg(feature = "redis")]
         d.field("redis", &self.redis);
@@ -161,6 +179,7 @@ impl Default for RateLimiterBuilder {
             shards: None,
             clock: None,
             seed: None,
+            key_hash_seed: None,
             random: None,
             #[cfg(feature = "redis")]
             redis: RedisOptions {
@@ -187,8 +206,9 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// The suppressed strategy's hard-limit factor `h ≥ 1` (default 1.5): accepted weight per
-    /// window never exceeds `floor(W_eff·r·h)`.
+    /// The suppressed strategy's hard-limit factor `h` in `1..=`[`MAX_HARD_LIMIT_FACTOR`]
+    /// (default 1.5): accepted weight per window never exceeds `floor(W_eff·r·h)`. The same
+    /// bound holds for every provider.
     pub fn hard_limit_factor(mut self, h: f64) -> Self {
         self.hard_limit_factor = h;
         self
@@ -240,11 +260,27 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// Seeds the default random source (SplitMix64, one stream per shard) and the key hashing,
-    /// making suppressed decisions reproducible for a given sequence of calls. Unseeded
-    /// limiters hash keys with random keys (HashDoS resistance).
+    /// Seeds the default random source (SplitMix64, one stream per shard and one for the
+    /// Redis provider): the suppressed draws of a run are a fixed sequence per stream.
+    ///
+    /// Key hashing stays randomly keyed (HashDoS resistance: nobody can choose keys that pile
+    /// up in one shard or one table bucket), so which shard's stream a key draws from changes
+    /// between runs: suppressed decisions then agree in distribution, not call for call. To
+    /// replay a run's decisions exactly, also set [`key_hash_seed`](Self::key_hash_seed) (and
+    /// accept what it gives up).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Seeds the key hasher (which shard and table slot a key lands in), making placement
+    /// reproducible across runs (default: random keys per limiter).
+    ///
+    /// This gives up HashDoS resistance unless the seed stays secret: whoever knows it can
+    /// choose keys that all collide. Decisions never depend on placement, so tests rarely need
+    /// it.
+    pub fn key_hash_seed(mut self, seed: u64) -> Self {
+        self.key_hash_seed = Some(seed);
         self
     }
 
@@ -267,8 +303,9 @@ impl RateLimiterBuilder {
     ///
     /// # Errors
     /// [`ConfigError`] for a zero or too long window, a zero bucket or one longer than the
-    /// window, a hard-limit factor below 1 or not finite, a bad shard count, a zero key cap or
-    /// sweep interval, or a sweeper thread that could not be spawned.
+    /// window, a hard-limit factor outside `1..=`[`MAX_HARD_LIMIT_FACTOR`], a bad shard count,
+    /// a zero key cap or sweep interval, a sweeper thread that could not be spawned, or a Redis
+    /// target ([`ConfigError::RedisNeedsConnect`]: a limiter with Redis starts with `connect`).
     pub fn build(self) -> Result<Arc<RateLimiter>, ConfigError> {
         RateLimiter::from_builder(self)
     }
@@ -311,10 +348,12 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// Test hook: the scripts take the time from this limiter's [`clock`](Self::clock) instead
-    /// of Redis `TIME` (default false). Lets a [`ManualClock`](crate::ManualClock) drive the
-    /// Redis provider; in production keep server time, which every process shares.
+    /// Test hook, not part of the supported API: the scripts take the time from this
+    /// limiter's injected [`clock`](Self::clock) instead of Redis `TIME` (default false), so
+    /// that a [`ManualClock`](crate::ManualClock) drives the Redis provider in tests.
+    /// [`connect`](Self::connect) refuses it without an injected clock.
     #[cfg(feature = "redis")]
+    #[doc(hidden)]
     pub fn redis_time_from_clock(mut self, enabled: bool) -> Self {
         self.redis.clock_time = enabled;
         self
@@ -336,9 +375,10 @@ impl RateLimiterBuilder {
         RateLimiter::connect(self).await
     }
 
-    /// The key hasher: seeded from [`seed`](Self::seed) if given, random otherwise.
+    /// The key hasher: seeded from [`key_hash_seed`](Self::key_hash_seed) if given, random
+    /// otherwise.
     pub(crate) fn hasher(&self) -> ahash::RandomState {
-        match self.seed {
+        match self.key_hash_seed {
             Some(seed) => {
                 let mut mix = SplitMix64::new(seed ^ 0x5EED_4A5B_D1E5_0000);
                 ahash::RandomState::with_seeds(
@@ -364,5 +404,34 @@ impl RateLimiterBuilder {
             let mut mix = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
             Box::new(SplitMix64::new(mix.next_u64())) as Box<dyn RandomSource>
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `seed` makes draws reproducible without making key placement predictable (issue 7.10:
+    /// it used to seed the key hasher too); `key_hash_seed` does that, on purpose.
+    #[test]
+    fn seed_keeps_the_key_hasher_random() {
+        let a = RateLimiterBuilder::default().seed(7).hasher().hash_one("k");
+        let b = RateLimiterBuilder::default().seed(7).hasher().hash_one("k");
+        assert_ne!(
+            a, b,
+            "two limiters seeded alike hash keys with different secrets"
+        );
+        let mut ra = RateLimiterBuilder::default().seed(7).random_factory()(3);
+        let mut rb = RateLimiterBuilder::default().seed(7).random_factory()(3);
+        assert_eq!(ra.next_u64(), rb.next_u64(), "but draw alike");
+        let c = RateLimiterBuilder::default()
+            .key_hash_seed(7)
+            .hasher()
+            .hash_one("k");
+        let d = RateLimiterBuilder::default()
+            .key_hash_seed(7)
+            .hasher()
+            .hash_one("k");
+        assert_eq!(c, d);
     }
 }

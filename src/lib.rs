@@ -86,7 +86,7 @@ mod time;
 
 pub use config::{
     ConfigError, RateLimiterBuilder, DEFAULT_BUCKET, DEFAULT_HARD_LIMIT_FACTOR,
-    DEFAULT_STALE_AFTER_WINDOWS, DEFAULT_WINDOW, MAX_SHARDS, MAX_WINDOW,
+    DEFAULT_STALE_AFTER_WINDOWS, DEFAULT_WINDOW, MAX_HARD_LIMIT_FACTOR, MAX_SHARDS, MAX_WINDOW,
 };
 pub use decision::{RateLimitDecision, Stamped, SuppressedSnapshot, RETRY_NEVER};
 pub use limiter::{RateLimiter, DEFAULT_SHARDS};

@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{
-    ConfigError, RateLimiterBuilder, DEFAULT_STALE_AFTER_WINDOWS, MAX_SHARDS, MAX_WINDOW,
+    ConfigError, RateLimiterBuilder, DEFAULT_STALE_AFTER_WINDOWS, MAX_HARD_LIMIT_FACTOR,
+    MAX_SHARDS, MAX_WINDOW,
 };
 use crate::local::LocalProvider;
 use crate::shard::Shared;
@@ -80,6 +81,11 @@ impl RateLimiter {
     }
 
     pub(crate) fn from_builder(b: RateLimiterBuilder) -> Result<Arc<Self>, ConfigError> {
+        #[cfg(feature = "redis")]
+        if b.redis.target.is_some() {
+            // Not a limiter whose every Redis call would fail later.
+            return Err(ConfigError::RedisNeedsConnect);
+        }
         let valid = Self::validate(&b)?;
         Self::assemble(
             b,
@@ -101,16 +107,23 @@ impl RateLimiter {
         if whole_ms(b.redis.deadline) == 0 {
             return Err(ConfigError::ZeroRedisDeadline.into());
         }
+        if b.redis.clock_time && b.clock.is_none() {
+            return Err(ConfigError::ClientClockWithoutCustomClock.into());
+        }
         let target = b
             .redis
             .target
             .clone()
             .ok_or(crate::redis::RedisError::NotConfigured)?;
+        // The Redis provider's draws come from the last stream of the factory (after the
+        // local shards' ones), owned by its batcher actor.
+        let random = b.random_factory()(2 * valid.shards);
         let conn = crate::redis::connect(
             &target,
             b.redis.deadline,
             valid.shared.clone(),
             b.redis.clock_time,
+            random,
         )
         .await?;
         Ok(Self::assemble(b, valid, Some(conn))?)
@@ -132,7 +145,7 @@ impl RateLimiter {
             return Err(ConfigError::BucketLargerThanWindow);
         }
         let h = b.hard_limit_factor;
-        if !h.is_finite() || h < 1.0 {
+        if !(1.0..=MAX_HARD_LIMIT_FACTOR).contains(&h) {
             return Err(ConfigError::InvalidHardLimitFactor(h));
         }
         let shards = b.shards.unwrap_or(DEFAULT_SHARDS);
@@ -197,7 +210,6 @@ impl RateLimiter {
                 shared.clone(),
                 b.redis.prefix.clone(),
                 cluster,
-                random(2 * shards),
             )
         };
         let rl = Arc::new(RateLimiter {

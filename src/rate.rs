@@ -155,6 +155,17 @@ impl TryFrom<f64> for RateLimit {
 /// so that a decimal rate whose binary float is a hair off its value (e.g. `0.3 × 10 s`) still
 /// yields the capacity a person expects, while a real fraction (`1e12 + 0.25`) is not rounded.
 const ROUNDING_SLACK: f64 = 8.0 * f64::EPSILON;
+/// The most that relative slack may be, in units: far below half a unit, so that a huge product
+/// with a real fraction (`2^51 + 0.5`) is floored, not rounded up. (Above about 5·10^11 per
+/// window the slack is this cap, and a product a float step below an integer floors to the
+/// integer below.)
+const MAX_ROUNDING_SLACK: f64 = 1.0 / 1024.0;
+
+/// The slack allowed around `x`: relative, capped in absolute terms.
+#[inline]
+fn slack(x: f64) -> f64 {
+    (x * ROUNDING_SLACK).min(MAX_ROUNDING_SLACK)
+}
 
 /// `floor(x)` for `x ≥ 0`, or the integer just above if `x` is within float noise of it.
 /// Plain casts, no libm call: this runs on every decision.
@@ -163,7 +174,7 @@ fn floor_tolerant(x: f64) -> u64 {
     // `as` truncates (= floor for x ≥ 0) and saturates at u64::MAX.
     let f = x as u64;
     let up = f.saturating_add(1);
-    if f as f64 != x && up as f64 - x <= x * ROUNDING_SLACK {
+    if f as f64 != x && up as f64 - x <= slack(x) {
         up
     } else {
         f
@@ -174,7 +185,7 @@ fn floor_tolerant(x: f64) -> u64 {
 #[inline]
 fn ceil_tolerant(x: f64) -> u64 {
     let f = x as u64;
-    if f as f64 == x || x - f as f64 <= x * ROUNDING_SLACK {
+    if f as f64 == x || x - f as f64 <= slack(x) {
         f
     } else {
         f.saturating_add(1)
@@ -247,6 +258,26 @@ mod tests {
         assert_eq!(limits(3_600_000, 1e12).1, 3_600_000_000_000_000);
         // a real fraction at a large magnitude is floored, not rounded up
         assert_eq!(limits(2000, 5e11 + 0.25).1, 1_000_000_000_000);
+    }
+
+    /// Huge products with a real fraction are floored (issue 7.10: the relative slack reached
+    /// whole units there, rounding `2^51 + 0.5` up).
+    #[test]
+    fn huge_products_are_floored() {
+        let big = (1u64 << 51) as f64;
+        for (x, want) in [
+            (big + 0.5, 1u64 << 51),
+            ((1u64 << 50) as f64 + 0.75, 1u64 << 50),
+            (big - 0.5, (1u64 << 51) - 1),
+            (4.0e15 + 0.5, 4_000_000_000_000_000),
+            (1e14 + 0.9, 100_000_000_000_000),
+        ] {
+            assert_eq!(floor_tolerant(x), want, "{x}");
+        }
+        // float noise on ordinary products is still absorbed
+        assert_eq!(floor_tolerant(2.9999999999999996), 3);
+        assert_eq!(floor_tolerant(699_999_999_999.999_9), 700_000_000_000);
+        assert_eq!(ceil_tolerant(3.0000000000000004), 3);
     }
 
     #[test]

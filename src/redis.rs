@@ -20,7 +20,7 @@ mod error;
 mod keys;
 mod script;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use batcher::BatcherHandle;
@@ -50,7 +50,6 @@ struct Inner {
     shared: Arc<Shared>,
     prefix: String,
     cluster: bool,
-    random: Mutex<Box<dyn RandomSource>>,
 }
 
 impl Inner {
@@ -90,24 +89,15 @@ impl Inner {
                 max: MAX_EXACT,
             });
         }
-        let draw = if suppressed { self.draw() } else { 0.0 };
         Ok(OpArgs {
             code,
             window_ms: limits.window_ms,
             capacity: limits.capacity,
             hard: limits.hard,
             n,
-            draw,
+            // drawn by the batcher actor, which owns the random source (no lock)
+            draw: 0.0,
         })
-    }
-
-    /// One uniform draw for the suppressed band (one per suppressed decision, used or not).
-    fn draw(&self) -> f64 {
-        let mut rng = match self.random.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64())).unwrap_or(0.5)
     }
 
     fn plain(code: OpCode) -> OpArgs {
@@ -195,14 +185,12 @@ impl RedisProvider {
         shared: Arc<Shared>,
         prefix: String,
         cluster: bool,
-        random: Box<dyn RandomSource>,
     ) -> Self {
         let inner = Arc::new(Inner {
             batcher,
             shared,
             prefix,
             cluster,
-            random: Mutex::new(random),
         });
         Self {
             absolute: RedisAbsolute {
@@ -377,9 +365,10 @@ redis_strategy!(
     /// The Redis provider's suppressed strategy: sheds with probability `sf` between the soft
     /// limit `C` and the hard limit `H`, from the attempted rate.
     ///
-    /// The random draw is made by the caller (from the limiter's random source, one draw per
-    /// suppressed `inc` or `is_allowed`, used or not) and sent with the request, so a seeded
-    /// limiter replays the same decisions for the same calls. The local provider draws per
+    /// The random draw is made by the batcher actor, which owns the limiter's Redis random
+    /// source (no lock on the request path): one draw per suppressed `inc` or `is_allowed`,
+    /// used or not, in the order the batcher takes them, and sent with the request; so a seeded
+    /// limiter called in sequence replays the same decisions. The local provider draws per
     /// shard and only inside the band, so the two providers agree decision for decision when
     /// their draws agree (a constant source, as in the conformance suite); otherwise they agree
     /// in distribution.
@@ -396,17 +385,18 @@ redis_strategy!(
     }
 );
 
-/// Connects to `target` and starts the batcher.
+/// Connects to `target` and starts the batcher, which owns `random` (the suppressed draws).
 pub(crate) async fn connect(
     target: &Target,
     deadline: Duration,
     shared: Arc<Shared>,
     clock_time: bool,
+    random: Box<dyn RandomSource>,
 ) -> Result<(BatcherHandle, bool), RedisError> {
     let conn = Conn::open(target, deadline).await?;
     let cluster = conn.is_cluster();
     Ok((
-        BatcherHandle::spawn(conn, shared, clock_time, deadline),
+        BatcherHandle::spawn(conn, shared, clock_time, deadline, random),
         cluster,
     ))
 }

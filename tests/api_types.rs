@@ -73,6 +73,10 @@ fn bad_configs_table() {
             b().hard_limit_factor(f64::INFINITY),
             ConfigError::InvalidHardLimitFactor(f64::INFINITY),
         ),
+        (
+            b().hard_limit_factor(eyelet::MAX_HARD_LIMIT_FACTOR + 1.0),
+            ConfigError::InvalidHardLimitFactor(eyelet::MAX_HARD_LIMIT_FACTOR + 1.0),
+        ),
         (b().shards(0), ConfigError::InvalidShardCount(0)),
         (b().shards(1 << 20), ConfigError::InvalidShardCount(1 << 20)),
         (b().max_keys(0), ConfigError::ZeroMaxKeys),

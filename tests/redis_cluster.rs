@@ -108,3 +108,91 @@ async fn hostile_keys_on_a_cluster() {
     );
     assert_eq!(without_ttl, 0);
 }
+
+/// A slot moving between nodes under the limiter: `ASK` while it migrates and `MOVED` after are
+/// followed by the limiter itself (the client's own retries are off, since they would re-send a
+/// script after a lost reply), and every call is counted once, on the node that serves the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_and_moved_are_followed_while_a_slot_moves() {
+    let cluster = RedisCluster::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(60))
+        .redis_cluster(cluster.urls())
+        .prefix("mv")
+        .redis_deadline(Duration::from_secs(5))
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect to the cluster");
+    let abs = rl.redis().absolute();
+    let r = rate(100.0 / 60.0); // C = 100
+    let key = "moving";
+    let redis_key = format!("mv:a:{{{key}}}");
+    assert!(abs.inc(key, &r, 1).await.expect("inc").is_allowed());
+    let from = cluster.node_of(&redis_key);
+    let to = (from + 1) % 3;
+    let (mut src, mut dst) = (cluster.nodes[from].conn(), cluster.nodes[to].conn());
+    let id = |c: &mut redis::Connection| -> String {
+        redis::cmd("CLUSTER").arg("MYID").query(c).expect("MYID")
+    };
+    let (src_id, dst_id) = (id(&mut src), id(&mut dst));
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&redis_key)
+        .query(&mut src)
+        .expect("KEYSLOT");
+    let setslot = |c: &mut redis::Connection, how: &str, node: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(how)
+            .arg(node)
+            .query(c)
+            .expect("SETSLOT");
+    };
+    setslot(&mut dst, "IMPORTING", &src_id);
+    setslot(&mut src, "MIGRATING", &dst_id);
+    // still on the source: served there
+    assert!(abs
+        .inc(key, &r, 1)
+        .await
+        .expect("inc while migrating")
+        .is_allowed());
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(cluster.nodes[to].port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&redis_key)
+        .query(&mut src)
+        .expect("MIGRATE");
+    // moved to the target, slot still migrating: the source answers ASK
+    assert!(abs
+        .inc(key, &r, 1)
+        .await
+        .expect("inc after ASK")
+        .is_allowed());
+    for c in cluster
+        .nodes
+        .iter()
+        .map(|n| n.conn())
+        .collect::<Vec<_>>()
+        .iter_mut()
+    {
+        setslot(c, "NODE", &dst_id);
+    }
+    // the slot now belongs to the target: the limiter's stale map meets MOVED
+    assert!(abs
+        .inc(key, &r, 1)
+        .await
+        .expect("inc after MOVED")
+        .is_allowed());
+    assert_eq!(abs.get(key).await, Ok(4), "four calls, each counted once");
+    let on_target: bool = redis::cmd("EXISTS")
+        .arg(&redis_key)
+        .query(&mut dst)
+        .expect("EXISTS");
+    assert!(on_target);
+}

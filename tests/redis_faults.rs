@@ -53,7 +53,9 @@ async fn killed_server_gives_typed_errors_and_reconnects_within_a_second() {
     server.kill();
     for _ in 0..20 {
         match abs.inc("k", &big(), 1).await {
-            Err(RedisError::Connection(_)) | Err(RedisError::Timeout { .. }) => {}
+            Err(RedisError::Connection(_))
+            | Err(RedisError::ConnectionLost(_))
+            | Err(RedisError::Timeout { .. }) => {}
             other => panic!("expected a typed connection error while down, got {other:?}"),
         }
     }

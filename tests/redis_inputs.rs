@@ -140,6 +140,39 @@ async fn bad_configurations_are_typed_errors() {
     assert_eq!(err, RedisError::Config(ConfigError::ZeroRedisDeadline));
     let err = RateLimiter::builder().connect().await.unwrap_err();
     assert_eq!(err, RedisError::NotConfigured);
+    // A Redis target with build() is refused, not a limiter whose Redis calls all fail later
+    // (issue 7.10).
+    assert_eq!(
+        RateLimiter::builder()
+            .redis_url(server.url())
+            .build()
+            .map(|_| ()),
+        Err(ConfigError::RedisNeedsConnect)
+    );
+    // The test switch for client time needs an injected clock.
+    let err = RateLimiter::builder()
+        .redis_url(server.url())
+        .redis_time_from_clock(true)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RedisError::Config(ConfigError::ClientClockWithoutCustomClock)
+    );
+    // The hard-limit factor has one bound for every provider.
+    let err = RateLimiter::builder()
+        .redis_url(server.url())
+        .hard_limit_factor(eyelet::MAX_HARD_LIMIT_FACTOR * 2.0)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RedisError::Config(ConfigError::InvalidHardLimitFactor(
+            eyelet::MAX_HARD_LIMIT_FACTOR * 2.0
+        ))
+    );
     let err = RateLimiter::builder()
         .window(Duration::ZERO)
         .redis_url(server.url())

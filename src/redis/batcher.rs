@@ -1,14 +1,22 @@
 //! The Redis batcher actor: coalesces concurrent calls into few script calls.
 //!
-//! Callers send [`BatcherCommand`]s through a bounded mailbox and await a oneshot reply per
-//! operation. The actor (a tokio task owning the connection) drains what is queued (up to
-//! [`MAX_BATCH`] messages; under load it first yields once so that the callers its last reply
-//! woke can join), groups the operations per hash slot (one group on a single server), cuts each
-//! group into script calls of about [`MAX_OPS_PER_CALL`] operations without ever splitting a
-//! key's operations, and sends them. While [`MAX_IN_FLIGHT`] batches are outstanding it lets the
-//! mailbox fill, which is what makes the next batch large; [`MAX_IN_FLIGHT_SPREAD`] while keys
-//! are mostly distinct. A key's operations keep their mailbox order inside their one script
-//! call, and an `inc_many` is one message, so its operations on a key are applied in input order.
+//! Callers send [`BatcherCommand`]s through a mailbox bounded in *operations* (a caller waits
+//! for room for all of its message's operations, within its deadline) and await a oneshot reply
+//! per operation. The actor (a tokio task owning the connection) drains what is queued, up to
+//! [`MAX_BATCH_OPS`] operations (under load it first yields once so that the callers its last
+//! reply woke can join), groups the operations per hash slot (one group on a single server) and
+//! cuts each group into script calls by operations: a call takes new keys while it holds fewer
+//! than [`MAX_OPS_PER_CALL`] operations, and more operations of its keys up to
+//! [`MAX_OPS_PER_SCRIPT`], so no script call runs for long whatever one caller sends. A key
+//! whose operations do not fit one call continues in the next call of the same *lane*, and a
+//! lane's calls are sent one after another, so a key's operations are applied in order (not
+//! even a `NOSCRIPT` retry can reorder them); lanes run concurrently. While
+//! [`MAX_IN_FLIGHT`] batches are outstanding the actor lets the mailbox fill, which is what
+//! makes the next batch large; [`MAX_IN_FLIGHT_SPREAD`] while keys are mostly distinct.
+//!
+//! An `inc_many` is sent in parts of at most [`MAX_MESSAGE_OPS`] operations, each part one
+//! message, the next part sent when the previous one is answered: its operations on a key are
+//! applied in input order, and it never needs more room than the mailbox has.
 //!
 //! A caller whose deadline passed (or whose future was dropped) before its operation was sent
 //! is skipped: its request is never applied. The actor exits when the last handle is dropped,
@@ -20,18 +28,25 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{Cmd, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::Conn;
-use super::script::{decode, OpArgs, OpReply, DECIDE_LUA};
+use super::script::{decode, OpArgs, OpCode, OpReply, DECIDE_LUA};
 use super::RedisError;
+use crate::random::RandomSource;
 use crate::shard::Shared;
 
-/// Operations per script call before a new key opens the next call (the script reads each
-/// distinct key once; a key's own operations are never split, so a hot key can exceed it).
+/// Operations a script call takes while it opens new keys (the script reads each distinct key
+/// once, so a call of many keys costs a read per key).
 pub(crate) const MAX_OPS_PER_CALL: usize = 64;
-/// Most messages drained from the mailbox into one batch (an `inc_many` is one message).
-pub(crate) const MAX_BATCH: usize = 256;
+/// Operations one script call holds at most, however they are spread over keys: bounds the
+/// time one call holds the server (about 1 µs of Redis CPU per operation on a hot key).
+pub(crate) const MAX_OPS_PER_SCRIPT: usize = 256;
+/// Operations drained from the mailbox into one batch, at most (a message is never split, so
+/// one message of up to [`MAX_MESSAGE_OPS`] can exceed it).
+pub(crate) const MAX_BATCH_OPS: usize = 512;
+/// Operations one message carries at most: an `inc_many` is sent in parts of this size.
+pub(crate) const MAX_MESSAGE_OPS: usize = 1024;
 /// Batches outstanding at once while traffic concentrates on few keys: the mailbox fills
 /// meanwhile, the next batch is larger, and duplicate keys coalesce (one read, one write).
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -39,8 +54,9 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// so smaller script calls in parallel serve more (measured: 2 → 4 took 100k-key traffic from
 /// ~90k to ~110k decisions/s and lowered Redis CPU per decision, while a hot key did best at 2).
 pub(crate) const MAX_IN_FLIGHT_SPREAD: usize = 4;
-/// Mailbox capacity (operations); callers wait for room within their deadline.
-pub(crate) const MAILBOX_CAPACITY: usize = 16 * 1024;
+/// Mailbox capacity in operations (not messages): what the queue can hold is bounded whatever
+/// the callers send; callers wait for room within their deadline.
+pub(crate) const MAILBOX_OPS: usize = 16 * 1024;
 
 /// One answered operation: the server time of the decision and its reply.
 pub(crate) type Answer = Result<(u64, OpReply), RedisError>;
@@ -50,20 +66,34 @@ pub(crate) type Answer = Result<(u64, OpReply), RedisError>;
 pub(crate) enum BatcherCommand {
     /// Run one operation on `key` (in hash slot `slot`) and send the answer to `reply`.
     Decide {
-        key: Vec<u8>,
-        slot: u16,
-        args: OpArgs,
-        reply: oneshot::Sender<Answer>,
+        op: Pending,
+        /// The operation's room in the mailbox, released when the actor takes it.
+        room: OwnedSemaphorePermit,
     },
-    /// Run many operations, in order; one message, so they land in one batch (and a key's
-    /// operations in one script call).
-    DecideMany { ops: Vec<Pending> },
+    /// Run up to [`MAX_MESSAGE_OPS`] operations, in order; one message, so they land in one
+    /// batch.
+    DecideMany {
+        ops: Vec<Pending>,
+        /// The operations' room in the mailbox, released when the actor takes them.
+        room: OwnedSemaphorePermit,
+    },
+}
+
+impl BatcherCommand {
+    fn len(&self) -> usize {
+        match self {
+            BatcherCommand::Decide { .. } => 1,
+            BatcherCommand::DecideMany { ops, .. } => ops.len(),
+        }
+    }
 }
 
 /// A cloneable handle to the batcher actor.
 #[derive(Clone, Debug)]
 pub(crate) struct BatcherHandle {
-    tx: mpsc::Sender<BatcherCommand>,
+    tx: mpsc::UnboundedSender<BatcherCommand>,
+    /// Free room in the mailbox, in operations (the channel itself is bounded by this).
+    room: Arc<Semaphore>,
     deadline: Duration,
 }
 
@@ -74,8 +104,9 @@ impl BatcherHandle {
         shared: Arc<Shared>,
         clock_time: bool,
         deadline: Duration,
+        random: Box<dyn RandomSource>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+        let (tx, rx) = mpsc::unbounded_channel();
         let script = redis::Script::new(DECIDE_LUA);
         let actor = BatcherActor {
             rx,
@@ -84,63 +115,81 @@ impl BatcherHandle {
             shared,
             clock_time,
             deadline,
+            random,
         };
         tokio::spawn(actor.run());
-        Self { tx, deadline }
+        Self {
+            tx,
+            room: Arc::new(Semaphore::new(MAILBOX_OPS)),
+            deadline,
+        }
     }
 
     /// Runs one operation within the deadline.
     pub(crate) async fn call(&self, key: Vec<u8>, slot: u16, args: OpArgs) -> Answer {
         let (reply, rx) = oneshot::channel();
-        let command = BatcherCommand::Decide {
+        let op = Pending {
             key,
             slot,
             args,
             reply,
         };
         self.within(async {
-            self.send(command).await?;
+            let room = self.room(1).await?;
+            self.send(BatcherCommand::Decide { op, room })?;
             rx.await.map_err(|_| RedisError::Shutdown)?
         })
         .await
     }
 
-    /// Runs many operations as one message (see [`BatcherCommand::DecideMany`]), the whole
-    /// call within one deadline; the answers come in input order.
+    /// Runs many operations (see the module docs: parts of at most [`MAX_MESSAGE_OPS`], one
+    /// after another), the whole call within one deadline; the answers come in input order.
     pub(crate) async fn call_many(
         &self,
         ops: impl IntoIterator<Item = (Vec<u8>, u16, OpArgs)>,
     ) -> Result<Vec<Answer>, RedisError> {
-        let (pending, rxs): (Vec<Pending>, Vec<_>) = ops
-            .into_iter()
-            .map(|(key, slot, args)| {
-                let (reply, rx) = oneshot::channel();
-                let p = Pending {
-                    key,
-                    slot,
-                    args,
-                    reply,
-                };
-                (p, rx)
-            })
-            .unzip();
+        let ops: Vec<(Vec<u8>, u16, OpArgs)> = ops.into_iter().collect();
         self.within(async {
-            self.send(BatcherCommand::DecideMany { ops: pending })
-                .await?;
-            let mut answers = Vec::with_capacity(rxs.len());
-            for rx in rxs {
-                answers.push(rx.await.map_err(|_| RedisError::Shutdown)?);
+            let mut answers = Vec::with_capacity(ops.len());
+            let mut ops = ops.into_iter().peekable();
+            while ops.peek().is_some() {
+                let (part, rxs): (Vec<Pending>, Vec<_>) = ops
+                    .by_ref()
+                    .take(MAX_MESSAGE_OPS)
+                    .map(|(key, slot, args)| {
+                        let (reply, rx) = oneshot::channel();
+                        let p = Pending {
+                            key,
+                            slot,
+                            args,
+                            reply,
+                        };
+                        (p, rx)
+                    })
+                    .unzip();
+                let room = self.room(part.len()).await?;
+                self.send(BatcherCommand::DecideMany { ops: part, room })?;
+                for rx in rxs {
+                    answers.push(rx.await.map_err(|_| RedisError::Shutdown)?);
+                }
             }
             Ok(answers)
         })
         .await
     }
 
-    async fn send(&self, command: BatcherCommand) -> Result<(), RedisError> {
-        self.tx
-            .send(command)
+    /// Waits for room for `n` operations in the mailbox.
+    async fn room(&self, n: usize) -> Result<OwnedSemaphorePermit, RedisError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.room
+            .clone()
+            .acquire_many_owned(n)
             .await
             .map_err(|_| RedisError::Shutdown)
+    }
+
+    fn send(&self, command: BatcherCommand) -> Result<(), RedisError> {
+        self.tx.send(command).map_err(|_| RedisError::Shutdown)
     }
 
     /// `work` bounded by the deadline (mailbox wait included).
@@ -165,52 +214,41 @@ pub(crate) struct Pending {
 }
 
 struct BatcherActor {
-    rx: mpsc::Receiver<BatcherCommand>,
+    rx: mpsc::UnboundedReceiver<BatcherCommand>,
     conn: Conn,
     sha: String,
     shared: Arc<Shared>,
     /// Scripts take `now` from the limiter's clock instead of `TIME` (tests).
     clock_time: bool,
     deadline: Duration,
+    /// The suppressed strategy's draws, owned by the actor: no lock on the request path.
+    random: Box<dyn RandomSource>,
 }
 
 impl BatcherActor {
     async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
-        let mut buf: Vec<BatcherCommand> = Vec::with_capacity(MAX_BATCH);
         let mut limit = MAX_IN_FLIGHT;
         loop {
             tokio::select! {
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                n = self.rx.recv_many(&mut buf, MAX_BATCH), if in_flight.len() < limit => {
-                    if n == 0 {
-                        break;
-                    }
-                    if n < MAX_BATCH && !in_flight.is_empty() {
+                first = self.rx.recv(), if in_flight.len() < limit => {
+                    let Some(first) = first else { break };
+                    let mut batch: Vec<Pending> = Vec::with_capacity(first.len());
+                    take(first, &mut batch);
+                    self.drain(&mut batch);
+                    if batch.len() < MAX_BATCH_OPS && !in_flight.is_empty() {
                         // Under load, callers answered by the last reply are still running on
                         // this runtime and about to send: let them, then take what they sent.
                         // (Idle, the lone request goes out at once.)
                         tokio::task::yield_now().await;
-                        while buf.len() < MAX_BATCH {
-                            match self.rx.try_recv() {
-                                Ok(c) => buf.push(c),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    let mut batch: Vec<Pending> = Vec::with_capacity(buf.len());
-                    for c in buf.drain(..) {
-                        match c {
-                            BatcherCommand::Decide { key, slot, args, reply } => {
-                                batch.push(Pending { key, slot, args, reply });
-                            }
-                            BatcherCommand::DecideMany { ops } => batch.extend(ops),
-                        }
+                        self.drain(&mut batch);
                     }
                     // A caller that gave up before its operation is sent is not applied behind
                     // its back.
                     batch.retain(|p| !p.reply.is_closed());
+                    self.draw(&mut batch);
                     if !batch.is_empty() {
                         limit = in_flight_limit(&batch).unwrap_or(limit);
                         in_flight.push(self.execute(batch));
@@ -221,29 +259,71 @@ impl BatcherActor {
         while in_flight.next().await.is_some() {}
     }
 
-    /// Sends one batch: per slot, script calls of about `MAX_OPS_PER_CALL` operations.
+    /// Moves queued messages into `batch` while it holds fewer than [`MAX_BATCH_OPS`].
+    fn drain(&mut self, batch: &mut Vec<Pending>) {
+        while batch.len() < MAX_BATCH_OPS {
+            match self.rx.try_recv() {
+                Ok(c) => take(c, batch),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// One uniform draw per suppressed decision of the batch (used or not), in batch order. A
+    /// panicking custom source is contained: the draw counts as 0.5.
+    fn draw(&mut self, batch: &mut [Pending]) {
+        for p in batch {
+            if matches!(p.args.code, OpCode::SuppressedInc | OpCode::SuppressedCheck) {
+                let rng = &mut self.random;
+                p.args.draw =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64()))
+                        .unwrap_or(0.5);
+            }
+        }
+    }
+
+    /// Sends one batch: per slot, script calls cut by operations, in lanes (see the module
+    /// docs).
     fn execute(
         &self,
         batch: Vec<Pending>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let groups = group_by_slot(batch, self.conn.is_cluster());
         let now = self.clock_time.then(|| self.shared.clock.now_ms());
-        let calls: Vec<_> = groups
+        let (conn, sha, bucket_ms, deadline) = (
+            self.conn.clone(),
+            self.sha.clone(),
+            self.shared.bucket_ms,
+            self.deadline,
+        );
+        let lanes: Vec<_> = groups
             .into_iter()
-            .flat_map(|g| chunk(g, MAX_OPS_PER_CALL))
-            .map(|ops| {
-                script_call(
-                    self.conn.clone(),
-                    self.sha.clone(),
-                    ops,
-                    now,
-                    self.shared.bucket_ms,
-                    self.deadline,
-                )
+            .flat_map(|g| cut(g, MAX_OPS_PER_CALL, MAX_OPS_PER_SCRIPT))
+            .map(|lane| {
+                let (conn, sha) = (conn.clone(), sha.clone());
+                async move {
+                    for ops in lane {
+                        script_call(conn.clone(), sha.clone(), ops, now, bucket_ms, deadline).await;
+                    }
+                }
             })
             .collect();
         async move {
-            futures_util::future::join_all(calls).await;
+            futures_util::future::join_all(lanes).await;
+        }
+    }
+}
+
+/// Moves a message's operations into `batch`; the message's room in the mailbox is released.
+fn take(c: BatcherCommand, batch: &mut Vec<Pending>) {
+    match c {
+        BatcherCommand::Decide { op, room } => {
+            drop(room);
+            batch.push(op);
+        }
+        BatcherCommand::DecideMany { ops, room } => {
+            drop(room);
+            batch.extend(ops);
         }
     }
 }
@@ -282,30 +362,58 @@ fn group_by_slot(batch: Vec<Pending>, cluster: bool) -> Vec<Vec<Pending>> {
     groups
 }
 
-/// Cuts one slot's operations into script calls of about `size` operations without ever
-/// splitting a key's operations (they stay in order in one call, so nothing, not even a
-/// `NOSCRIPT` retry, can reorder them): a new key opens a new call once the current one is full.
-fn chunk(ops: Vec<Pending>, size: usize) -> Vec<Vec<Pending>> {
-    if ops.len() <= size {
-        return vec![ops];
-    }
-    let mut out: Vec<Vec<Pending>> = vec![Vec::new()];
+/// A sequence of script calls sent one after another.
+type Lane = Vec<Vec<Pending>>;
+
+/// Cuts one slot's operations into script calls by operations, grouped in lanes: a call takes
+/// new keys while it holds fewer than `open` operations, and operations of its keys up to
+/// `cap`; a key that outgrows its call continues in a new call of the same lane (sent after
+/// it). Every key's operations stay in input order along its lane.
+fn cut(ops: Vec<Pending>, open: usize, cap: usize) -> Vec<Lane> {
+    // calls[i]: the operations of call i; lane_of[i]: its lane; lanes hold call indices.
+    let mut calls: Vec<Vec<Pending>> = Vec::new();
+    let mut lane_of: Vec<usize> = Vec::new();
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    // The call a key's next operation goes to.
     let mut home: HashMap<Vec<u8>, usize> = HashMap::new();
     for p in ops {
-        let i = match home.get(&p.key) {
-            Some(&i) => i,
+        let call = match home.get(&p.key) {
+            Some(&i) if calls[i].len() < cap => i,
+            Some(&i) => {
+                // The key outgrew its call: continue in a new call of the same lane.
+                let lane = lane_of[i];
+                calls.push(Vec::new());
+                lane_of.push(lane);
+                lanes[lane].push(calls.len() - 1);
+                home.insert(p.key.clone(), calls.len() - 1);
+                calls.len() - 1
+            }
             None => {
-                if out.last().is_some_and(|c| c.len() >= size) {
-                    out.push(Vec::new());
-                }
-                let i = out.len() - 1;
+                // A new key joins the newest call while it is open, else opens a new lane.
+                let i = match calls.len().checked_sub(1) {
+                    Some(last) if calls[last].len() < open => last,
+                    _ => {
+                        calls.push(Vec::new());
+                        lane_of.push(lanes.len());
+                        lanes.push(vec![calls.len() - 1]);
+                        calls.len() - 1
+                    }
+                };
                 home.insert(p.key.clone(), i);
                 i
             }
         };
-        out[i].push(p);
+        calls[call].push(p);
     }
-    out
+    let mut calls: Vec<Option<Vec<Pending>>> = calls.into_iter().map(Some).collect();
+    lanes
+        .into_iter()
+        .map(|lane| {
+            lane.into_iter()
+                .filter_map(|i| calls.get_mut(i).and_then(Option::take))
+                .collect()
+        })
+        .collect()
 }
 
 /// Builds `EVALSHA sha`/`EVAL body` with the call's keys (each distinct key once) and ops.
@@ -338,7 +446,42 @@ fn build(verb: &str, script: &str, ops: &[Pending], now: Option<u64>, bucket_ms:
     cmd
 }
 
-/// Runs one script call (reloading the script once on `NOSCRIPT`) and answers its operations.
+/// Tries a script call is sent at most (redirects and cluster retries included); the deadline
+/// bounds them too.
+const MAX_SENDS: usize = 8;
+/// First pause before re-sending after `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` or `READONLY` on a
+/// cluster (doubling each time).
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// What to do after a failed send, from what the error proves.
+enum Next {
+    /// The script did not run (`NOSCRIPT`): send the body with `EVAL`.
+    Eval,
+    /// The slot is served (or imported) elsewhere: send there.
+    Redirect(super::connection::Redirect),
+    /// The cluster is reconfiguring and refused the call before running it: pause, re-send.
+    Pause,
+    /// Not provably unexecuted, or not worth retrying: answer with the error.
+    Fail,
+}
+
+fn next_step(e: &redis::RedisError, cluster: bool, evaled: bool) -> Next {
+    match e.code() {
+        Some("NOSCRIPT") if !evaled => Next::Eval,
+        Some("MOVED" | "ASK") if cluster => {
+            super::connection::Redirect::of(e).map_or(Next::Fail, Next::Redirect)
+        }
+        // Refused before the script ran (READONLY: by its first write, after a failover; the
+        // client refreshes the slot map meanwhile).
+        Some("TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY") if cluster => Next::Pause,
+        _ => Next::Fail,
+    }
+}
+
+/// Runs one script call and answers its operations. The call is re-sent only when the server
+/// proved it did not run: `NOSCRIPT` (once, as `EVAL`, which caches the script again), and on a
+/// cluster redirects and reconfiguration errors; never after a timeout or a lost connection,
+/// when it may have run.
 async fn script_call(
     mut conn: Conn,
     sha: String,
@@ -347,16 +490,38 @@ async fn script_call(
     bucket_ms: u64,
     deadline: Duration,
 ) {
+    let cluster = conn.is_cluster();
     let work = async {
-        let cmd = build("EVALSHA", &sha, &ops, now, bucket_ms);
-        match conn.query(&cmd).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {
-                // The script cache was flushed (or this node never saw it): EVAL sends the body
-                // and caches it again. The EVALSHA did not run, so nothing is applied twice.
-                let cmd = build("EVAL", DECIDE_LUA, &ops, now, bucket_ms);
-                conn.query(&cmd).await
+        let mut cmd = build("EVALSHA", &sha, &ops, now, bucket_ms);
+        let mut evaled = false;
+        let mut redirect = None;
+        let mut pause = RETRY_PAUSE;
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let r = match &redirect {
+                Some(to) => conn.query_redirected(&cmd, to).await,
+                None => conn.query(&cmd).await,
+            };
+            let e = match r {
+                Ok(v) => return Ok(v),
+                Err(e) if sends >= MAX_SENDS => return Err(e),
+                Err(e) => e,
+            };
+            match next_step(&e, cluster, evaled) {
+                Next::Eval => {
+                    // The EVALSHA did not run, so nothing is applied twice.
+                    evaled = true;
+                    cmd = build("EVAL", DECIDE_LUA, &ops, now, bucket_ms);
+                }
+                Next::Redirect(to) => redirect = Some(to),
+                Next::Pause => {
+                    redirect = None;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Next::Fail => return Err(e),
             }
-            r => r,
         }
     };
     let result: Result<Value, RedisError> = match tokio::time::timeout(deadline, work).await {
@@ -400,9 +565,19 @@ mod tests {
         }
     }
 
+    /// The keys of each call, and each key's weights along the lanes, flattened.
+    fn keys_per_call(lanes: &[Lane]) -> Vec<Vec<Vec<u8>>> {
+        lanes
+            .iter()
+            .flatten()
+            .map(|c| c.iter().map(|p| p.key.clone()).collect())
+            .collect()
+    }
+
     #[test]
-    fn chunks_never_split_a_key_and_keep_its_order() {
-        // 100 operations on "hot" among 60 distinct keys, cut at 16 per call
+    fn calls_are_cut_by_operations_and_a_split_key_stays_in_one_lane_in_order() {
+        // 100 operations on "hot" among 60 distinct keys: calls open to new keys below 16
+        // operations and hold at most 24
         let mut ops = Vec::new();
         for i in 0..160u64 {
             if i % 8 < 5 {
@@ -411,26 +586,48 @@ mod tests {
                 ops.push(op(&format!("k{i}"), i));
             }
         }
-        let chunks = chunk(ops, 16);
-        assert!(chunks.len() > 1);
-        let mut seen = HashMap::new();
-        for (c, ops) in chunks.iter().enumerate() {
-            for p in ops {
-                assert_eq!(
-                    *seen.entry(p.key.clone()).or_insert(c),
-                    c,
-                    "a key was split"
-                );
-            }
-        }
-        let hot: Vec<u64> = chunks
+        let lanes = cut(ops, 16, 24);
+        let calls = keys_per_call(&lanes);
+        assert!(calls.iter().all(|c| c.len() <= 24), "no call over the cap");
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 160);
+        // every lane holding "hot" is one lane: its calls run one after another
+        let hot_lanes: Vec<usize> = lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.iter().flatten().any(|p| p.key == b"hot"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hot_lanes.len(), 1, "{hot_lanes:?}");
+        let hot: Vec<u64> = lanes[hot_lanes[0]]
             .iter()
             .flatten()
             .filter(|p| p.key == b"hot")
             .map(|p| p.args.n)
             .collect();
         assert_eq!(hot.len(), 100);
-        assert!(hot.windows(2).all(|w| w[0] < w[1]), "order kept");
-        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 160);
+        assert!(
+            hot.windows(2).all(|w| w[0] < w[1]),
+            "order kept along the lane"
+        );
+        // other keys are never split
+        let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (c, keys) in calls.iter().enumerate() {
+            for k in keys.iter().filter(|k| k.as_slice() != b"hot") {
+                assert_eq!(
+                    *seen.entry(k.clone()).or_insert(c),
+                    c,
+                    "a cold key was split"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nine_thousand_operations_on_one_key_become_bounded_calls() {
+        let ops: Vec<Pending> = (0..9_000).map(|i| op("hot", i)).collect();
+        let lanes = cut(ops, MAX_OPS_PER_CALL, MAX_OPS_PER_SCRIPT);
+        assert_eq!(lanes.len(), 1);
+        assert_eq!(lanes[0].len(), 9_000usize.div_ceil(MAX_OPS_PER_SCRIPT));
+        assert!(lanes[0].iter().all(|c| c.len() <= MAX_OPS_PER_SCRIPT));
     }
 }

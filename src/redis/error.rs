@@ -8,12 +8,24 @@ use crate::config::ConfigError;
 /// Why a Redis-provider call failed. Nothing here is a rate-limit denial: those are
 /// [`RateLimitDecision`](crate::RateLimitDecision) values.
 ///
-/// Whether a failed `inc` was counted: a bad input was never sent, nor was a call whose caller
-/// gave up before the batcher sent it. A [`Timeout`](Self::Timeout) or a
-/// [`Connection`](Self::Connection) error after the script was sent (a connection killed or a
-/// server that died while answering) may have been applied. A server error
-/// ([`ReadOnly`](Self::ReadOnly), [`OutOfMemory`](Self::OutOfMemory), ...) is raised by the
-/// script's first write, so the call leaves no partial state.
+/// # Was a failed `inc` counted?
+/// [`may_have_been_applied`](Self::may_have_been_applied) answers it, for single servers and
+/// clusters alike:
+/// - **No** for a bad input (never sent), a call whose caller gave up before the batcher sent
+///   it, a connection that could not be made ([`Connection`](Self::Connection)), and every
+///   server error ([`ReadOnly`](Self::ReadOnly), [`OutOfMemory`](Self::OutOfMemory),
+///   [`Busy`](Self::Busy), [`Cluster`](Self::Cluster), ...): the script decides every
+///   operation before its first write, and that first write is the one refused, so a failed
+///   call leaves nothing behind.
+/// - **Maybe** for [`Timeout`](Self::Timeout), [`ConnectionLost`](Self::ConnectionLost),
+///   [`Protocol`](Self::Protocol) and [`Shutdown`](Self::Shutdown): the script may have run
+///   and only its answer was lost. The limiter never re-sends such a call by itself (the
+///   client's own retries are off, on clusters too); only calls proven not to have run
+///   (`NOSCRIPT`, `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY` on a
+///   cluster after a failover) are re-sent, within the call's deadline.
+///
+/// Retrying an `inc` after a *maybe* can count the request twice; whether that is acceptable
+/// (an over-count errs on the safe side of a limit) is the caller's choice.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum RedisError {
@@ -48,9 +60,12 @@ pub enum RedisError {
         /// The deadline that passed.
         deadline: Duration,
     },
-    /// The server could not be reached or the connection broke; the limiter reconnects on the
-    /// next call.
+    /// The server could not be reached (refused, unreachable, failed handshake): nothing was
+    /// sent. The limiter reconnects on the next call.
     Connection(String),
+    /// The connection broke while the call was in flight: the server may have applied it and
+    /// the answer was lost. The limiter reconnects on the next call; it never re-sends this one.
+    ConnectionLost(String),
     /// The server is a read-only replica (`READONLY`), e.g. after a failover or `REPLICAOF`.
     ReadOnly,
     /// The server is out of memory (`OOM`, `maxmemory` reached with a no-eviction policy).
@@ -96,6 +111,9 @@ impl fmt::Display for RedisError {
                 write!(f, "no reply from redis within the {deadline:?} deadline")
             }
             RedisError::Connection(e) => write!(f, "redis connection failed: {e}"),
+            RedisError::ConnectionLost(e) => {
+                write!(f, "redis connection lost during the call (outcome unknown): {e}")
+            }
             RedisError::ReadOnly => f.write_str("redis is a read-only replica"),
             RedisError::OutOfMemory => f.write_str("redis is out of memory"),
             RedisError::Busy => f.write_str("redis is busy"),
@@ -124,18 +142,44 @@ impl From<ConfigError> for RedisError {
 }
 
 impl RedisError {
-    /// Whether the call may succeed if retried later (connection, timeout, busy, read-only,
-    /// memory and cluster errors) as opposed to a bad input or configuration.
+    /// Whether a later call may succeed (connection, timeout, busy, read-only, memory and
+    /// cluster errors) as opposed to a bad input or configuration.
+    ///
+    /// It says nothing about *this* call: see
+    /// [`may_have_been_applied`](Self::may_have_been_applied) before retrying an `inc`.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             RedisError::Timeout { .. }
                 | RedisError::Connection(_)
+                | RedisError::ConnectionLost(_)
                 | RedisError::ReadOnly
                 | RedisError::OutOfMemory
                 | RedisError::Busy
                 | RedisError::NoScript
                 | RedisError::Cluster(_)
+        )
+    }
+
+    /// Whether the failed call may nevertheless have been applied by the server (its answer was
+    /// lost): true for [`Timeout`](Self::Timeout), [`ConnectionLost`](Self::ConnectionLost),
+    /// [`Protocol`](Self::Protocol) and [`Shutdown`](Self::Shutdown); false for every error that
+    /// proves the call was not applied (see the type's docs).
+    ///
+    /// ```
+    /// use eyelet::RedisError;
+    ///
+    /// assert!(RedisError::ConnectionLost("reset by peer".into()).may_have_been_applied());
+    /// assert!(!RedisError::Connection("refused".into()).may_have_been_applied());
+    /// assert!(!RedisError::ReadOnly.may_have_been_applied());
+    /// ```
+    pub fn may_have_been_applied(&self) -> bool {
+        matches!(
+            self,
+            RedisError::Timeout { .. }
+                | RedisError::ConnectionLost(_)
+                | RedisError::Protocol(_)
+                | RedisError::Shutdown
         )
     }
 
@@ -173,8 +217,11 @@ impl RedisError {
                 message: e.to_string(),
             };
         }
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        if e.is_connection_refusal() {
             return RedisError::Connection(e.to_string());
+        }
+        if e.is_io_error() || e.is_connection_dropped() {
+            return RedisError::ConnectionLost(e.to_string());
         }
         if e.is_cluster_error() {
             return RedisError::Cluster(e.to_string());
@@ -186,7 +233,8 @@ impl RedisError {
             };
         }
         if e.is_unrecoverable_error() {
-            return RedisError::Connection(e.to_string());
+            // The connection is unusable; whether the request got out is unknown.
+            return RedisError::ConnectionLost(e.to_string());
         }
         // Parse, type and client-side errors: the reply or the request did not fit.
         RedisError::Protocol(e.to_string())

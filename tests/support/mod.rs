@@ -20,6 +20,7 @@ pub fn manual_h(window_ms: u64, bucket_ms: u64, h: f64) -> (Arc<RateLimiter>, Ma
         .hard_limit_factor(h)
         .clock(clock.clone())
         .seed(42)
+        .key_hash_seed(42)
         .sweeper(false)
         .build()
         .expect("valid config");
