@@ -35,10 +35,14 @@
 //!   decision out).
 //! - **Shards are actors**: keys are spread by ahash over shard actors, each owning the windows
 //!   of its keys. An actor has no thread: the caller that finds it idle takes its run token,
-//!   serves its own request and those queued meanwhile (a few per turn), then releases or hands
-//!   the token to a spinning waiter. Idle, a decision costs a few atomics; under contention one
-//!   executor serves many requests with the state hot in its cache. The protocol is model-checked
-//!   with loom (`loom-tests/`).
+//!   serves its own request and those queued meanwhile (a turn bounded in items), then releases
+//!   the token or passes it to a waiting thread, never to a task, so no sync caller ever waits
+//!   on a task's scheduling. Idle, a decision costs a few atomics; under contention one executor
+//!   serves many requests with the state hot in its cache. The protocol is model-checked with
+//!   loom (`loom-tests/`).
+//! - **Reads never change an answer**: `is_allowed`, `get` and `n = 0` probes record nothing and
+//!   never move a key's retained span, and a key dropped while idle (the sweeper, a Redis TTL)
+//!   answers every later call as a key that was kept.
 //! - **Async callers** get the same shards through futures that never park the runtime thread
 //!   and are cancel-safe.
 //! - **Cleanup**: a sweeper thread holding only a `Weak` reference evicts idle keys; an optional
@@ -46,9 +50,11 @@
 //! - **Redis** (feature `redis`): `rl.redis()` has the same handles, async, with limits shared by
 //!   every process on the same Redis (6.2+, or a Redis Cluster). One Lua script
 //!   (`lua/decide.lua`) mirrors the pure rules; a batcher actor (a tokio task owning a
-//!   multiplexed connection) packs concurrent calls into script calls of up to 64 decisions,
-//!   each distinct key read once and written once. Time is Redis `TIME`. Every call has a
-//!   deadline, and failures are a typed `RedisError`; the `redis` module has the details.
+//!   multiplexed connection) packs concurrent calls into script calls cut by operations
+//!   (about 64, at most 256), each distinct key read once and written once. Time is Redis `TIME`. Every call has a
+//!   deadline, and failures are a typed `RedisError` that says whether the call may have been
+//!   applied (a call that may have run is never re-sent); the `redis` module has the details,
+//!   and how to run Redis for a limiter (`maxmemory-policy noeviction`).
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]

@@ -107,7 +107,9 @@ macro_rules! local_handle {
             }
 
             /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order
-            /// per key. Keys are grouped per shard and each shard is visited once.
+            /// per key. Keys are grouped per shard, and a shard's keys are sent in parts of at
+            /// most 64, so one large batch holds a shard for at most one bounded turn at a time
+            /// (other callers get in between its parts).
             pub fn inc_many<K: AsRef<str>>(
                 &self,
                 keys: &[K],
@@ -136,9 +138,11 @@ macro_rules! local_handle {
             ///
             /// # Cancel safety
             /// Dropping the future before it completes either withdraws the request (nothing
-            /// recorded, if no shard executor had claimed it yet) or leaves it recorded exactly
+            /// recorded, if no shard executor had claimed it yet) or leaves it decided exactly
             /// once (if one had); never half, never twice, and nothing is written into memory
-            /// the future owned.
+            /// the future owned. A request that was claimed and then dropped still counts: if
+            /// it was admitted, its weight takes capacity in the window although its caller
+            /// never saw the decision.
             pub fn inc_async<'a>(
                 &'a self,
                 key: &'a str,
@@ -166,9 +170,10 @@ macro_rules! local_handle {
             /// Async [`inc_many`](Self::inc_many).
             ///
             /// # Cancel safety
-            /// Shards are visited one after another; dropping the future leaves the shards
-            /// already visited recorded and the others untouched (the current one as
-            /// [`inc_async`](Self::inc_async) describes).
+            /// Shards are visited one after another, a shard's keys in parts of at most 64
+            /// (one bounded turn each); dropping the future leaves the parts already decided
+            /// recorded (their admitted weight takes capacity) and the others untouched, the
+            /// current one as [`inc_async`](Self::inc_async) describes.
             pub fn inc_many_async<'a, K: AsRef<str> + Sync>(
                 &'a self,
                 keys: &'a [K],
@@ -190,7 +195,7 @@ macro_rules! local_handle {
             ///
             /// # Cancel safety
             /// Dropped before a shard executor claimed it, the key is left as it was; after,
-            /// it is reset.
+            /// it is reset (whether or not the future saw the answer).
             pub fn reset_async<'a>(&'a self, key: &'a str) -> impl Future<Output = bool> + Send + 'a {
                 self.set.reset_async(key)
             }

@@ -5,14 +5,28 @@
 //! Redis (`TIME`, read once per script call), so app servers with skewed clocks agree.
 //!
 //! Calls go through a batcher actor (a tokio task owning a multiplexed connection): concurrent
-//! calls are coalesced into script calls of about 64 operations, each distinct key read and
-//! written once per script call. Every call has a deadline
+//! calls are coalesced into script calls of about 64 operations (at most 256), each distinct key
+//! read and written once per script call. Every call has a deadline
 //! ([`RateLimiterBuilder::redis_deadline`](crate::RateLimiterBuilder::redis_deadline)); a dead or
 //! stalled server yields a typed [`RedisError`], never a hang.
 //!
 //! Keys are `<prefix>:<a|s>:{<escaped user key>}`: injective for any UTF-8 key, glob-safe, and
 //! each key owns one hash slot, so Redis Cluster works without `CROSSSLOT`. Every key has a TTL
 //! that outlives its live buckets; idle keys expire on their own (no index, no sweeper).
+//!
+//! # Running Redis for a limiter
+//! - **`maxmemory-policy noeviction`** (Redis's default). Every limiter key carries a TTL, so
+//!   the `volatile-*` policies (and `allkeys-*`) evict live limiter state under memory
+//!   pressure, and an evicted key admits again from zero: the limiter over-admits. With
+//!   `noeviction` a full server refuses the write instead, and the call fails with
+//!   [`RedisError::OutOfMemory`], applying nothing.
+//! - **Failover loses recent counts.** Redis replicates asynchronously: after a failover the
+//!   new primary may lack the last writes the old one acknowledged, so requests admitted just
+//!   before it are forgotten and may be admitted again (up to one window's worth per key, in
+//!   the worst case). `WAIT`-based durability is not used: it would put a replica round trip
+//!   on every decision.
+//! - A `Timeout` or `ConnectionLost` error means the call may have been applied (see
+//!   [`RedisError::may_have_been_applied`]); the limiter never re-sends such a call itself.
 
 mod batcher;
 mod connection;

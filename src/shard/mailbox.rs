@@ -247,7 +247,9 @@ impl<S: 'static> Slot<S> {
 
 /// An actor's state and mailbox, executed by its callers.
 pub(crate) struct ActorCell<S: 'static> {
-    /// The run token and the mailbox head (see the module docs).
+    /// The run token and the mailbox head (see the module docs). It shares its cache line with
+    /// the start of the state: measured on a hot key with 2 and 4 callers, a line of its own was
+    /// no faster (within the noise of interleaved rounds), so the cell stays small.
     word: AtomicUsize,
     state: UnsafeCell<S>,
     /// Async nodes currently waiting in the mailbox (bounded by [`ASYNC_MAILBOX_CAPACITY`]); on
@@ -280,15 +282,19 @@ impl Wake {
 }
 
 /// Wake-ups collected during one turn, performed once the token is passed on.
+///
+/// Slots past `len` are uninitialized: a turn that owes no wake-up (spinning waiters, the common
+/// case under contention) writes nothing here, instead of initializing the whole list.
 struct Wakes {
-    pending: [Option<Wake>; WAKE_BATCH],
+    pending: [std::mem::MaybeUninit<Wake>; WAKE_BATCH],
+    /// Slots `..len` are initialized.
     len: usize,
 }
 
 impl Wakes {
     fn new() -> Self {
         Self {
-            pending: std::array::from_fn(|_| None),
+            pending: [const { std::mem::MaybeUninit::uninit() }; WAKE_BATCH],
             len: 0,
         }
     }
@@ -306,7 +312,7 @@ impl Wakes {
     fn push(&mut self, w: Wake) {
         match self.pending.get_mut(self.len) {
             Some(slot) => {
-                *slot = Some(w);
+                slot.write(w);
                 self.len += 1;
             }
             None => w.wake(),
@@ -316,18 +322,30 @@ impl Wakes {
     /// Performs every wake-up. A waker that panics does not cost the others theirs: all are
     /// woken, then the first panic is resumed.
     fn flush(&mut self) {
+        let len = std::mem::replace(&mut self.len, 0);
         let mut panic = None;
-        for w in self.pending[..self.len].iter_mut() {
-            if let Some(w) = w.take() {
-                let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
-                if let Err(p) = woken {
-                    panic.get_or_insert(p);
-                }
+        for slot in &self.pending[..len] {
+            // SAFETY: slots `..len` were initialized by `push`; `len` was reset above, so each
+            // is read out exactly once (a panic below leaves none to be dropped twice).
+            let w = unsafe { slot.assume_init_read() };
+            let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+            if let Err(p) = woken {
+                panic.get_or_insert(p);
             }
         }
-        self.len = 0;
         if let Some(p) = panic {
             std::panic::resume_unwind(p);
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        // Only reached with wake-ups left if a turn unwound (the process is aborting then);
+        // drop them rather than leak.
+        for slot in &mut self.pending[..self.len] {
+            // SAFETY: slots `..len` are initialized and dropped once.
+            unsafe { slot.assume_init_drop() };
         }
     }
 }
