@@ -117,8 +117,9 @@ end
 -- Forgets every bucket and the span: a new key. Dropping what left the span changes no answer,
 -- so it marks nothing to write; whatever the call writes later starts from a clean hash.
 local function clear(w)
-  -- fields may exist (middle buckets, or ones awaiting HDEL): drop the whole hash
-  w.wipe = w.exists
+  -- fields may exist (middle buckets, or ones awaiting HDEL): drop the whole hash (a reset
+  -- earlier in the call may already have asked for that)
+  w.wipe = w.wipe or w.exists
   w.len, w.A, w.D, w.span, w.span_seen = 0, 0, 0, 0, 0
   w.cache, w.dirty, w.removed = false, false, false
   w.hb = { 0, 0, 0 }
@@ -189,7 +190,8 @@ end
 local function advance(w, t, win, confirm)
   trim(w, t)
   if not confirm or w.len == 0 then return end
-  local since = t - w.span_seen
+  -- modulo 2^32, as src/math/window.rs keeps the last confirmation in 32 bits
+  local since = ((t % 4294967296) - (w.span_seen % 4294967296)) % 4294967296
   if win > w.span then
     w.span = win
     w.span_seen = t
@@ -322,17 +324,23 @@ local function absolute(w, t, win, cap, n, rec)
     if rec and n > 0 then record(w, t, n, 0, false, win) end
     return 0, 0, 0, 0
   end
-  local remaining = lv
+  -- The shortest wait: the newest buckets that fit beside the request stay, the one just older
+  -- must expire (at its start + W_eff, or when it leaves the span if that is sooner). Walked
+  -- newest first, so the sums stay below C and never start from a clipped total; the same
+  -- answer as src/math/absolute.rs's oldest-first walk.
+  local expiry = win
+  if w.span < expiry then expiry = w.span end
+  local remaining = 0
   local retry_at = t
-  for i = 0, w.len - 1 do
+  for i = w.len - 1, 0, -1 do
     local b = bucket(w, w.head + i)
-    if t - b[1] < win then
-      remaining = remaining - b[2]
-      retry_at = b[1] + win
-      if remaining + need <= cap then break end
+    if t - b[1] >= win then break end
+    if remaining + b[2] + need > cap then
+      retry_at = b[1] + expiry
+      break
     end
+    remaining = remaining + b[2]
   end
-  if remaining < 0 then remaining = 0 end
   local free = cap - remaining
   if free < 0 then free = 0 end
   local wait = retry_at - t

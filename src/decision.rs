@@ -82,8 +82,9 @@ pub struct SuppressedSnapshot {
     /// Attempted weight in the window (admitted or not); saturates (at `u64::MAX` locally,
     /// 2^53 − 1 on Redis) when a caller attempts absurd weights.
     pub total: u64,
-    /// Accepted weight in the window: at most the hard limit `H` over any window, whatever was
-    /// attempted. Kept exactly, never derived from the two saturating counts around it.
+    /// Accepted weight in the key's retained span (the longest window it was recently asked
+    /// about). Kept exactly, never derived from the two saturating counts around it; within
+    /// any window of a rate that admitted it, at most that rate's hard limit `H`.
     pub accepted: u64,
     /// Declined weight in the window; saturates like [`total`](Self::total).
     pub declined: u64,

@@ -163,3 +163,40 @@ async fn rejected_calls_write_nothing() {
         .is_allowed());
     assert_eq!(writes(&mut admin), before + 1, "the span is confirmed once");
 }
+
+/// A key whose total passes 2^53 (where the script's counts clip) still gets the exact retry
+/// hint: the rejection walk never starts from the clipped total (review of issue 7). Fast calls
+/// of weight 10^14 each 100 s fill a span that a 10^-6 req/s call keeps for 10^9 ms.
+#[tokio::test(flavor = "current_thread")]
+async fn a_clipped_total_keeps_the_exact_retry_hint() {
+    use support::conformance::Strat::Abs;
+    let server = RedisServer::start();
+    let local = Subject::local(100_000, 10, 1.5, 0.5);
+    let redis = Subject::redis(&server, 100_000, 10, 1.5, 0.5).await;
+    let (fast, slow) = (support::rate(1e12), support::rate(1e-6)); // C = 1e14; W_eff = 1e9 ms
+    for s in [&local, &redis] {
+        assert!(s.inc(Abs, "k", &slow, 1).await.is_allowed());
+    }
+    for step in 1..=95u64 {
+        for s in [&local, &redis] {
+            s.set_ms(step * 100_000);
+            assert!(s
+                .inc(Abs, "k", &fast, 100_000_000_000_000)
+                .await
+                .is_allowed());
+        }
+    }
+    // 9.5e15 admitted in the span: past 2^53 − 1 on Redis
+    assert!(local.get_abs("k").await > eyelet::redis::MAX_EXACT);
+    for s in [&local, &redis] {
+        s.set_ms(95 * 100_000 + 1);
+    }
+    let a = local.inc(Abs, "k", &slow, 1).await;
+    let b = redis.inc(Abs, "k", &slow, 1).await;
+    assert_eq!(a, b);
+    // every bucket must leave the slow call's window: the newest (at 9.5e6 ms) leaves at 1.0095e9
+    assert_eq!(
+        a,
+        support::conformance::rejected(1_000_000_000 - 1, 1, 1_000_000_000)
+    );
+}

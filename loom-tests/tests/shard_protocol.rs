@@ -420,6 +420,39 @@ fn a_sync_call_on_the_thread_of_a_queued_task_never_waits_for_that_task() {
 }
 
 #[test]
+fn orphaning_raced_by_a_sync_push_loses_no_wake_up() {
+    // An executor ending its turn with only an async caller left prepares to orphan it; a sync
+    // caller pushes before the orphaning compare-exchange, which fails, and the token goes to
+    // the sync caller with the async node in its chain. The async caller's waker must survive
+    // that failed attempt: it is woken when its node is served (else `block_on` sleeps forever,
+    // a deadlock loom reports). Found by review: the failed attempt used to take the waker
+    // with it. Needs 4 preemptions (about 5 minutes).
+    reaching(Branch::OrphanRaced, || {
+        model_capped(4, || {
+            let cell = new_cell();
+            let t1 = spawn_with(&cell, |c| {
+                let mut fut = Box::pin(c.call_async(move |log: &mut Log| {
+                    log.push(1);
+                    1
+                }));
+                let waker = noop_waker();
+                let first = Pin::new(&mut fut).poll(&mut Context::from_waker(&waker));
+                call_id(c, 2);
+                let got = match first {
+                    Poll::Ready(v) => v,
+                    Poll::Pending => loom::future::block_on(fut),
+                };
+                assert_eq!(got, 1);
+            });
+            let t2 = spawn_with(&cell, |c| call_id_async(c, 3));
+            call_id(&cell, 4);
+            join_all([t1, t2]);
+            assert_exactly_once(served(&cell), &[1, 2, 3, 4]);
+        })
+    });
+}
+
+#[test]
 fn wake_list_full_ends_the_turn() {
     // Under loom the wake list holds one wake-up: an executor that owes one (a woken task or an
     // unparked thread) ends its turn there and passes the token on before waking.

@@ -47,11 +47,14 @@ fn rejection(
     need: u64,
     live: u64,
 ) -> RateLimitDecision {
+    // A bucket leaves this call's count at its start + W_eff, or earlier if it leaves the
+    // key's span first (a read at a window longer than the span does not extend it).
+    let expiry = w_eff.min(window.span_ms());
     let mut remaining_live = live;
     let mut retry_at = now;
     for b in window.live_buckets(now, w_eff) {
         remaining_live = remaining_live.saturating_sub(b.counts);
-        retry_at = b.start.saturating_add(w_eff);
+        retry_at = b.start.saturating_add(expiry);
         if remaining_live.saturating_add(need) <= cap {
             break;
         }

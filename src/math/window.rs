@@ -7,10 +7,14 @@
 //! entry and at most the two ends of one small buffer. One call adds at most one bucket, whatever
 //! its weight.
 //!
-//! Start times are kept as `u32` milliseconds and compared by wrapping difference. That is exact
-//! because a window never holds a bucket older than its span, which is below 2^32 ms
-//! (`MAX_WINDOW` and `MIN_RATE_PER_SECOND` keep every effective window within it): whenever the
-//! newest activity (kept in full) is a span or more in the past, the whole ring is dropped unread.
+//! Start times are kept as `u32` milliseconds. A bucket's age is measured from the newest start,
+//! which is kept in full: `now − newest` plus the wrapping difference of the two low halves.
+//! That is exact because every bucket held started less than a span (below 2^32 ms:
+//! `MAX_WINDOW` and `MIN_RATE_PER_SECOND` keep every effective window within it) before the
+//! newest one: the call that recorded the newest bucket trimmed everything older. (Measured
+//! from `now` instead, an untrimmed bucket of a window longer than 2^31 ms could wrap and look
+//! young.) Whenever the newest start is a span or more in the past, the whole ring is dropped
+//! unread.
 //!
 //! # The retained span
 //! A key keeps its buckets for its *span*: the longest effective window it was recently asked
@@ -282,10 +286,17 @@ impl<C: Counts> Window<C> {
         !self.is_empty() && self.newest.saturating_add(u64::from(self.span)) > now
     }
 
-    /// Full start time of a stored bucket, given that it is younger than 2^32 ms at `now`.
+    /// Full start time of a stored bucket (it started less than 2^32 ms before the newest).
     #[inline]
-    fn start_of(b: &Bucket<C>, now: u64) -> u64 {
-        now.saturating_sub(u64::from(low(now).wrapping_sub(b.start)))
+    fn start_of(&self, b: &Bucket<C>) -> u64 {
+        self.newest
+            .saturating_sub(u64::from(low(self.newest).wrapping_sub(b.start)))
+    }
+
+    /// Age at `now` of a stored bucket that started at `start` (see the module docs).
+    #[inline(always)]
+    fn age(&self, start: u32, now: u64) -> u64 {
+        now.saturating_sub(self.newest) + u64::from(low(self.newest).wrapping_sub(start))
     }
 
     /// Forgets every bucket and the span (and frees the ring): a new key.
@@ -357,7 +368,7 @@ impl<C: Counts> Window<C> {
         let before = self.len;
         while self.len > 1 {
             let front = self.buf[self.head as usize & mask];
-            if u64::from(low(now).wrapping_sub(front.start)) < span {
+            if self.age(front.start, now) < span {
                 break;
             }
             C::sub_wide(&mut self.total, &front.counts.widen());
@@ -397,7 +408,7 @@ impl<C: Counts> Window<C> {
         let mut sum = C::Wide::default();
         for i in (0..self.len as usize).rev() {
             let Some(b) = self.bucket(i) else { break };
-            if u64::from(low(now).wrapping_sub(b.start)) >= w_eff {
+            if self.age(b.start, now) >= w_eff {
                 break;
             }
             C::add_wide(&mut sum, &b.counts.widen());
@@ -428,9 +439,9 @@ impl<C: Counts> Window<C> {
         let n = if all_expired { 0 } else { self.len as usize };
         (0..n)
             .filter_map(move |i| self.bucket(i))
-            .filter(move |b| u64::from(low(now).wrapping_sub(b.start)) < w_eff)
+            .filter(move |b| self.age(b.start, now) < w_eff)
             .map(move |b| LiveBucket {
-                start: Self::start_of(&b, now),
+                start: self.start_of(&b),
                 counts: b.counts.widen(),
             })
     }
@@ -703,6 +714,26 @@ mod tests {
         s.advance(1000, 1000, true);
         let live = s.live(1000, 1000);
         assert_eq!((live.accepted, live.declined), (4, 7));
+    }
+
+    /// A window longer than 2^31 ms: an untrimmed bucket older than 2^32 ms must not look young
+    /// (review of issue 7: ages measured from `now` wrapped).
+    #[test]
+    fn ages_never_wrap_on_windows_longer_than_2_pow_31() {
+        let w_eff = 3_000_000_000u64;
+        let mut w = Window::<Count>::new();
+        inc(&mut w, 0, w_eff, 1);
+        inc(&mut w, 2_900_000_000, w_eff, 1);
+        // at 4.4e9 the first bucket is 4.4e9 ms old (> 2^32): gone, only the second counts
+        assert_eq!(w.live_untrimmed(4_400_000_000, w_eff), 1);
+        let starts: Vec<u64> = w
+            .live_buckets(4_400_000_000, w_eff)
+            .map(|b| b.start)
+            .collect();
+        assert_eq!(starts, vec![2_900_000_000]);
+        w.advance(4_400_000_000, w_eff, true);
+        assert_eq!(w.live(4_400_000_000, w_eff), 1);
+        assert_eq!(w.bucket_count(), 1);
     }
 
     #[test]

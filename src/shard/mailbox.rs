@@ -12,7 +12,7 @@
 //! | `0`              | free         | empty                                                |
 //! | `RUNNING`        | held         | empty                                                |
 //! | `ptr \| RUNNING` | held         | `ptr` is the newest message                          |
-//! | `ptr`            | free         | an *orphaned* chain: async messages only, whose oldest task was woken to take the token |
+//! | `ptr`            | free         | an *orphaned* chain: async messages only, whose two oldest tasks were woken to take the token |
 //!
 //! - A caller that finds the token free (`0`, or an orphaned chain) takes it with one
 //!   compare-exchange and serves its own message without publishing it, then whatever the
@@ -27,12 +27,13 @@
 //!   [`COMBINE_BUDGET`] items it hands the token, with the rest of its chain, to the next node
 //!   if that is a sync caller still spinning; past [`MAX_TURN`] items (or with its wake list
 //!   full) it ends the turn: the token goes to the first *sync* caller of the chain (unparked if
-//!   it parked), or, if the chain holds async callers only, the chain is orphaned and its oldest
-//!   task woken.
+//!   it parked), or, if the chain holds async callers only, the chain is orphaned and its two
+//!   oldest tasks woken (two, so that one future held without being polled does not leave the
+//!   others waiting for the next caller).
 //! - **No sync caller ever waits on a task's scheduling.** The token is never handed to a task:
 //!   a task that was woken but is not polled (a busy runtime, or a thread blocked in a sync call
 //!   on this very actor) holds nothing. Its message waits in an orphaned chain that any caller,
-//!   sync or async, takes over on arrival.
+//!   sync or async (even one that finds the mailbox full), takes over on arrival.
 //!
 //! # A node's status
 //! Each published node carries one status byte. Who may move it, and to what:
@@ -56,8 +57,10 @@
 //! dropped future cannot free a node the executor still holds.
 //!
 //! The word's own transitions are modelled too: `release_recheck` (a push racing the release),
-//! `orphan_adopted_by_task` / `orphan_adopted_by_caller` / `orphan_adopted_in_drop`,
-//! `mailbox_full`, `wake_list_full`, and `drop_cell_with_queued_nodes`.
+//! `orphaned_chain_adopted_by_the_woken_task` / `..._by_an_arriving_caller` /
+//! `..._in_the_drop_of_a_cancelled_future`, `orphaning_raced_by_a_sync_push` (the orphaning
+//! compare-exchange failing), `mailbox_full`, `wake_list_full`, and
+//! `drop_cell_with_queued_nodes`.
 
 use std::ptr;
 use std::task::{Context, Poll, Waker};
@@ -84,10 +87,14 @@ const ASYNC_SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 32 };
 /// runtime until room frees up (checking a counter on its own cache line, not the token's).
 /// Sync callers need no bound: each blocks with one node.
 pub(crate) const ASYNC_MAILBOX_CAPACITY: usize = if cfg!(eyelet_loom) { 1 } else { 4096 };
-/// Wake-ups an executor owes at most: when its list is full the turn ends (the wake-ups are
-/// performed after the token is passed on). A turn of `MAX_TURN` items owes fewer, so only the
-/// loom build, with a list of one, reaches this bound.
-const WAKE_BATCH: usize = if cfg!(eyelet_loom) { 1 } else { MAX_TURN };
+/// Tasks woken to take over an orphaned chain: its oldest two (so that one future held without
+/// being polled does not leave the others waiting for the next caller).
+const ORPHAN_WAKES: usize = 2;
+/// Wake-ups an executor owes at most: the list keeps room for the orphan wake-ups, and a turn
+/// ends when only that room is left (the wake-ups are performed after the token is passed on,
+/// outside the abort region). A turn of `MAX_TURN` items owes fewer, so only the loom build,
+/// with room for one, ends turns this way.
+const WAKE_BATCH: usize = ORPHAN_WAKES + if cfg!(eyelet_loom) { 1 } else { MAX_TURN };
 
 /// Protocol branches a loom model can assert it reached (counted per OS thread: a loom model
 /// runs all its threads on the test's thread).
@@ -112,6 +119,10 @@ pub mod reached {
         Discarded,
         /// A chain of async nodes orphaned at the end of a turn.
         Orphaned,
+        /// The orphaning compare-exchange failed (something arrived): decide again.
+        OrphanRaced,
+        /// Every task woken for an orphaned chain had cancelled: the executor took it back.
+        OrphanTakenBack,
         /// An orphaned chain taken over by a woken task.
         AdoptedByTask,
         /// An orphaned chain taken over by an arriving caller.
@@ -127,7 +138,7 @@ pub mod reached {
     }
 
     /// Number of branches.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
 
     std::thread_local! {
         static COUNTS: Cell<[usize; COUNT]> = const { Cell::new([0; COUNT]) };
@@ -219,6 +230,8 @@ struct Vtable<S: 'static> {
     /// Async nodes: takes one more reference (kept across the publication of an orphaned
     /// chain, which lets another executor serve and release the node meanwhile).
     retain: unsafe fn(*const Slot<S>),
+    /// Async nodes: drops the reference `retain` took (the chain was not published after all).
+    release: unsafe fn(*const Slot<S>),
     /// Async nodes: the owner's current waker and whether the node was cancelled (both read
     /// under the waker lock), and drops the reference `retain` took.
     waker_and_release: unsafe fn(*const Slot<S>) -> (Option<Waker>, bool),
@@ -299,13 +312,15 @@ impl Wakes {
         }
     }
 
+    /// Whether only the room kept for the orphan wake-ups is left.
     #[inline]
     fn is_full(&self) -> bool {
-        self.len == WAKE_BATCH
+        self.len + ORPHAN_WAKES >= WAKE_BATCH
     }
 
-    /// Adds a wake-up; the caller ends its turn before the list overflows ([`is_full`]), so
-    /// this never drops one (it wakes at once if it ever had to).
+    /// Adds a wake-up; turns end while room for the orphan wake-ups is left ([`is_full`]), so
+    /// the list never overflows (were it to, the wake-up would be performed at once rather than
+    /// lost).
     ///
     /// [`is_full`]: Self::is_full
     #[inline]
@@ -320,7 +335,8 @@ impl Wakes {
     }
 
     /// Performs every wake-up. A waker that panics does not cost the others theirs: all are
-    /// woken, then the first panic is resumed.
+    /// woken, then the first panic is resumed (unless this thread is already unwinding, e.g. a
+    /// future dropped during a panic: then it is dropped, not turned into an abort).
     fn flush(&mut self) {
         let len = std::mem::replace(&mut self.len, 0);
         let mut panic = None;
@@ -334,7 +350,9 @@ impl Wakes {
             }
         }
         if let Some(p) = panic {
-            std::panic::resume_unwind(p);
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(p);
+            }
         }
     }
 }
@@ -545,6 +563,8 @@ impl<S: 'static> ActorCell<S> {
                     hit!(Discarded);
                     // SAFETY: a cancelled async node; the mailbox's reference is dropped once.
                     unsafe { (vt.discard)(node) };
+                    // Discards count too: a stream of cancellations cannot stretch a turn.
+                    served = served.saturating_add(1);
                 }
                 chain = next;
             }
@@ -607,11 +627,21 @@ impl<S: 'static> ActorCell<S> {
                     Err(_) => continue,
                 }
             }
-            // Async nodes only: orphan them. Keep the oldest alive across the publication (an
-            // arriving caller may serve and release it at once), then wake its task.
-            let first = rest;
-            // SAFETY: `first` is a live async node of the chain.
-            unsafe { ((*first).vtable.retain)(first) };
+            // Async nodes only: orphan them. Keep the oldest ones alive across the publication
+            // (an arriving caller may serve and release them at once), then wake their tasks.
+            let mut woken: [Chain<S>; ORPHAN_WAKES] = [ptr::null(); ORPHAN_WAKES];
+            let mut node = rest;
+            for slot in woken.iter_mut() {
+                if node.is_null() {
+                    break;
+                }
+                // SAFETY: `node` is a live async node of the chain we own.
+                unsafe {
+                    ((*node).vtable.retain)(node);
+                    *slot = node;
+                    node = (*node).next.with(|p| *p);
+                }
+            }
             // SAFETY: the token holder owns the chain.
             let lifo = unsafe { reverse(rest) };
             match self.word.compare_exchange(
@@ -622,27 +652,38 @@ impl<S: 'static> ActorCell<S> {
             ) {
                 Ok(_) => {
                     hit!(Orphaned);
-                    // SAFETY: the reference taken above keeps `first` alive.
-                    let (waker, cancelled) = unsafe { ((*first).vtable.waker_and_release)(first) };
-                    if let Some(w) = waker {
-                        wakes.push(Wake::Task(w));
+                    let mut live = false;
+                    for &n in woken.iter().filter(|n| !n.is_null()) {
+                        // SAFETY: the reference taken above keeps `n` alive; it is dropped here.
+                        let (waker, cancelled) = unsafe { ((*n).vtable.waker_and_release)(n) };
+                        if !cancelled {
+                            live = true;
+                            if let Some(w) = waker {
+                                wakes.push(Wake::Task(w));
+                            }
+                        }
                     }
-                    // Its future was dropped meanwhile and may have looked at the word before
-                    // the chain was orphaned: then nobody would take it over. Take it back
-                    // (unless someone already did) and orphan the others.
-                    if cancelled && self.try_adopt() {
+                    // A woken future that was dropped meanwhile may have looked at the word
+                    // before the chain was orphaned: if all of them were, nobody would take it
+                    // over. Take it back then (unless someone already did) and try again.
+                    if !live && self.try_adopt() {
+                        hit!(OrphanTakenBack);
                         rest = ptr::null();
                         continue;
                     }
                     return;
                 }
                 Err(_) => {
-                    // Something arrived: take it and decide again.
-                    // SAFETY: the chain was not published; we still own it. Drop our extra
-                    // reference (the mailbox's keeps the node alive).
+                    // Something arrived: take it and decide again. The chain was not published;
+                    // we still own it. Drop only our extra references (the owners' wakers stay
+                    // registered: a node served later must still wake its task).
+                    hit!(OrphanRaced);
+                    // SAFETY: as above.
                     unsafe {
                         rest = reverse(lifo);
-                        drop(((*first).vtable.waker_and_release)(first));
+                        for &n in woken.iter().filter(|n| !n.is_null()) {
+                            ((*n).vtable.release)(n);
+                        }
                     }
                 }
             }
@@ -928,6 +969,7 @@ impl<S: 'static, M: Message<S>> SyncNode<S, M> {
         hand_over: Self::hand_over,
         discard: no_op,
         retain: no_op,
+        release: no_op,
         waker_and_release: no_waker,
     };
 
@@ -1090,6 +1132,7 @@ impl<S: 'static, M: Message<S>> AsyncNode<S, M> {
         hand_over: Self::hand_over,
         discard: Self::discard,
         retain: Self::retain,
+        release: Self::release,
         waker_and_release: Self::waker_and_release,
     };
 
@@ -1147,6 +1190,11 @@ impl<S: 'static, M: Message<S>> AsyncNode<S, M> {
         let _ = Arc::into_raw(extra);
     }
 
+    unsafe fn release(slot: *const Slot<S>) {
+        // SAFETY: takes back (and drops) the reference `retain` leaked.
+        drop(unsafe { Arc::from_raw(slot as *const Self) });
+    }
+
     unsafe fn waker_and_release(slot: *const Slot<S>) -> (Option<Waker>, bool) {
         // SAFETY: takes back the reference `retain` leaked.
         let node = unsafe { Arc::from_raw(slot as *const Self) };
@@ -1199,6 +1247,13 @@ impl<S: 'static, M: Detach<S>> Call<'_, S, M> {
                     if queued >= ASYNC_MAILBOX_CAPACITY {
                         hit!(MailboxFull);
                         self.cell.async_queued.fetch_sub(1, Ordering::Relaxed);
+                        // An orphaned chain is taken over by any arriving caller, this one too:
+                        // never wait on the woken tasks being polled.
+                        if self.cell.try_adopt() {
+                            hit!(AdoptedByCaller);
+                            self.state = CallState::Finished;
+                            return Poll::Ready(self.execute(m));
+                        }
                         *msg = Some(m);
                         // Back off to the runtime and try again (under loom the spin hint is a
                         // yield, which lets the model run the executor).

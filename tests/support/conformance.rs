@@ -518,6 +518,21 @@ pub async fn an_evicted_key_answers_like_a_kept_one(s: &Subject) {
     assert_eq!(kept, RateLimitDecision::Allowed);
 }
 
+/// A read at a window longer than the key's span: the bucket leaves the count when it leaves the
+/// span (a read does not extend it), so the retry hint is that, and tight.
+pub async fn a_read_at_a_longer_window_gets_a_tight_retry_hint(s: &Subject) {
+    let (fast, slow) = (rate(10.0), rate(0.5)); // slow: W_eff = 2000 ms, C = 1
+    assert!(s.inc(Abs, "k", &fast, 1).await.is_allowed());
+    s.set_ms(500);
+    assert_eq!(s.check(Abs, "k", &slow, 1).await, rejected(500, 1, 2000));
+    s.set_ms(999);
+    assert!(!s.check(Abs, "k", &slow, 1).await.is_allowed());
+    s.set_ms(1000);
+    assert_eq!(s.inc(Abs, "k", &slow, 1).await, RateLimitDecision::Allowed);
+    // an inc at the longer window keeps its bucket for that window: its hint is the full one
+    assert_eq!(s.inc(Abs, "k", &slow, 1).await, rejected(2000, 1, 2000));
+}
+
 /// `(name, W, G, h, draw, scenario)` for the runner.
 pub type Scenario =
     for<'a> fn(&'a Subject) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
@@ -550,6 +565,7 @@ scenarios!(
     a_huge_declined_weight_keeps_the_key_shut,
     reads_and_probes_never_change_a_later_answer,
     an_evicted_key_answers_like_a_kept_one,
+    a_read_at_a_longer_window_gets_a_tight_retry_hint,
 );
 
 /// One step of a differential run.
