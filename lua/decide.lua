@@ -324,23 +324,37 @@ local function absolute(w, t, win, cap, n, rec)
     if rec and n > 0 then record(w, t, n, 0, false, win) end
     return 0, 0, 0, 0
   end
-  -- The shortest wait: the newest buckets that fit beside the request stay, the one just older
-  -- must expire (at its start + W_eff, or when it leaves the span if that is sooner). Walked
-  -- newest first, so the sums stay below C and never start from a clipped total; the same
-  -- answer as src/math/absolute.rs's oldest-first walk.
+  -- The shortest wait: the oldest live buckets expire (at their start + W_eff, or when they
+  -- leave the span if that is sooner) until the request fits, as src/math/absolute.rs walks.
   local expiry = win
   if w.span < expiry then expiry = w.span end
   local remaining = 0
   local retry_at = t
-  for i = w.len - 1, 0, -1 do
-    local b = bucket(w, w.head + i)
-    if t - b[1] >= win then break end
-    if remaining + b[2] + need > cap then
-      retry_at = b[1] + expiry
-      break
+  if lv < MAX_COUNT then
+    -- oldest first: usually the oldest bucket (in the header) frees enough
+    remaining = lv
+    for i = 0, w.len - 1 do
+      local b = bucket(w, w.head + i)
+      if t - b[1] < win then
+        remaining = remaining - b[2]
+        retry_at = b[1] + expiry
+        if remaining + need <= cap then break end
+      end
     end
-    remaining = remaining + b[2]
+  else
+    -- the total clipped at 2^53 - 1, so it cannot be walked down: sum what stays instead,
+    -- newest first (the same answer; the sums stay below C)
+    for i = w.len - 1, 0, -1 do
+      local b = bucket(w, w.head + i)
+      if t - b[1] >= win then break end
+      if remaining + b[2] + need > cap then
+        retry_at = b[1] + expiry
+        break
+      end
+      remaining = remaining + b[2]
+    end
   end
+  if remaining < 0 then remaining = 0 end
   local free = cap - remaining
   if free < 0 then free = 0 end
   local wait = retry_at - t

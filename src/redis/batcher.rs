@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{Cmd, Value};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::connection::Conn;
 use super::script::{decode, OpArgs, OpCode, OpReply, DECIDE_LUA};
@@ -64,26 +64,19 @@ pub(crate) type Answer = Result<(u64, OpReply), RedisError>;
 /// Messages the batcher actor handles.
 #[derive(Debug)]
 pub(crate) enum BatcherCommand {
-    /// Run one operation on `key` (in hash slot `slot`) and send the answer to `reply`.
-    Decide {
-        op: Pending,
-        /// The operation's room in the mailbox, released when the actor takes it.
-        room: OwnedSemaphorePermit,
-    },
+    /// Run one operation on `key` (in hash slot `slot`) and send the answer to `reply`. Its
+    /// sender reserved room for one operation; the actor frees it when it takes the message.
+    Decide { op: Pending },
     /// Run up to [`MAX_MESSAGE_OPS`] operations, in order; one message, so they land in one
-    /// batch.
-    DecideMany {
-        ops: Vec<Pending>,
-        /// The operations' room in the mailbox, released when the actor takes them.
-        room: OwnedSemaphorePermit,
-    },
+    /// batch. Its sender reserved room for all of them.
+    DecideMany { ops: Vec<Pending> },
 }
 
 impl BatcherCommand {
     fn len(&self) -> usize {
         match self {
             BatcherCommand::Decide { .. } => 1,
-            BatcherCommand::DecideMany { ops, .. } => ops.len(),
+            BatcherCommand::DecideMany { ops } => ops.len(),
         }
     }
 }
@@ -107,9 +100,11 @@ impl BatcherHandle {
         random: Box<dyn RandomSource>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(MAILBOX_OPS));
         let script = redis::Script::new(DECIDE_LUA);
         let actor = BatcherActor {
             rx,
+            room: room.clone(),
             conn,
             sha: script.get_hash().to_string(),
             shared,
@@ -118,11 +113,7 @@ impl BatcherHandle {
             random,
         };
         tokio::spawn(actor.run());
-        Self {
-            tx,
-            room: Arc::new(Semaphore::new(MAILBOX_OPS)),
-            deadline,
-        }
+        Self { tx, room, deadline }
     }
 
     /// Runs one operation within the deadline.
@@ -135,8 +126,8 @@ impl BatcherHandle {
             reply,
         };
         self.within(async {
-            let room = self.room(1).await?;
-            self.send(BatcherCommand::Decide { op, room })?;
+            self.reserve(1).await?;
+            self.send(BatcherCommand::Decide { op })?;
             rx.await.map_err(|_| RedisError::Shutdown)?
         })
         .await
@@ -167,8 +158,8 @@ impl BatcherHandle {
                         (p, rx)
                     })
                     .unzip();
-                let room = self.room(part.len()).await?;
-                self.send(BatcherCommand::DecideMany { ops: part, room })?;
+                self.reserve(part.len()).await?;
+                self.send(BatcherCommand::DecideMany { ops: part })?;
                 for rx in rxs {
                     answers.push(rx.await.map_err(|_| RedisError::Shutdown)?);
                 }
@@ -178,14 +169,18 @@ impl BatcherHandle {
         .await
     }
 
-    /// Waits for room for `n` operations in the mailbox.
-    async fn room(&self, n: usize) -> Result<OwnedSemaphorePermit, RedisError> {
+    /// Waits for room for `n` operations in the mailbox and reserves it; the actor frees it
+    /// when it takes the message (the caller sends at once after: no await in between, so a
+    /// dropped caller never leaves room reserved).
+    async fn reserve(&self, n: usize) -> Result<(), RedisError> {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.room
-            .clone()
-            .acquire_many_owned(n)
+        let permit = self
+            .room
+            .acquire_many(n)
             .await
-            .map_err(|_| RedisError::Shutdown)
+            .map_err(|_| RedisError::Shutdown)?;
+        permit.forget();
+        Ok(())
     }
 
     fn send(&self, command: BatcherCommand) -> Result<(), RedisError> {
@@ -215,6 +210,8 @@ pub(crate) struct Pending {
 
 struct BatcherActor {
     rx: mpsc::UnboundedReceiver<BatcherCommand>,
+    /// The mailbox's free room in operations, shared with the handles.
+    room: Arc<Semaphore>,
     conn: Conn,
     sha: String,
     shared: Arc<Shared>,
@@ -245,6 +242,9 @@ impl BatcherActor {
                         tokio::task::yield_now().await;
                         self.drain(&mut batch);
                     }
+                    // The batch left the mailbox: free its room (once per batch, not per
+                    // message: each release takes the semaphore's lock).
+                    self.room.add_permits(batch.len());
                     // A caller that gave up before its operation is sent is not applied behind
                     // its back.
                     batch.retain(|p| !p.reply.is_closed());
@@ -314,17 +314,11 @@ impl BatcherActor {
     }
 }
 
-/// Moves a message's operations into `batch`; the message's room in the mailbox is released.
+/// Moves a message's operations into `batch` (the caller frees their room in the mailbox).
 fn take(c: BatcherCommand, batch: &mut Vec<Pending>) {
     match c {
-        BatcherCommand::Decide { op, room } => {
-            drop(room);
-            batch.push(op);
-        }
-        BatcherCommand::DecideMany { ops, room } => {
-            drop(room);
-            batch.extend(ops);
-        }
+        BatcherCommand::Decide { op } => batch.push(op),
+        BatcherCommand::DecideMany { ops } => batch.extend(ops),
     }
 }
 
@@ -370,42 +364,55 @@ type Lane = Vec<Vec<Pending>>;
 /// `cap`; a key that outgrows its call continues in a new call of the same lane (sent after
 /// it). Every key's operations stay in input order along its lane.
 fn cut(ops: Vec<Pending>, open: usize, cap: usize) -> Vec<Lane> {
-    // calls[i]: the operations of call i; lane_of[i]: its lane; lanes hold call indices.
-    let mut calls: Vec<Vec<Pending>> = Vec::new();
+    if ops.len() <= open.min(cap) {
+        // The common case: one call (no key can outgrow it).
+        return vec![vec![ops]];
+    }
+    // First assign each operation a call, over borrowed keys; then move them.
+    let mut call_of: Vec<usize> = Vec::with_capacity(ops.len());
+    // sizes[i]: operations of call i; lane_of[i]: its lane; lanes hold call indices.
+    let mut sizes: Vec<usize> = Vec::new();
     let mut lane_of: Vec<usize> = Vec::new();
     let mut lanes: Vec<Vec<usize>> = Vec::new();
-    // The call a key's next operation goes to.
-    let mut home: HashMap<Vec<u8>, usize> = HashMap::new();
-    for p in ops {
-        let call = match home.get(&p.key) {
-            Some(&i) if calls[i].len() < cap => i,
-            Some(&i) => {
-                // The key outgrew its call: continue in a new call of the same lane.
-                let lane = lane_of[i];
-                calls.push(Vec::new());
-                lane_of.push(lane);
-                lanes[lane].push(calls.len() - 1);
-                home.insert(p.key.clone(), calls.len() - 1);
-                calls.len() - 1
-            }
-            None => {
-                // A new key joins the newest call while it is open, else opens a new lane.
-                let i = match calls.len().checked_sub(1) {
-                    Some(last) if calls[last].len() < open => last,
-                    _ => {
-                        calls.push(Vec::new());
-                        lane_of.push(lanes.len());
-                        lanes.push(vec![calls.len() - 1]);
-                        calls.len() - 1
+    {
+        // The call a key's next operation goes to.
+        let mut home: HashMap<&[u8], usize> = HashMap::new();
+        for p in &ops {
+            let call = match home.get(p.key.as_slice()) {
+                Some(&i) if sizes[i] < cap => i,
+                Some(&i) => {
+                    // The key outgrew its call: continue in a new call of the same lane.
+                    let lane = lane_of[i];
+                    sizes.push(0);
+                    lane_of.push(lane);
+                    lanes[lane].push(sizes.len() - 1);
+                    sizes.len() - 1
+                }
+                None => {
+                    // A new key joins the newest call while it is open, else opens a new lane.
+                    match sizes.len().checked_sub(1) {
+                        Some(last) if sizes[last] < open => last,
+                        _ => {
+                            sizes.push(0);
+                            lane_of.push(lanes.len());
+                            lanes.push(vec![sizes.len() - 1]);
+                            sizes.len() - 1
+                        }
                     }
-                };
-                home.insert(p.key.clone(), i);
-                i
-            }
-        };
-        calls[call].push(p);
+                }
+            };
+            home.insert(&p.key, call);
+            sizes[call] += 1;
+            call_of.push(call);
+        }
     }
-    let mut calls: Vec<Option<Vec<Pending>>> = calls.into_iter().map(Some).collect();
+    let mut calls: Vec<Option<Vec<Pending>>> =
+        sizes.iter().map(|&n| Some(Vec::with_capacity(n))).collect();
+    for (p, i) in ops.into_iter().zip(call_of) {
+        if let Some(Some(call)) = calls.get_mut(i) {
+            call.push(p);
+        }
+    }
     lanes
         .into_iter()
         .map(|lane| {

@@ -593,8 +593,9 @@ impl<S: 'static> ActorCell<S> {
 
     /// Ends a turn with `rest` (arrival order) and whatever arrives still to serve: the token
     /// goes to the first sync caller among them, with all the others in its chain; if they are
-    /// all async, they are orphaned (the token freed, the chain left in the word) and the oldest
-    /// one's task woken to take over. Never to a task: no sync caller may wait on one.
+    /// all async, they are orphaned (the token freed, the chain left in the word) and the tasks
+    /// of the [`ORPHAN_WAKES`] oldest woken to take over. Never to a task: no sync caller may
+    /// wait on one.
     ///
     /// # Safety
     /// The caller holds the run token; `rest` is a chain taken from this mailbox.
