@@ -102,6 +102,24 @@ fn held_shard() -> (Arc<RateLimiter>, GateClock, std::thread::JoinHandle<()>) {
     (rl, clock, holder)
 }
 
+/// Spawns `n` tasks on the current runtime, each making one `inc_async` on its own key.
+fn spawn_async_calls(
+    rl: &Arc<RateLimiter>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<eyelet::RateLimitDecision>> {
+    (0..n)
+        .map(|t| {
+            let rl = rl.clone();
+            tokio::spawn(async move {
+                rl.local()
+                    .absolute()
+                    .inc_async(&format!("a{t}"), &rate(1e9), 1)
+                    .await
+            })
+        })
+        .collect()
+}
+
 /// 300 tasks of a `current_thread` runtime queue async calls behind a held token, then a task
 /// on the same thread makes a sync call. When the holder's turn runs out (past its bound) the
 /// token must not go to one of those tasks: their thread is blocked in the sync call, so only
@@ -115,17 +133,7 @@ fn a_sync_call_behind_queued_tasks_of_its_own_thread_completes() {
             .expect("runtime");
         runtime.block_on(async {
             let r = rate(1e9);
-            let tasks: Vec<_> = (0..300)
-                .map(|t| {
-                    let rl = rl.clone();
-                    tokio::spawn(async move {
-                        rl.local()
-                            .absolute()
-                            .inc_async(&format!("a{t}"), &r, 1)
-                            .await
-                    })
-                })
-                .collect();
+            let tasks = spawn_async_calls(&rl, 300);
             // every task polls once: 300 async nodes queue behind the holder
             for _ in 0..10 {
                 tokio::task::yield_now().await;
@@ -160,17 +168,7 @@ fn sync_callers_are_served_while_queued_tasks_are_not_polled() {
             .expect("runtime");
         runtime.block_on(async {
             let r = rate(1e9);
-            let tasks: Vec<_> = (0..300)
-                .map(|t| {
-                    let rl = rl.clone();
-                    tokio::spawn(async move {
-                        rl.local()
-                            .absolute()
-                            .inc_async(&format!("a{t}"), &r, 1)
-                            .await
-                    })
-                })
-                .collect();
+            let tasks = spawn_async_calls(&rl, 300);
             for _ in 0..10 {
                 tokio::task::yield_now().await;
             }
