@@ -5,8 +5,9 @@
 #
 # Builds benches/ab against each revision (git worktrees under target/ab/, each with its own
 # target directory, so the two binaries are really different builds), then runs them in
-# interleaved rounds: for each round and workload, OLD then NEW, each process measuring eyelet
-# and governor one after the other. Prints one line per measurement and, per workload, the
+# interleaved rounds: for each round and workload, OLD and NEW (in ABBA order), each process
+# measuring eyelet and governor one after the other. Run it with the same revision twice (an A/A
+# run) to see the noise floor: differences below it are not findings. Prints one line per measurement and, per workload, the
 # median ns of each build and the median of governor ÷ eyelet within each process (above 1:
 # eyelet faster), with its range. NEW_REV defaults to the working tree; ROUNDS to 6.
 set -euo pipefail
@@ -41,8 +42,12 @@ build new "$new_rev"
 out="$work/results.txt"
 : > "$out"
 for round in $(seq "$rounds"); do
+    # ABBA: odd rounds run OLD first, even rounds NEW first (the second process of a pair
+    # measured up to 14 % slower in an A/A run of one build against itself)
+    order="old new"
+    [ $((round % 2)) = 0 ] && order="new old"
     for w in "hot 1" "hot 2" "hot 4" "uniform 1" "uniform 2"; do
-        for v in old new; do
+        for v in $order; do
             echo "$round $v $("$work/bin-$v" $w)" | tee -a "$out"
         done
     done

@@ -87,6 +87,9 @@ const ASYNC_SPIN_ROUNDS: usize = if cfg!(eyelet_loom) { 1 } else { 32 };
 /// runtime until room frees up (checking a counter on its own cache line, not the token's).
 /// Sync callers need no bound: each blocks with one node.
 pub(crate) const ASYNC_MAILBOX_CAPACITY: usize = if cfg!(eyelet_loom) { 1 } else { 4096 };
+/// A caller backing off from a full mailbox looks at the token's word once every this many
+/// polls (to take over an orphaned chain); the others read only the mailbox counter.
+const FULL_ADOPT_EVERY: usize = if cfg!(eyelet_loom) { 1 } else { 16 };
 /// Tasks woken to take over an orphaned chain: its oldest two (so that one future held without
 /// being polled does not leave the others waiting for the next caller).
 const ORPHAN_WAKES: usize = 2;
@@ -1210,6 +1213,11 @@ impl<S: 'static, M: Message<S>> AsyncNode<S, M> {
 
 enum CallState<S: 'static, M: Detach<S>> {
     Init(Option<M>),
+    /// The mailbox was full: backing off, re-polled by its own wake-ups.
+    Full {
+        msg: Option<M>,
+        polls: usize,
+    },
     Queued(Arc<AsyncNode<S, M::Owned>>),
     Finished,
 }
@@ -1248,19 +1256,11 @@ impl<S: 'static, M: Detach<S>> Call<'_, S, M> {
                     if queued >= ASYNC_MAILBOX_CAPACITY {
                         hit!(MailboxFull);
                         self.cell.async_queued.fetch_sub(1, Ordering::Relaxed);
-                        // An orphaned chain is taken over by any arriving caller, this one too:
-                        // never wait on the woken tasks being polled.
-                        if self.cell.try_adopt() {
-                            hit!(AdoptedByCaller);
-                            self.state = CallState::Finished;
-                            return Poll::Ready(self.execute(m));
-                        }
-                        *msg = Some(m);
-                        // Back off to the runtime and try again (under loom the spin hint is a
-                        // yield, which lets the model run the executor).
-                        spin();
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+                        self.state = CallState::Full {
+                            msg: Some(m),
+                            polls: 0,
+                        };
+                        continue;
                     }
                     let node = Arc::new(AsyncNode::new(m.detach()));
                     let raw = Arc::into_raw(node.clone()) as *const Slot<S>;
@@ -1300,6 +1300,36 @@ impl<S: 'static, M: Detach<S>> Call<'_, S, M> {
                             self.state = CallState::Queued(node);
                         }
                     }
+                }
+                CallState::Full { msg, polls } => {
+                    // Busy re-polls read the counter on its own cache line; the token's line is
+                    // looked at only now and then, to take over an orphaned chain (any arriving
+                    // caller does: never wait on the woken tasks being polled).
+                    let full =
+                        self.cell.async_queued.load(Ordering::Relaxed) >= ASYNC_MAILBOX_CAPACITY;
+                    if *polls % FULL_ADOPT_EVERY == 0 && self.cell.try_adopt() {
+                        hit!(AdoptedByCaller);
+                        let Some(m) = msg.take() else {
+                            // unreachable: the message is kept while backing off
+                            // SAFETY: we hold the token.
+                            unsafe { self.cell.release(0, AbortOnUnwind) };
+                            self.state = CallState::Finished;
+                            return Poll::Pending;
+                        };
+                        self.state = CallState::Finished;
+                        return Poll::Ready(self.execute(m));
+                    }
+                    if !full {
+                        // Room again: start over.
+                        self.state = CallState::Init(msg.take());
+                        continue;
+                    }
+                    *polls += 1;
+                    // Back off to the runtime and try again (under loom the spin hint is a
+                    // yield, which lets the model run the executor).
+                    spin();
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 CallState::Queued(node) => {
                     let mut status = node.slot.status.load(Ordering::Acquire);
