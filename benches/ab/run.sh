@@ -9,7 +9,8 @@
 # measuring eyelet and governor one after the other. Run it with the same revision twice (an A/A
 # run) to see the noise floor: differences below it are not findings. Prints one line per measurement and, per workload, the
 # median ns of each build and the median of governor ÷ eyelet within each process (above 1:
-# eyelet faster), with its range. NEW_REV defaults to the working tree; ROUNDS to 6.
+# eyelet faster), with its range. NEW_REV defaults to the working tree; ROUNDS to 6;
+# AB_WORKLOADS="uniform 1;hot 2" runs only those workloads.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 old_rev="$1"
@@ -39,6 +40,8 @@ build() { # name rev
 
 build old "$old_rev"
 build new "$new_rev"
+# AB_WORKLOADS="uniform 1;hot 2" narrows the workloads (default: all five)
+IFS=';' read -r -a workloads <<< "${AB_WORKLOADS:-hot 1;hot 2;hot 4;uniform 1;uniform 2}"
 out="$work/results.txt"
 : > "$out"
 for round in $(seq "$rounds"); do
@@ -46,7 +49,7 @@ for round in $(seq "$rounds"); do
     # measured up to 14 % slower in an A/A run of one build against itself)
     order="old new"
     [ $((round % 2)) = 0 ] && order="new old"
-    for w in "hot 1" "hot 2" "hot 4" "uniform 1" "uniform 2"; do
+    for w in "${workloads[@]}"; do
         for v in $order; do
             echo "$round $v $("$work/bin-$v" $w)" | tee -a "$out"
         done
