@@ -200,3 +200,50 @@ async fn a_clipped_total_keeps_the_exact_retry_hint() {
         support::conformance::rejected(1_000_000_000 - 1, 1, 1_000_000_000)
     );
 }
+
+/// On server time, a key dropped by its TTL answers as a kept one would: the local provider on a
+/// manual clock replays the same calls at the same offsets and gets the same answer (issue 7.2:
+/// Redis said Allowed after the TTL while local, raising the span before trimming, said
+/// Rejected).
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_dropped_by_its_ttl_answers_like_a_kept_one() {
+    use std::time::{Duration, Instant};
+    use support::conformance::Strat::Abs;
+    let server = RedisServer::start();
+    let rl = eyelet::RateLimiter::builder()
+        .window(Duration::from_millis(100))
+        .bucket(Duration::from_millis(10))
+        .redis_url(server.url())
+        .prefix("ttl")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    let (fast, slow) = (support::rate(100.0), support::rate(0.5)); // slow: W_eff = 2000 ms
+    let abs = rl.redis().absolute();
+    let start = Instant::now();
+    assert!(abs.inc("k", &fast, 1).await.expect("inc").is_allowed());
+    let mut admin = server.conn();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("ttl:a:{k}")
+            .query(&mut admin)
+            .expect("EXISTS");
+        if !exists {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the key never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = start.elapsed().as_millis() as u64;
+    let on_redis = abs.inc("k", &slow, 1).await.expect("inc");
+    let local = Subject::local(100, 10, 1.5, 0.5);
+    assert!(local.inc(Abs, "k", &fast, 1).await.is_allowed());
+    local.set_ms(waited);
+    let kept = local.inc(Abs, "k", &slow, 1).await;
+    assert_eq!(on_redis, kept, "after {waited} ms");
+    assert_eq!(kept, eyelet::RateLimitDecision::Allowed);
+}
