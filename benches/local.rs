@@ -1,9 +1,20 @@
-//! Local provider benchmarks: eyelet beside governor (keyed, ahash), Trypema 2.x (local absolute),
-//! a sharded parking_lot mutex doing the same sliding-window work, and a raw channel round trip
-//! to a dedicated thread, all in one process on the same workloads. See `benches/README.md`.
+//! Local provider benchmark: eyelet beside governor (keyed, ahash) and Trypema 2.x (local
+//! absolute) in one process, on the same workloads, in interleaved rounds. See
+//! `benches/README.md`.
 //!
-//! `cargo bench --bench local` runs the criterion groups, then prints the ratio table (read from
-//! criterion's estimates), the latency percentiles and the memory report.
+//! ```sh
+//! cargo bench --bench local                                   # everything, ~6 minutes
+//! EYELET_BENCH_ONLY=uniform12 cargo bench --bench local       # workloads whose name contains it
+//! EYELET_BENCH_ROUNDS=9 EYELET_BENCH_SECS=2 cargo bench --bench local
+//! EYELET_BENCH_OUT=benches/results/local-X.txt cargo bench --bench local   # also save output
+//! ```
+//!
+//! Each workload builds every contender once, inserts its keys, runs it at the workload for a
+//! warm-up longer than the window (so the timed rounds are in steady state, with buckets
+//! expiring while timed), then runs rounds: in each round every contender runs the workload for
+//! `EYELET_BENCH_SECS` (default 1 s), in an order rotated per round. Reported per contender: the
+//! median ns per decision over rounds and its range; per peer: the median of (peer ns ÷ eyelet
+//! ns) within each round and its range (above 1: eyelet faster).
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -12,15 +23,14 @@
 )]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::hint::black_box;
+use std::io::Write as _;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use criterion::{BenchmarkId, Criterion, Throughput};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator (memory report)
@@ -55,13 +65,29 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------------
+// Output: stdout, and the file named by EYELET_BENCH_OUT
+
+static OUT: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let line = format!($($t)*);
+        println!("{line}");
+        if let Ok(mut f) = OUT.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
 // Contenders
 
 const WINDOW: Duration = Duration::from_secs(1);
 const BUCKET: Duration = Duration::from_millis(10);
-/// High enough that every decision in the throughput groups is an admission for everyone.
+/// High enough that every decision is an admission for everyone.
 const HIGH_RATE: f64 = 1e9;
-const UNIFORM_KEYS: usize = 100_000;
 
 type Governor = governor::RateLimiter<
     String,
@@ -69,47 +95,14 @@ type Governor = governor::RateLimiter<
     governor::clock::DefaultClock,
 >;
 
-struct Contenders {
-    eyelet: Arc<eyelet::RateLimiter>,
-    rate: eyelet::RateLimit,
-    governor: Governor,
-    trypema: Arc<trypema::local::LocalRateLimiterProvider>,
-    trate: trypema::RateLimit,
-    mutex: ShardedMutex,
-}
-
-fn contenders(rate: f64) -> Contenders {
-    use trypema::RateLimiterBuilder as _;
-    let per_sec = rate.min(u32::MAX as f64) as u32;
-    let quota =
-        governor::Quota::per_second(NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN));
-    Contenders {
-        eyelet: eyelet::RateLimiter::builder()
-            .window(WINDOW)
-            .bucket(BUCKET)
-            .build()
-            .expect("eyelet"),
-        rate: eyelet::RateLimit::try_from(rate).expect("rate"),
-        governor: governor::RateLimiter::dashmap_with_hasher(quota, ahash::RandomState::new()),
-        trypema: trypema::local::LocalRateLimiterProvider::builder()
-            .window_size(trypema::WindowSize::seconds_or_panic(1))
-            .bucket_size(trypema::BucketSize::milliseconds_or_panic(10))
-            .build()
-            .expect("trypema"),
-        trate: trypema::RateLimit::per_second_or_panic(rate),
-        mutex: ShardedMutex::new(64, (WINDOW.as_millis() as f64 * rate / 1000.0) as u64),
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Who {
     Eyelet,
     Governor,
     Trypema,
-    Mutex,
 }
 
-const ALL: [Who; 4] = [Who::Eyelet, Who::Governor, Who::Trypema, Who::Mutex];
+const ALL: [Who; 3] = [Who::Eyelet, Who::Governor, Who::Trypema];
 
 impl Who {
     fn name(self) -> &'static str {
@@ -117,318 +110,369 @@ impl Who {
             Who::Eyelet => "eyelet",
             Who::Governor => "governor",
             Who::Trypema => "trypema",
-            Who::Mutex => "mutex",
         }
     }
 }
 
-impl Contenders {
-    #[inline]
-    fn check(&self, who: Who, key: &String) -> bool {
+/// One contender's limiter at one rate.
+enum Limiter {
+    Eyelet(Arc<eyelet::RateLimiter>, eyelet::RateLimit),
+    Governor(Governor),
+    Trypema(
+        Arc<trypema::local::LocalRateLimiterProvider>,
+        trypema::RateLimit,
+    ),
+}
+
+impl Limiter {
+    fn new(who: Who, rate: f64) -> Self {
+        use trypema::RateLimiterBuilder as _;
         match who {
-            Who::Eyelet => self
-                .eyelet
-                .local()
-                .absolute()
-                .inc(key, &self.rate, 1)
-                .is_allowed(),
-            Who::Governor => self.governor.check_key(key).is_ok(),
-            Who::Trypema => matches!(
-                self.trypema.absolute().inc(key, &self.trate, 1),
+            Who::Eyelet => Limiter::Eyelet(
+                eyelet::RateLimiter::builder()
+                    .window(WINDOW)
+                    .bucket(BUCKET)
+                    .build()
+                    .expect("eyelet"),
+                eyelet::RateLimit::try_from(rate).expect("rate"),
+            ),
+            Who::Governor => {
+                let per_sec = rate.min(f64::from(u32::MAX)) as u32;
+                let quota = governor::Quota::per_second(
+                    NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN),
+                );
+                Limiter::Governor(governor::RateLimiter::dashmap_with_hasher(
+                    quota,
+                    ahash::RandomState::new(),
+                ))
+            }
+            Who::Trypema => Limiter::Trypema(
+                trypema::local::LocalRateLimiterProvider::builder()
+                    .window_size(trypema::WindowSize::seconds_or_panic(1))
+                    .bucket_size(trypema::BucketSize::milliseconds_or_panic(10))
+                    .build()
+                    .expect("trypema"),
+                trypema::RateLimit::per_second_or_panic(rate),
+            ),
+        }
+    }
+
+    /// Decisions of weight 1 for `keys`, as one batch where the contender has one (eyelet's
+    /// `inc_many_into`), else one call each; how many were admitted.
+    #[inline]
+    fn check_batch(&self, keys: &[&String], out: &mut Vec<eyelet::RateLimitDecision>) -> u64 {
+        match self {
+            Limiter::Eyelet(rl, rate) => {
+                rl.local().absolute().inc_many_into(keys, rate, 1, out);
+                out.iter().filter(|d| d.is_allowed()).count() as u64
+            }
+            _ => keys.iter().map(|k| u64::from(self.check(k))).sum(),
+        }
+    }
+
+    /// One decision of weight 1; whether it was admitted.
+    #[inline]
+    fn check(&self, key: &String) -> bool {
+        match self {
+            Limiter::Eyelet(rl, rate) => rl.local().absolute().inc(key, rate, 1).is_allowed(),
+            Limiter::Governor(g) => g.check_key(key).is_ok(),
+            Limiter::Trypema(t, rate) => matches!(
+                t.absolute().inc(key, rate, 1),
                 trypema::RateLimitDecision::Allowed
             ),
-            Who::Mutex => self.mutex.inc(key),
         }
     }
 }
 
-/// The "obvious" design the issue compares against: sharded parking_lot mutexes around a
-/// HashMap of per-key bucket deques, doing the same sliding-window work.
-type BucketMap = HashMap<String, VecDeque<(u64, u64)>, ahash::RandomState>;
+// ---------------------------------------------------------------------------------------------
+// Keys and key sequences
 
-struct ShardedMutex {
-    shards: Vec<parking_lot::Mutex<BucketMap>>,
-    hasher: ahash::RandomState,
-    capacity: u64,
-    origin: Instant,
-}
-
-impl ShardedMutex {
-    fn new(n: usize, capacity: u64) -> Self {
-        Self {
-            shards: (0..n)
-                .map(|_| parking_lot::Mutex::new(HashMap::with_hasher(ahash::RandomState::new())))
-                .collect(),
-            hasher: ahash::RandomState::new(),
-            capacity,
-            origin: Instant::now(),
+/// Key `i` of `len` bytes: `user_0000042` (12 bytes) or a UUID-shaped 36-byte string.
+fn key(i: usize, len: usize) -> String {
+    match len {
+        12 => format!("user_{i:07}"),
+        _ => {
+            let x = splitmix(i as u64);
+            let y = splitmix(x);
+            let s = format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                x >> 32,
+                (x >> 16) & 0xffff,
+                x & 0xffff,
+                y >> 48,
+                y & 0xffff_ffff_ffff
+            );
+            debug_assert_eq!(s.len(), 36);
+            s
         }
     }
+}
 
-    fn inc(&self, key: &String) -> bool {
-        let now = self.origin.elapsed().as_millis() as u64;
-        let h = self.hasher.hash_one(key) as usize;
-        let mut map = self.shards[h % self.shards.len()].lock();
-        let q = match map.get_mut(key.as_str()) {
-            Some(q) => q,
-            None => map.entry(key.clone()).or_default(),
-        };
-        while q.front().is_some_and(|b| b.0 + 1000 <= now) {
-            q.pop_front();
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Which keys the calls of one thread go to, in order (cycled).
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    /// One key.
+    Hot,
+    /// Uniformly random over `n` keys.
+    Uniform(usize),
+    /// Zipf with exponent `s` over `n` keys (rank 0 the most frequent).
+    Zipf(usize, f64),
+}
+
+const SEQUENCE: usize = 1 << 21;
+
+/// A pre-drawn sequence of key indices for thread `t` (drawn before timing, read in order
+/// while timed, so drawing costs nothing measured).
+fn sequence(p: Pattern, t: usize) -> Vec<u32> {
+    let mut s = splitmix(0xE1E7 + t as u64);
+    let mut next = move || {
+        s = splitmix(s);
+        s
+    };
+    match p {
+        Pattern::Hot => vec![0],
+        Pattern::Uniform(n) => (0..SEQUENCE).map(|_| (next() % n as u64) as u32).collect(),
+        Pattern::Zipf(n, exp) => {
+            let mut cdf = Vec::with_capacity(n);
+            let mut acc = 0.0f64;
+            for r in 1..=n {
+                acc += 1.0 / (r as f64).powf(exp);
+                cdf.push(acc);
+            }
+            (0..SEQUENCE)
+                .map(|_| {
+                    let u = (next() >> 11) as f64 / (1u64 << 53) as f64 * acc;
+                    cdf.partition_point(|&c| c < u).min(n - 1) as u32
+                })
+                .collect()
         }
-        let live: u64 = q.iter().map(|b| b.1).sum();
-        if live + 1 > self.capacity {
-            return false;
-        }
-        match q.back_mut() {
-            Some(b) if now - b.0 < 10 => b.1 += 1,
-            _ => q.push_back((now, 1)),
-        }
-        true
     }
 }
 
-fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("user_{i}")).collect()
+// ---------------------------------------------------------------------------------------------
+// Workloads
+
+struct Workload {
+    name: &'static str,
+    pattern: Pattern,
+    key_len: usize,
+    callers: usize,
+    /// Rate per key: high (every decision admitted) or 1/s (a pre-filled key: every decision
+    /// rejected).
+    overload: bool,
+    /// Decisions in batches of 256 (`inc_many_into` for eyelet, a loop for the others).
+    batch: bool,
 }
 
-/// `threads` callers split `iters` decisions; returns the wall time of the whole run.
-fn run_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
+fn workloads() -> Vec<Workload> {
+    let w = |name, pattern, key_len, callers, overload| Workload {
+        name,
+        pattern,
+        key_len,
+        callers,
+        overload,
+        batch: false,
+    };
+    let b = |name, pattern, callers| Workload {
+        name,
+        pattern,
+        key_len: 12,
+        callers,
+        overload: false,
+        batch: true,
+    };
+    vec![
+        w("uniform12_1", Pattern::Uniform(100_000), 12, 1, false),
+        w("uniform12_2", Pattern::Uniform(100_000), 12, 2, false),
+        w("uniform36_1", Pattern::Uniform(100_000), 36, 1, false),
+        w("uniform36_2", Pattern::Uniform(100_000), 36, 2, false),
+        w("zipf36_1", Pattern::Zipf(1_000_000, 1.1), 36, 1, false),
+        w("zipf36_2", Pattern::Zipf(1_000_000, 1.1), 36, 2, false),
+        w("overload_1", Pattern::Hot, 12, 1, true),
+        w("overload_2", Pattern::Hot, 12, 2, true),
+        w("hot_1", Pattern::Hot, 12, 1, false),
+        w("hot_2", Pattern::Hot, 12, 2, false),
+        w("hot_4", Pattern::Hot, 12, 4, false),
+        b("batch256_hot_1", Pattern::Hot, 1),
+        b("batch256_hot_2", Pattern::Hot, 2),
+        b("batch256_uniform12_2", Pattern::Uniform(100_000), 2),
+    ]
+}
+
+fn key_count(p: Pattern) -> usize {
+    match p {
+        Pattern::Hot => 1,
+        Pattern::Uniform(n) | Pattern::Zipf(n, _) => n,
+    }
+}
+
+/// Runs `limiter` on the workload for `secs` with `seqs.len()` threads; ns per decision over
+/// all threads (wall time ÷ decisions) and the share admitted.
+fn run(
+    limiter: &Limiter,
+    keys: &[String],
+    seqs: &[Vec<u32>],
+    secs: f64,
+    batch: bool,
+) -> (f64, f64) {
+    let threads = seqs.len();
     let barrier = Barrier::new(threads + 1);
-    let per = iters / threads as u64 + 1;
-    thread::scope(|s| {
-        for t in 0..threads {
-            let (f, barrier) = (&f, &barrier);
+    let stop = AtomicBool::new(false);
+    let (done, admitted) = (AtomicU64::new(0), AtomicU64::new(0));
+    let elapsed = thread::scope(|s| {
+        for seq in seqs {
+            let (barrier, stop, done, admitted) = (&barrier, &stop, &done, &admitted);
             s.spawn(move || {
+                let (mut n, mut ok, mut i) = (0u64, 0u64, 0usize);
+                let mut picked: Vec<&String> = Vec::with_capacity(256);
+                let mut out = Vec::with_capacity(256);
                 barrier.wait();
-                f(t, per);
+                while !stop.load(Ordering::Relaxed) && batch {
+                    picked.clear();
+                    for _ in 0..256 {
+                        picked.push(&keys[seq[i] as usize]);
+                        i += 1;
+                        if i == seq.len() {
+                            i = 0;
+                        }
+                    }
+                    ok += black_box(limiter.check_batch(&picked, &mut out));
+                    n += 256;
+                }
+                while !stop.load(Ordering::Relaxed) && !batch {
+                    for _ in 0..256 {
+                        let k = &keys[seq[i] as usize];
+                        i += 1;
+                        if i == seq.len() {
+                            i = 0;
+                        }
+                        ok += u64::from(black_box(limiter.check(k)));
+                    }
+                    n += 256;
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+                admitted.fetch_add(ok, Ordering::Relaxed);
             });
         }
         barrier.wait();
         let start = Instant::now();
-        // The scope joins all threads before returning.
+        thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
         start
     })
-    .elapsed()
+    .elapsed();
+    let n = done.load(Ordering::Relaxed).max(1);
+    (
+        elapsed.as_nanos() as f64 / n as f64,
+        admitted.load(Ordering::Relaxed) as f64 / n as f64,
+    )
 }
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-// ---------------------------------------------------------------------------------------------
-// Criterion groups
-
-fn hot_key(c: &mut Criterion) {
-    let k = contenders(HIGH_RATE);
-    let key = "hot".to_string();
-    for threads in [1usize, 2] {
-        let mut g = c.benchmark_group(format!("hot_key_{threads}_callers"));
-        g.throughput(Throughput::Elements(1));
-        for who in ALL {
-            g.bench_function(BenchmarkId::from_parameter(who.name()), |b| {
-                if threads == 1 {
-                    b.iter(|| black_box(k.check(who, &key)));
-                } else {
-                    b.iter_custom(|iters| {
-                        run_threads(threads, iters, |_, n| {
-                            for _ in 0..n {
-                                black_box(k.check(who, &key));
-                            }
-                        })
-                    });
-                }
-            });
-        }
-        g.finish();
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
 }
 
-fn uniform(c: &mut Criterion) {
-    let k = contenders(HIGH_RATE);
-    let keys = keys(UNIFORM_KEYS);
-    for threads in [1usize, 2] {
-        let mut g = c.benchmark_group(format!("uniform_100k_{threads}_callers"));
-        g.throughput(Throughput::Elements(1));
-        for who in [Who::Eyelet, Who::Governor, Who::Trypema] {
-            // Warm the key sets so that the run measures steady state, not insertion.
-            for key in &keys {
-                k.check(who, key);
-            }
-            g.bench_function(BenchmarkId::from_parameter(who.name()), |b| {
-                b.iter_custom(|iters| {
-                    run_threads(threads, iters, |t, n| {
-                        let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
-                        for _ in 0..n {
-                            let i = (xorshift(&mut s) % UNIFORM_KEYS as u64) as usize;
-                            black_box(k.check(who, &keys[i]));
-                        }
-                    })
-                });
-            });
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+struct Row {
+    name: &'static str,
+    /// ns per decision, per contender, per round.
+    ns: Vec<Vec<f64>>,
+}
+
+fn throughput(w: &Workload, rounds: usize, secs: f64) -> Row {
+    let n = key_count(w.pattern);
+    let keys: Vec<String> = (0..n).map(|i| key(i, w.key_len)).collect();
+    let seqs: Vec<Vec<u32>> = (0..w.callers).map(|t| sequence(w.pattern, t)).collect();
+    let rate = if w.overload { 1.0 } else { HIGH_RATE };
+    let limiters: Vec<Limiter> = ALL.iter().map(|&who| Limiter::new(who, rate)).collect();
+    // Keys inserted beforehand, then a warm-up at the workload longer than the window, so the
+    // timed rounds see buckets open and expire as in a long-running service.
+    for l in &limiters {
+        for k in &keys {
+            l.check(k);
         }
-        g.finish();
+        run(l, &keys, &seqs, 1.2, w.batch);
     }
-}
-
-fn batches(c: &mut Criterion) {
-    let k = contenders(HIGH_RATE);
-    let hot: Vec<String> = vec!["hot".to_string(); 256];
-    let uniform = keys(UNIFORM_KEYS);
-    for threads in [1usize, 2] {
-        let mut g = c.benchmark_group(format!("batch_256_hot_{threads}_callers"));
-        g.throughput(Throughput::Elements(256));
-        g.bench_function(BenchmarkId::from_parameter("eyelet"), |b| {
-            b.iter_custom(|iters| {
-                run_threads(threads, iters, |_, n| {
-                    let mut out = Vec::with_capacity(256);
-                    for _ in 0..n {
-                        k.eyelet
-                            .local()
-                            .absolute()
-                            .inc_many_into(&hot, &k.rate, 1, &mut out);
-                        black_box(&out);
-                    }
-                })
-            });
-        });
-        g.bench_function(BenchmarkId::from_parameter("governor"), |b| {
-            b.iter_custom(|iters| {
-                run_threads(threads, iters, |_, n| {
-                    for _ in 0..n {
-                        for key in &hot {
-                            black_box(k.governor.check_key(key).is_ok());
-                        }
-                    }
-                })
-            });
-        });
-        g.finish();
-    }
-    let mut g = c.benchmark_group("batch_256_uniform_2_callers");
-    g.throughput(Throughput::Elements(256));
-    g.bench_function(BenchmarkId::from_parameter("eyelet"), |b| {
-        b.iter_custom(|iters| {
-            run_threads(2, iters, |t, n| {
-                let mut s = 0x2545_F491_4F6C_DD1Du64 ^ (t as u64 + 1);
-                let mut batch: Vec<&str> = Vec::with_capacity(256);
-                let mut out = Vec::with_capacity(256);
-                for _ in 0..n {
-                    batch.clear();
-                    for _ in 0..256 {
-                        batch.push(&uniform[(xorshift(&mut s) % UNIFORM_KEYS as u64) as usize]);
-                    }
-                    k.eyelet
-                        .local()
-                        .absolute()
-                        .inc_many_into(&batch, &k.rate, 1, &mut out);
-                    black_box(&out);
-                }
-            })
-        });
-    });
-    g.bench_function(BenchmarkId::from_parameter("governor"), |b| {
-        b.iter_custom(|iters| {
-            run_threads(2, iters, |t, n| {
-                let mut s = 0x2545_F491_4F6C_DD1Du64 ^ (t as u64 + 1);
-                for _ in 0..n {
-                    for _ in 0..256 {
-                        let key = &uniform[(xorshift(&mut s) % UNIFORM_KEYS as u64) as usize];
-                        black_box(k.governor.check_key(key).is_ok());
-                    }
-                }
-            })
-        });
-    });
-    g.finish();
-}
-
-/// A dedicated actor thread answering one message per decision over crossbeam channels: the
-/// design the caller-runs runtime replaces, so its overhead is visible.
-fn channel_round_trip(c: &mut Criterion) {
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, crossbeam_channel::Sender<u64>)>(64);
-    let server = thread::spawn(move || {
-        let mut count = 0u64;
-        for (v, reply) in rx {
-            count = count.wrapping_add(v);
-            let _ = reply.send(count);
+    let mut ns = vec![Vec::new(); ALL.len()];
+    for round in 0..rounds {
+        let mut line = format!("{:<12} round {round}", w.name);
+        for j in 0..ALL.len() {
+            let c = (round + j) % ALL.len();
+            let (t, admitted) = run(&limiters[c], &keys, &seqs, secs, w.batch);
+            ns[c].push(t);
+            let _ = write!(
+                line,
+                "  {} {t:.1} ns ({:.0}% adm)",
+                ALL[c].name(),
+                admitted * 100.0
+            );
         }
-    });
-    let mut g = c.benchmark_group("baseline");
-    g.bench_function("channel_round_trip", |b| {
-        let (rtx, rrx) = crossbeam_channel::bounded(1);
-        b.iter(|| {
-            let _ = tx.send((1, rtx.clone()));
-            black_box(rrx.recv().ok())
-        });
-    });
-    g.finish();
-    drop(tx);
-    let _ = server.join();
+        say!("{line}");
+    }
+    Row { name: w.name, ns }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Reports beyond criterion: ratios, latency percentiles, memory
-
-fn estimate_ns(group: &str, id: &str) -> Option<f64> {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{target}/criterion/{group}/{id}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    // {"mean":{"confidence_interval":{...},"point_estimate":X,...
-    let mean = text.find("\"mean\"")?;
-    let rest = &text[mean..];
-    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = rest[pe..].find([',', '}'])?;
-    rest[pe..pe + end].trim().parse().ok()
+fn ratios(row: &Row, peer: usize) -> Vec<f64> {
+    row.ns[peer]
+        .iter()
+        .zip(&row.ns[0])
+        .map(|(p, e)| p / e)
+        .collect()
 }
 
-fn ratio_table() {
-    println!("\n== ratios (from criterion means; >1 means eyelet is faster) ==");
-    println!(
-        "{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "group", "eyelet", "governor", "trypema", "mutex", "vs gov", "vs tryp"
+fn summary(rows: &[Row]) {
+    say!("\n== throughput: median ns per decision [range] over rounds; ratio = peer ns ÷ eyelet ns within a round, median [range] (above 1: eyelet faster) ==");
+    say!(
+        "{:<12} {:>18} {:>18} {:>18} {:>20} {:>20}",
+        "workload",
+        "eyelet",
+        "governor",
+        "trypema",
+        "gov/eyelet",
+        "tryp/eyelet"
     );
-    let groups = [
-        ("hot_key_1_callers", 1.0),
-        ("hot_key_2_callers", 1.0),
-        ("uniform_100k_1_callers", 1.0),
-        ("uniform_100k_2_callers", 1.0),
-        ("batch_256_hot_1_callers", 256.0),
-        ("batch_256_hot_2_callers", 256.0),
-        ("batch_256_uniform_2_callers", 256.0),
-    ];
-    for (g, per) in groups {
-        let ns = |id: &str| estimate_ns(g, id).map(|v| v / per);
-        let (e, gv, t, m) = (ns("eyelet"), ns("governor"), ns("trypema"), ns("mutex"));
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let ratio = |other: Option<f64>| match (e, other) {
-            (Some(e), Some(o)) => format!("{:.2}x", o / e),
-            _ => "-".into(),
+    for row in rows {
+        let cell = |v: &[f64]| {
+            let (lo, hi) = range(v);
+            format!("{:.1} [{lo:.0}-{hi:.0}]", median(v))
         };
-        println!(
-            "{:<32} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-            g,
-            fmt(e),
-            fmt(gv),
-            fmt(t),
-            fmt(m),
-            ratio(gv),
-            ratio(t)
+        let rcell = |v: &[f64]| {
+            let (lo, hi) = range(v);
+            format!("{:.2} [{lo:.2}-{hi:.2}]", median(v))
+        };
+        say!(
+            "{:<12} {:>18} {:>18} {:>18} {:>20} {:>20}",
+            row.name,
+            cell(&row.ns[0]),
+            cell(&row.ns[1]),
+            cell(&row.ns[2]),
+            rcell(&ratios(row, 1)),
+            rcell(&ratios(row, 2))
         );
     }
-    if let Some(ch) = estimate_ns("baseline", "channel_round_trip") {
-        println!(
-            "{:<32} {:>10.1}  (dedicated-thread actor, one message per decision)",
-            "channel_round_trip", ch
-        );
-    }
-    println!(
-        "(ns per decision; multi-caller rows are wall time / total decisions, i.e. aggregate)"
-    );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Latency after idle
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -438,122 +482,227 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn idle_latency() {
-    println!("\n== a decision after 200 µs idle (ns per decision) ==");
+fn idle_latency(rounds: usize) {
+    say!("\n== one decision after 200 µs idle (ns; 1,000 samples per contender per round, rounds interleaved) ==");
     let clock = quanta::Clock::new();
-    for who in [Who::Eyelet, Who::Governor, Who::Trypema] {
-        let k = contenders(HIGH_RATE);
-        let keys = keys(1000);
-        let mut lat = Vec::with_capacity(3000);
-        for i in 0..3000 {
-            let spin_until = Instant::now() + Duration::from_micros(200);
-            thread::sleep(Duration::from_micros(150));
-            while Instant::now() < spin_until {
-                std::hint::spin_loop();
-            }
-            let key = &keys[i % keys.len()];
-            let t0 = clock.raw();
-            black_box(k.check(who, key));
-            let t1 = clock.raw();
-            lat.push(clock.delta_as_nanos(t0, t1));
+    let keys: Vec<String> = (0..1000).map(|i| key(i, 12)).collect();
+    let limiters: Vec<Limiter> = ALL.iter().map(|&w| Limiter::new(w, HIGH_RATE)).collect();
+    for l in &limiters {
+        for k in &keys {
+            l.check(k);
         }
-        lat.sort_unstable();
-        println!(
-            "{:<10} p50 {:>6}  p99 {:>6}  p99.9 {:>7}",
-            who.name(),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999)
-        );
+    }
+    let mut p50 = vec![Vec::new(); ALL.len()];
+    let mut p99 = vec![Vec::new(); ALL.len()];
+    for round in 0..rounds {
+        let mut line = format!("idle         round {round}");
+        for j in 0..ALL.len() {
+            let c = (round + j) % ALL.len();
+            let mut lat = Vec::with_capacity(1000);
+            for i in 0..1000 {
+                let spin_until = Instant::now() + Duration::from_micros(200);
+                thread::sleep(Duration::from_micros(150));
+                while Instant::now() < spin_until {
+                    std::hint::spin_loop();
+                }
+                let key = &keys[(i * 7919) % keys.len()];
+                let t0 = clock.raw();
+                black_box(limiters[c].check(key));
+                let t1 = clock.raw();
+                lat.push(clock.delta_as_nanos(t0, t1));
+            }
+            lat.sort_unstable();
+            let (a, b) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            p50[c].push(a as f64);
+            p99[c].push(b as f64);
+            let _ = write!(line, "  {} p50 {a} p99 {b}", ALL[c].name());
+        }
+        say!("{line}");
+    }
+    for (label, v) in [("p50", &p50), ("p99", &p99)] {
+        let row = Row {
+            name: if label == "p50" {
+                "idle_p50"
+            } else {
+                "idle_p99"
+            },
+            ns: v.clone(),
+        };
+        summary_line(&row);
     }
 }
 
-fn tail_latency() {
-    println!("\n== per-decision latency on one hot key under contention (ns) ==");
+fn summary_line(row: &Row) {
+    let cell = |v: &[f64]| {
+        let (lo, hi) = range(v);
+        format!("{:.0} [{lo:.0}-{hi:.0}]", median(v))
+    };
+    let rcell = |v: &[f64]| {
+        let (lo, hi) = range(v);
+        format!("{:.2} [{lo:.2}-{hi:.2}]", median(v))
+    };
+    say!(
+        "{:<12} eyelet {}  governor {}  trypema {}  gov/eyelet {}  tryp/eyelet {}",
+        row.name,
+        cell(&row.ns[0]),
+        cell(&row.ns[1]),
+        cell(&row.ns[2]),
+        rcell(&ratios(row, 1)),
+        rcell(&ratios(row, 2))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tail latency on a hot key
+
+fn tail_latency(rounds: usize) {
+    say!("\n== per-decision latency on one hot key, 2 and 4 callers (ns; 200,000 decisions per caller per round) ==");
     let clock = quanta::Clock::new();
-    const OPS: usize = 300_000;
+    let key = key(0, 12);
     for threads in [2usize, 4] {
-        for who in ALL {
-            let k = contenders(HIGH_RATE);
-            let key = "hot".to_string();
-            let barrier = Barrier::new(threads);
-            let mut all: Vec<u64> = thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let (k, key, barrier, clock) = (&k, &key, &barrier, &clock);
-                        s.spawn(move || {
-                            let mut lat = Vec::with_capacity(OPS);
-                            barrier.wait();
-                            for _ in 0..OPS {
-                                let t0 = clock.raw();
-                                black_box(k.check(who, key));
-                                let t1 = clock.raw();
-                                lat.push(clock.delta_as_nanos(t0, t1));
-                            }
-                            lat
+        let limiters: Vec<Limiter> = ALL.iter().map(|&w| Limiter::new(w, HIGH_RATE)).collect();
+        let mut p999 = vec![Vec::new(); ALL.len()];
+        for round in 0..rounds {
+            let mut line = format!("tail_{threads}     round {round}");
+            for j in 0..ALL.len() {
+                let c = (round + j) % ALL.len();
+                let barrier = Barrier::new(threads);
+                let mut all: Vec<u64> = thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (l, key, barrier, clock) = (&limiters[c], &key, &barrier, &clock);
+                            s.spawn(move || {
+                                let mut lat = Vec::with_capacity(200_000);
+                                barrier.wait();
+                                for _ in 0..200_000 {
+                                    let t0 = clock.raw();
+                                    black_box(l.check(key));
+                                    let t1 = clock.raw();
+                                    lat.push(clock.delta_as_nanos(t0, t1));
+                                }
+                                lat
+                            })
                         })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
-            all.sort_unstable();
-            println!(
-                "{threads} callers {:<10} p50 {:>6}  p99 {:>6}  p99.9 {:>7}  p99.99 {:>8}",
-                who.name(),
-                percentile(&all, 0.5),
-                percentile(&all, 0.99),
-                percentile(&all, 0.999),
-                percentile(&all, 0.9999)
-            );
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().unwrap_or_default())
+                        .collect()
+                });
+                all.sort_unstable();
+                let (p99, p) = (percentile(&all, 0.99), percentile(&all, 0.999));
+                p999[c].push(p as f64);
+                let _ = write!(line, "  {} p99 {p99} p99.9 {p}", ALL[c].name());
+            }
+            say!("{line}");
         }
+        summary_line(&Row {
+            name: if threads == 2 {
+                "tail2_p99.9"
+            } else {
+                "tail4_p99.9"
+            },
+            ns: p999,
+        });
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory
 
 fn memory_report() {
-    println!("\n== memory per idle key at 1,000,000 keys (counting allocator) ==");
-    const N: usize = 1_000_000;
-    let keys = keys(N);
-    let mut results = Vec::new();
-    for who in [Who::Eyelet, Who::Governor, Who::Trypema] {
+    say!("\n== memory (counting allocator, live heap bytes per key) ==");
+    const IDLE: usize = 1_000_000;
+    let keys: Vec<String> = (0..IDLE).map(|i| key(i, 12)).collect();
+    for who in ALL {
         let before = LIVE_BYTES.load(Ordering::Relaxed);
-        let k = contenders(10.0);
-        for key in &keys {
-            k.check(who, key);
+        let l = Limiter::new(who, 10.0);
+        for k in &keys {
+            l.check(k);
         }
         let after = LIVE_BYTES.load(Ordering::Relaxed);
-        let per_key = (after - before) as f64 / N as f64;
-        println!("{:<10} {:>8.1} bytes/key", who.name(), per_key);
-        results.push((who, per_key));
-        drop(k);
+        say!(
+            "idle key (1 request, 1,000,000 keys)  {:<9} {:>7.1} B/key",
+            who.name(),
+            (after - before) as f64 / IDLE as f64
+        );
+        drop(l);
     }
-    if let (Some(e), Some(t)) = (
-        results.iter().find(|r| r.0 == Who::Eyelet),
-        results.iter().find(|r| r.0 == Who::Trypema),
-    ) {
-        println!("eyelet / trypema = {:.2}", e.1 / t.1);
+    // An active key: 30 requests per second, spread over the window, for 1.2 windows.
+    const ACTIVE: usize = 10_000;
+    let keys: Vec<String> = (0..ACTIVE).map(|i| key(i, 12)).collect();
+    for who in ALL {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let l = Limiter::new(who, 1000.0);
+        let start = Instant::now();
+        for tick in 0..36u32 {
+            let at = start + Duration::from_secs_f64(f64::from(tick) / 30.0);
+            while Instant::now() < at {
+                thread::sleep(Duration::from_micros(200));
+            }
+            for k in &keys {
+                l.check(k);
+            }
+        }
+        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        say!(
+            "active key (30 req/s, 10,000 keys)    {:<9} {:>7.1} B/key",
+            who.name(),
+            (after - before) as f64 / ACTIVE as f64
+        );
+        drop(l);
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+
 fn main() {
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
-    hot_key(&mut c);
-    uniform(&mut c);
-    batches(&mut c);
-    channel_round_trip(&mut c);
-    c.final_summary();
     let args: Vec<String> = std::env::args().collect();
-    let listing_or_testing = args.iter().any(|a| a == "--list" || a == "--test");
-    if !listing_or_testing && std::env::var_os("EYELET_BENCH_NO_REPORTS").is_none() {
-        ratio_table();
-        idle_latency();
-        tail_latency();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        // `cargo test --benches` / `cargo bench -- --list`: nothing to run.
+        return;
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let rounds: usize = env("EYELET_BENCH_ROUNDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let secs: f64 = env("EYELET_BENCH_SECS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let only = env("EYELET_BENCH_ONLY");
+    if let Some(path) = env("EYELET_BENCH_OUT") {
+        let f = std::fs::File::create(&path).expect("EYELET_BENCH_OUT");
+        if let Ok(mut g) = OUT.lock() {
+            *g = Some(f);
+        }
+    }
+    let rev = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    say!(
+        "eyelet local benchmark: build {rev}, {rounds} rounds of {secs} s per contender, W = 1 s, G = 10 ms, {} cores",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let wants = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let mut rows = Vec::new();
+    for w in workloads() {
+        if wants(w.name) {
+            rows.push(throughput(&w, rounds, secs));
+        }
+    }
+    if !rows.is_empty() {
+        summary(&rows);
+    }
+    if wants("idle") {
+        idle_latency(rounds);
+    }
+    if wants("tail") {
+        tail_latency(rounds);
+    }
+    if wants("memory") {
         memory_report();
     }
 }

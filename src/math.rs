@@ -7,9 +7,9 @@ mod absolute;
 mod suppressed;
 mod window;
 
-pub(crate) use absolute::decide_absolute;
+pub(crate) use absolute::decide_absolute_deferred;
 pub(crate) use suppressed::{decide_suppressed, suppression_factor, SuppressedKey};
-pub(crate) use window::{AttemptCounts, Attempts, Count, Window};
+pub(crate) use window::{AttemptCounts, Attempts, Count, RingWrite, Window};
 
 use std::time::Duration;
 

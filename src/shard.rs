@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
 use crate::math::{
-    decide_absolute, decide_suppressed, suppression_factor, Attempts, Count, Request,
-    SuppressedKey, Window,
+    decide_absolute_deferred, decide_suppressed, suppression_factor, Attempts, Count, Request,
+    RingWrite, SuppressedKey, Window,
 };
 use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
@@ -46,6 +46,9 @@ pub(crate) struct Shared {
 pub(crate) trait Strategy: Send + 'static {
     type Value: Default + Send + Slot + 'static;
     type Snapshot: Send + 'static;
+    /// A write a decision may leave for the shard's next message (see
+    /// [`RingWrite`](crate::math::RingWrite)).
+    type Later: Copy + Send + 'static;
 
     fn decide(
         value: &mut Self::Value,
@@ -53,7 +56,11 @@ pub(crate) trait Strategy: Send + 'static {
         bucket_ms: u64,
         req: Request,
         rng: &mut dyn RandomSource,
+        later: &mut Option<Self::Later>,
     ) -> RateLimitDecision;
+
+    /// Makes a write `decide` left for later.
+    fn apply(value: &mut Self::Value, later: Self::Later);
 
     fn snapshot(value: Option<&Self::Value>, now: u64, shared: &Shared) -> Self::Snapshot;
 
@@ -79,6 +86,7 @@ pub(crate) struct Absolute;
 impl Strategy for Absolute {
     type Value = Window<Count>;
     type Snapshot = u64;
+    type Later = RingWrite<Count>;
 
     #[inline(always)]
     fn decide(
@@ -87,8 +95,14 @@ impl Strategy for Absolute {
         bucket_ms: u64,
         req: Request,
         _rng: &mut dyn RandomSource,
+        later: &mut Option<RingWrite<Count>>,
     ) -> RateLimitDecision {
-        decide_absolute(value, now, bucket_ms, req)
+        decide_absolute_deferred(value, now, bucket_ms, req, later)
+    }
+
+    #[inline(always)]
+    fn apply(value: &mut Window<Count>, later: RingWrite<Count>) {
+        value.apply(later);
     }
 
     fn snapshot(value: Option<&Window<Count>>, now: u64, _shared: &Shared) -> u64 {
@@ -111,6 +125,12 @@ pub(crate) struct Suppressed;
 impl Strategy for Suppressed {
     type Value = SuppressedKey;
     type Snapshot = SuppressedSnapshot;
+    /// Suppressed decisions write at once.
+    type Later = std::convert::Infallible;
+
+    fn apply(_: &mut SuppressedKey, later: std::convert::Infallible) {
+        match later {}
+    }
 
     #[inline]
     fn decide(
@@ -119,6 +139,7 @@ impl Strategy for Suppressed {
         bucket_ms: u64,
         req: Request,
         rng: &mut dyn RandomSource,
+        _later: &mut Option<std::convert::Infallible>,
     ) -> RateLimitDecision {
         // A panicking custom random source is contained (it runs inside an executor serving
         // other callers): the draw falls back to 0.5.
@@ -159,7 +180,12 @@ impl Strategy for Suppressed {
 
 /// The state one shard actor owns.
 pub(crate) struct ShardActor<S: Strategy> {
+    /// Read and changed only through [`store`](Self::store), which first makes the pending
+    /// write.
     store: Store<S::Value>,
+    /// The write the last decision left for later, with its entry's index: made at the start
+    /// of the next access to the store, before anything can read it or move the entry.
+    later: Option<(u32, S::Later)>,
     last_now: u64,
     /// The limits of the last rate seen (most calls repeat it): `(rate bits, limits)`.
     last_limits: (u64, Limits),
@@ -179,6 +205,7 @@ impl<S: Strategy> ShardActor<S> {
     ) -> Self {
         Self {
             store: Store::new(hasher),
+            later: None,
             last_now: 0,
             last_limits: (
                 RateLimit::ONE.as_per_second().to_bits(),
@@ -189,6 +216,39 @@ impl<S: Strategy> ShardActor<S> {
             bucket_ms: shared.bucket_ms,
             shared,
         }
+    }
+
+    /// The key table, after making the write the last decision left for later.
+    #[inline(always)]
+    fn store(&mut self) -> &mut Store<S::Value> {
+        self.make_later_write();
+        &mut self.store
+    }
+
+    /// Makes the write the last decision left for later.
+    #[inline(always)]
+    fn make_later_write(&mut self) {
+        if let Some((idx, later)) = self.later.take() {
+            S::apply(self.store.value_mut(idx as usize), later);
+        }
+    }
+
+    /// Decides for the entry at `idx`; the write it leaves for later waits in `self.later`.
+    #[inline(always)]
+    fn decide_at(&mut self, idx: usize, now: u64, req: Request) -> RateLimitDecision {
+        let g = self.bucket_ms;
+        let mut later = None;
+        self.make_later_write();
+        let d = S::decide(
+            self.store.value_mut(idx),
+            now,
+            g,
+            req,
+            &mut *self.rng,
+            &mut later,
+        );
+        self.later = later.map(|l| (idx as u32, l));
+        d
     }
 
     /// The shard's time: the clock, never going backwards.
@@ -227,9 +287,8 @@ impl<S: Strategy> ShardActor<S> {
         now: u64,
     ) -> RateLimitDecision {
         let req = Request { limits, n, record };
-        let g = self.bucket_ms;
-        if let Some(idx) = self.store.find(hash, key) {
-            return S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng);
+        if let Some(idx) = self.store().find(hash, key) {
+            return self.decide_at(idx, now, req);
         }
         self.decide_new_key(key, hash, req, now).0
     }
@@ -244,7 +303,18 @@ impl<S: Strategy> ShardActor<S> {
         now: u64,
     ) -> (RateLimitDecision, Option<usize>) {
         let mut value = S::Value::default();
-        let decision = S::decide(&mut value, now, self.bucket_ms, req, &mut *self.rng);
+        let mut later = None;
+        let decision = S::decide(
+            &mut value,
+            now,
+            self.bucket_ms,
+            req,
+            &mut *self.rng,
+            &mut later,
+        );
+        if let Some(l) = later {
+            S::apply(&mut value, l);
+        }
         if S::window_is_empty(&value) {
             // Nothing to remember (probe, rejection or is_allowed): no state created.
             return (decision, None);
@@ -253,13 +323,14 @@ impl<S: Strategy> ShardActor<S> {
             return (RateLimitDecision::KeyCapacityExceeded, None);
         }
         // Eviction above may have moved entries; the index returned here is final.
-        let idx = self.store.insert(hash, key, value);
+        let idx = self.store().insert(hash, key, value);
         (decision, Some(idx))
     }
 
     /// Reserves room for one more key under the cap, replacing an expired key of this shard if
     /// the cap is reached.
     fn admit_new_key(&mut self, now: u64) -> bool {
+        self.make_later_write();
         let shared = &*self.shared;
         if shared.max_keys == usize::MAX {
             return true;
@@ -386,15 +457,15 @@ impl<S: Strategy> ShardActor<S> {
         let limits = self.limits(rate);
         // (key, hash, entry index) of the last key found
         let mut last: Option<(&str, u64, usize)> = None;
-        let (req, g) = (Request { limits, n, record }, self.bucket_ms);
+        let req = Request { limits, n, record };
         for (key, hash, pos) in items {
             // Consecutive items with the same key reuse the index (no probe).
             let cached = last.filter(|&(k, h, _)| h == hash && k == key).map(|l| l.2);
-            let idx = cached.or_else(|| self.store.find(hash, key.as_bytes()));
+            let idx = cached.or_else(|| self.store().find(hash, key.as_bytes()));
             let d = match idx {
                 Some(idx) => {
                     last = Some((key, hash, idx));
-                    S::decide(self.store.value_mut(idx), now, g, req, &mut *self.rng)
+                    self.decide_at(idx, now, req)
                 }
                 None => {
                     let (d, idx) = self.decide_new_key(key.as_bytes(), hash, req, now);
@@ -516,6 +587,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Get<'_> {
 
     fn handle(self, shard: &mut ShardActor<S>) -> S::Snapshot {
         let now = shard.now();
+        shard.make_later_write();
         let value = shard.store.get(self.key.hash, self.key.key.as_bytes());
         S::snapshot(value, now, &shard.shared)
     }
@@ -541,7 +613,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Reset<'_> {
     type Reply = bool;
 
     fn handle(self, shard: &mut ShardActor<S>) -> bool {
-        let removed = shard.store.remove(self.key.hash, self.key.key.as_bytes());
+        let removed = shard.store().remove(self.key.hash, self.key.key.as_bytes());
         shard.forget(usize::from(removed));
         removed
     }
@@ -576,8 +648,8 @@ impl<S: Strategy> Message<ShardActor<S>> for Sweep {
     fn handle(self, shard: &mut ShardActor<S>) -> SweepReport {
         let now = shard.now();
         let stale = shard.shared.stale_after_ms;
-        let len_before = shard.store.len();
-        let removed = shard.store.sweep(self.budget, |v| {
+        let len_before = shard.store().len();
+        let removed = shard.store().sweep(self.budget, |v| {
             let (newest, live) = S::activity(v, now);
             // Never evict state that still counts: an evicted key must behave like a new one.
             !live && newest.is_none_or(|t| now.saturating_sub(t) >= stale)
@@ -597,7 +669,7 @@ pub(crate) struct Len;
 impl<S: Strategy> Message<ShardActor<S>> for Len {
     type Reply = usize;
     fn handle(self, shard: &mut ShardActor<S>) -> usize {
-        shard.store.len()
+        shard.store().len()
     }
 }
 
@@ -608,8 +680,8 @@ pub(crate) struct Clear;
 impl<S: Strategy> Message<ShardActor<S>> for Clear {
     type Reply = ();
     fn handle(self, shard: &mut ShardActor<S>) {
-        let n = shard.store.len();
-        shard.store.clear();
+        let n = shard.store().len();
+        shard.store().clear();
         shard.forget(n);
     }
 }

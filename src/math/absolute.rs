@@ -2,34 +2,63 @@
 
 use std::time::Duration;
 
-use super::{never_admissible, Count, Request, Window};
+use super::{never_admissible, Count, Request, RingWrite, Window};
 use crate::decision::RateLimitDecision;
 
 /// Decides `req` at `now` against `window`, recording it if admitted and `req.record`.
 ///
 /// Admits iff `live + n ≤ C`. A rejection carries the shortest wait after which the same request
 /// fits (from the bucket expiries) and the capacity free at that moment.
-#[inline(always)]
+#[cfg(test)]
 pub(crate) fn decide_absolute(
     window: &mut Window<Count>,
     now: u64,
     bucket_ms: u64,
     req: Request,
 ) -> RateLimitDecision {
+    let mut later = None;
+    let d = decide_absolute_deferred(window, now, bucket_ms, req, &mut later);
+    if let Some(w) = later {
+        window.apply(w);
+    }
+    d
+}
+
+/// [`decide_absolute`], leaving the write of an admitted request's ring slot in `later` (see
+/// [`RingWrite`]): the caller applies it before the window is used again.
+#[inline(always)]
+pub(crate) fn decide_absolute_deferred(
+    window: &mut Window<Count>,
+    now: u64,
+    bucket_ms: u64,
+    req: Request,
+    later: &mut Option<RingWrite<Count>>,
+) -> RateLimitDecision {
     let Request { limits, n, record } = req;
     let w_eff = limits.window_ms;
     let cap = limits.capacity;
     // Only a recording call may move the key's span; reads and probes never do.
-    window.advance(now, w_eff, record && n > 0);
+    let untrimmed = window.advance_lazy(now, w_eff, record && n > 0);
     if n > cap {
         return never_admissible(cap, w_eff);
     }
     // A probe (n = 0) gets the decision a unit request would get.
     let need = n.max(1);
+    if untrimmed {
+        // Everything held, expired or not, bounds the live sum: room in it is room in the
+        // window, decided without reading the oldest buckets.
+        if window.total_held().saturating_add(need) <= cap {
+            if record && n > 0 {
+                *later = window.record_deferred(now, bucket_ms, w_eff, n);
+            }
+            return RateLimitDecision::Allowed;
+        }
+        window.finish_advance(now);
+    }
     let live = window.live(now, w_eff);
     if live.saturating_add(need) <= cap {
         if record && n > 0 {
-            window.record(now, bucket_ms, w_eff, n);
+            *later = window.record_deferred(now, bucket_ms, w_eff, n);
         }
         return RateLimitDecision::Allowed;
     }
@@ -148,6 +177,83 @@ mod tests {
             decide_absolute(&mut w, 5, 10, req(1000, 1, 0)),
             rejected(995, 1, 1000)
         );
+    }
+
+    /// The rule as it was before the lazy trim and the deferred write: trim first, always.
+    fn decide_eager(
+        window: &mut Window<Count>,
+        now: u64,
+        g: u64,
+        req: Request,
+    ) -> RateLimitDecision {
+        let Request { limits, n, record } = req;
+        let (w_eff, cap) = (limits.window_ms, limits.capacity);
+        window.advance(now, w_eff, record && n > 0);
+        if n > cap {
+            return never_admissible(cap, w_eff);
+        }
+        let need = n.max(1);
+        let live = window.live(now, w_eff);
+        if live.saturating_add(need) <= cap {
+            if record && n > 0 {
+                window.record(now, g, w_eff, n);
+            }
+            return RateLimitDecision::Allowed;
+        }
+        rejection(window, now, w_eff, cap, need, live)
+    }
+
+    #[test]
+    fn lazy_trim_and_deferred_writes_decide_like_trimming_first() {
+        // Random histories over several windows (so spans grow and shrink while expired
+        // buckets are still held), capacities near the traffic, probes and reads; the write a
+        // decision leaves for later is made just before the next call, as the shard does.
+        for seed in 1..=24u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            let (mut lazy, mut eager) = (Window::new(), Window::new());
+            let mut later: Option<RingWrite<Count>> = None;
+            let mut now = 0u64;
+            let g = [1u64, 10, 25][(seed % 3) as usize];
+            for step in 0..20_000 {
+                now += [0, 1, 3, 9, 40, 300][next(6) as usize] * (1 + next(3));
+                let window_ms = [100u64, 250, 1000, 5000][next(4) as usize];
+                let most = if next(4) == 0 { 400 } else { 30 };
+                let capacity = 1 + next(most);
+                let req = Request {
+                    limits: Limits {
+                        window_ms,
+                        capacity,
+                        hard: capacity,
+                    },
+                    n: next(4),
+                    record: next(5) != 0,
+                };
+                if let Some(w) = later.take() {
+                    lazy.apply(w);
+                }
+                let a = decide_absolute_deferred(&mut lazy, now, g, req, &mut later);
+                let b = decide_eager(&mut eager, now, g, req);
+                assert_eq!(a, b, "seed {seed} step {step} at {now}: {req:?}");
+                if step % 7 == 0 {
+                    if let Some(w) = later.take() {
+                        lazy.apply(w);
+                    }
+                    for w in [100, 1000, 5000] {
+                        assert_eq!(
+                            lazy.live_untrimmed(now, w),
+                            eager.live_untrimmed(now, w),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

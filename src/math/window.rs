@@ -347,6 +347,55 @@ impl<C: Counts> Window<C> {
         }
     }
 
+    /// [`advance`](Self::advance) without the trim where that changes nothing but the memory
+    /// held: when the ring's newest bucket is live and the call leaves the span as it is.
+    /// Returns `true` when the trim was skipped: the ring may then still hold buckets that left
+    /// the span (they are counted in `total`, which is therefore an upper bound of every live
+    /// sum), and [`finish_advance`](Self::finish_advance) must run before
+    /// [`live`](Self::live). Returns `false` after a full `advance`.
+    ///
+    /// Skipping is exact: with the span unchanged, a bucket that left it stays out of it, so a
+    /// later trim drops exactly what this one would have dropped; and updating the span's
+    /// confirmation time (all that is left of `advance` here) does not depend on the buckets.
+    /// What it saves is the read of the ring's oldest bucket, usually a cache miss on a key that
+    /// is not hot: a call whose untrimmed total already leaves room touches no bucket it does not
+    /// write.
+    #[inline(always)]
+    pub(crate) fn advance_lazy(&mut self, now: u64, w_eff: u64, confirm: bool) -> bool {
+        let span = u64::from(self.span);
+        if !self.ring_mode() || self.newest.saturating_add(span) <= now {
+            // One bucket or none (nothing to save), or everything expired (forget it now).
+            self.advance(now, w_eff, confirm);
+            return false;
+        }
+        if confirm {
+            let w = w_eff.min(u64::from(u32::MAX)) as u32;
+            let since = u64::from(low(now).wrapping_sub(self.span_seen));
+            if w > self.span || (w < self.span && since >= span + span / 2) {
+                // The span changes: the trim must see the span in effect before the call.
+                self.advance(now, w_eff, confirm);
+                return false;
+            }
+            if since >= span + span / 2 || (w == self.span && since >= span / 2) {
+                self.span_seen = low(now);
+            }
+        }
+        true
+    }
+
+    /// Completes an [`advance_lazy`](Self::advance_lazy) that skipped its trim (same `now`).
+    #[inline]
+    pub(crate) fn finish_advance(&mut self, now: u64) {
+        self.trim(now);
+    }
+
+    /// Sum of all buckets held, including any that left the span but were not trimmed yet
+    /// (after [`advance_lazy`](Self::advance_lazy)): an upper bound of [`live`](Self::live).
+    #[inline(always)]
+    pub(crate) fn total_held(&self) -> C::Wide {
+        self.total
+    }
+
     /// Drops buckets older than the retained span; forgets an emptied window's span.
     #[inline(always)]
     fn trim(&mut self, now: u64) {
@@ -453,7 +502,7 @@ impl<C: Counts> Window<C> {
 
     /// Appends a bucket, growing the ring or leaving the implied mode (the caller adds its
     /// counts to `total` afterwards).
-    fn push_back(&mut self, b: Bucket<C>) {
+    fn push_back(&mut self, now: u64, b: Bucket<C>) {
         if !self.ring_mode() {
             let mut buf = vec![Bucket::default(); MIN_RING].into_boxed_slice();
             let mut n = 0;
@@ -470,8 +519,14 @@ impl<C: Counts> Window<C> {
             self.len = n as u32 + 1;
             return;
         }
-        let n = self.len as usize;
+        let mut n = self.len as usize;
         let cap = self.buf.len();
+        if n == cap {
+            // A full ring may still hold buckets that left the span (a lazy advance skipped
+            // the trim): drop those before growing.
+            self.trim(now);
+            n = self.len as usize;
+        }
         if n == cap {
             let mut grown = Vec::with_capacity(cap * 2);
             grown.extend((0..n).map(|i| self.buf[(self.head as usize + i) & (cap - 1)]));
@@ -517,18 +572,104 @@ impl<C: Counts> Window<C> {
                 return;
             }
         }
-        self.push_back(Bucket {
-            start: low(now),
-            counts: C::narrow(&counts),
-        });
+        self.push_back(
+            now,
+            Bucket {
+                start: low(now),
+                counts: C::narrow(&counts),
+            },
+        );
         C::add_wide(&mut self.total, &counts);
         self.newest = now;
+    }
+
+    /// Writes a bucket that [`record_deferred`](Window::record_deferred) left for later.
+    /// Must run before anything else reads or changes this window.
+    #[inline(always)]
+    pub(crate) fn apply(&mut self, w: RingWrite<C>) {
+        let mask = self.buf.len().wrapping_sub(1);
+        if let Some(b) = self.buf.get_mut(w.slot as usize & mask) {
+            if w.join {
+                let mut sum = b.counts.widen();
+                C::add_wide(&mut sum, &w.bucket.counts.widen());
+                b.counts = C::narrow(&sum);
+            } else {
+                *b = w.bucket;
+            }
+        }
     }
 
     /// Number of buckets held.
     #[cfg(test)]
     pub(crate) fn bucket_count(&self) -> usize {
         self.len as usize
+    }
+}
+
+/// A bucket write a decision left for later: the window's header already counts it, its ring
+/// slot is written by [`Window::apply`].
+///
+/// Why: on a key that is not hot, the ring slot is a cache line nobody has read, and the shard
+/// releases its run token (a locked instruction, which waits for every earlier store) right
+/// after the decision. Left for the shard's next message, the store is issued at the start of
+/// that message and completes while that message waits for its own key's lines.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingWrite<C> {
+    slot: u32,
+    bucket: Bucket<C>,
+    /// Add `bucket`'s counts to the slot (a request joining the newest bucket) instead of
+    /// overwriting it (a new bucket).
+    join: bool,
+}
+
+impl Window<Count> {
+    /// [`record`](Window::record), except that a write into an existing ring slot is returned
+    /// instead of made (allocating or growing the ring is done at once). The window's header
+    /// (total, newest, length) is updated now, so every decision that follows is the same; the
+    /// returned write must be [`apply`](Window::apply)'d before the window is read or changed
+    /// again. (Absolute buckets are always joinable, so joining needs no read of the slot.)
+    #[inline(always)]
+    pub(crate) fn record_deferred(
+        &mut self,
+        now: u64,
+        bucket_ms: u64,
+        w_eff: u64,
+        n: u64,
+    ) -> Option<RingWrite<Count>> {
+        if !self.ring_mode() || self.is_empty() {
+            self.record(now, bucket_ms, w_eff, n);
+            return None;
+        }
+        let mask = self.buf.len() - 1;
+        if now.saturating_sub(self.newest) < bucket_ms {
+            let slot = (self.head as usize + self.len as usize - 1) & mask;
+            Count::add_wide(&mut self.total, &n);
+            return Some(RingWrite {
+                slot: slot as u32,
+                bucket: Bucket {
+                    start: low(self.newest),
+                    counts: Split64::new(n),
+                },
+                join: true,
+            });
+        }
+        if self.len as usize == self.buf.len() {
+            // Full: trim, and grow if still full, at once.
+            self.record(now, bucket_ms, w_eff, n);
+            return None;
+        }
+        let slot = (self.head as usize + self.len as usize) & mask;
+        self.len += 1;
+        Count::add_wide(&mut self.total, &n);
+        self.newest = now;
+        Some(RingWrite {
+            slot: slot as u32,
+            bucket: Bucket {
+                start: low(now),
+                counts: Split64::new(n),
+            },
+            join: false,
+        })
     }
 }
 

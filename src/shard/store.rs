@@ -2,7 +2,8 @@
 //!
 //! Layout chosen for the 100k-key and 1M-idle-key targets: the table holds 4-byte indices (plus
 //! hashbrown's control byte); the slab holds entries back to back, each a 16-byte key (up to 15
-//! bytes inline, longer keys in a side table) and the value. An absolute entry is exactly one
+//! bytes inline; a longer key's offset and length in one shared byte arena, so comparing it costs
+//! one more cache line, not two) and the value. An absolute entry is exactly one
 //! 64-byte cache line, aligned, so a lookup touches the control group, one index and one line,
 //! and an idle key with one bucket costs about 78 bytes at 1M keys (up to ~130 right after the
 //! slab and the table double).
@@ -41,8 +42,8 @@ fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// A key in 16 bytes: up to 15 bytes inline with the length in the last byte, or an index into
-/// the store's side table of long keys.
+/// A key in 16 bytes: up to 15 bytes inline with the length in the last byte, or the offset
+/// (8 bytes) and length (7 bytes) of a long key in the store's arena.
 #[derive(Clone, Copy, Debug)]
 struct KeyBuf([u8; 16]);
 
@@ -57,21 +58,29 @@ impl KeyBuf {
         Some(Self(b))
     }
 
-    fn long(index: u32) -> Self {
+    fn long(offset: usize, len: usize) -> Self {
         let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&index.to_ne_bytes());
+        b[..8].copy_from_slice(&(offset as u64).to_le_bytes());
+        // 7 bytes of length: 2^56 bytes is beyond any address space this runs in.
+        b[8..15].copy_from_slice(&(len as u64).to_le_bytes()[..7]);
         b[15] = LONG_KEY;
         Self(b)
     }
 
-    /// The inline bytes, or the side-table index.
+    /// The inline bytes, or the arena range of a long key.
     #[inline(always)]
-    fn get(&self) -> Result<&[u8], u32> {
+    fn get(&self) -> Result<&[u8], std::ops::Range<usize>> {
         let len = self.0[15];
         if len == LONG_KEY {
-            let mut i = [0u8; 4];
-            i.copy_from_slice(&self.0[..4]);
-            Err(u32::from_ne_bytes(i))
+            let mut o = [0u8; 8];
+            o.copy_from_slice(&self.0[..8]);
+            let mut l = [0u8; 8];
+            l[..7].copy_from_slice(&self.0[8..15]);
+            let (offset, len) = (
+                u64::from_le_bytes(o) as usize,
+                u64::from_le_bytes(l) as usize,
+            );
+            Err(offset..offset.saturating_add(len))
         } else {
             Ok(&self.0[..usize::from(len).min(INLINE_KEY)])
         }
@@ -103,9 +112,10 @@ struct Entry<V: Slot> {
 pub(crate) struct Store<V: Slot> {
     table: HashTable<u32>,
     entries: Vec<Entry<V>>,
-    /// Keys longer than [`INLINE_KEY`] bytes, referenced from their entries.
-    long_keys: Vec<Box<[u8]>>,
-    free_long: Vec<u32>,
+    /// Keys longer than [`INLINE_KEY`] bytes, back to back, referenced from their entries.
+    long_keys: Vec<u8>,
+    /// Bytes of `long_keys` that belong to removed keys (reclaimed by compaction).
+    long_dead: usize,
     /// Where the next incremental sweep resumes.
     cursor: usize,
     /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
@@ -119,7 +129,7 @@ impl<V: Slot> Store<V> {
             table: HashTable::new(),
             entries: Vec::new(),
             long_keys: Vec::new(),
-            free_long: Vec::new(),
+            long_dead: 0,
             cursor: 0,
             hasher,
         }
@@ -130,15 +140,15 @@ impl<V: Slot> Store<V> {
         self.entries.len()
     }
 
-    fn key_bytes<'a>(entry: &'a Entry<V>, long_keys: &'a [Box<[u8]>]) -> &'a [u8] {
+    fn key_bytes<'a>(entry: &'a Entry<V>, long_keys: &'a [u8]) -> &'a [u8] {
         match entry.key.get() {
             Ok(b) => b,
-            Err(i) => long_keys.get(i as usize).map_or(&[], |k| &k[..]),
+            Err(range) => long_keys.get(range).unwrap_or(&[]),
         }
     }
 
     /// The hash the router computed for an entry's key (`hash_one(&str)`).
-    fn hash_of(entry: &Entry<V>, long_keys: &[Box<[u8]>], hasher: &ahash::RandomState) -> u64 {
+    fn hash_of(entry: &Entry<V>, long_keys: &[u8], hasher: &ahash::RandomState) -> u64 {
         let bytes = Self::key_bytes(entry, long_keys);
         match std::str::from_utf8(bytes) {
             Ok(s) => hasher.hash_one(s),
@@ -155,7 +165,7 @@ impl<V: Slot> Store<V> {
             .find(hash, |&i| {
                 entries.get(i as usize).is_some_and(|e| match e.key.get() {
                     Ok(inline) => bytes_eq(inline, key),
-                    Err(l) => long_keys.get(l as usize).is_some_and(|k| **k == *key),
+                    Err(range) => long_keys.get(range).is_some_and(|k| k == key),
                 })
             })
             .map(|&i| i as usize)
@@ -178,18 +188,9 @@ impl<V: Slot> Store<V> {
         let key = match KeyBuf::inline(key) {
             Some(k) => k,
             None => {
-                let boxed: Box<[u8]> = key.into();
-                let i = match self.free_long.pop() {
-                    Some(i) => {
-                        self.long_keys[i as usize] = boxed;
-                        i
-                    }
-                    None => {
-                        self.long_keys.push(boxed);
-                        (self.long_keys.len() - 1) as u32
-                    }
-                };
-                KeyBuf::long(i)
+                let offset = self.long_keys.len();
+                self.long_keys.extend_from_slice(key);
+                KeyBuf::long(offset, key.len())
             }
         };
         let idx = self.entries.len();
@@ -222,10 +223,10 @@ impl<V: Slot> Store<V> {
             }
         }
         let removed = self.entries.swap_remove(idx);
-        if let Err(l) = removed.key.get() {
-            if let Some(k) = self.long_keys.get_mut(l as usize) {
-                *k = Box::new([]);
-                self.free_long.push(l);
+        if let Err(range) = removed.key.get() {
+            self.long_dead += range.len();
+            if self.long_dead > 4096 && self.long_dead * 2 > self.long_keys.len() {
+                self.compact_long_keys();
             }
         }
         if self.entries.len() * 4 < self.entries.capacity() && self.entries.capacity() > 64 {
@@ -236,6 +237,23 @@ impl<V: Slot> Store<V> {
             });
         }
         Some(removed.value)
+    }
+
+    /// Rewrites the long-key arena with only the keys still referenced (the removed ones are
+    /// at least half of it, so the copying is paid for by the removals).
+    #[cold]
+    fn compact_long_keys(&mut self) {
+        let mut arena = Vec::with_capacity(self.long_keys.len() - self.long_dead);
+        for e in &mut self.entries {
+            if let Err(range) = e.key.get() {
+                let bytes = self.long_keys.get(range).unwrap_or(&[]);
+                let offset = arena.len();
+                arena.extend_from_slice(bytes);
+                e.key = KeyBuf::long(offset, bytes.len());
+            }
+        }
+        self.long_keys = arena;
+        self.long_dead = 0;
     }
 
     /// Removes `key`; returns whether it was present.
@@ -274,8 +292,8 @@ impl<V: Slot> Store<V> {
     pub(crate) fn clear(&mut self) {
         self.table.clear();
         self.entries.clear();
-        self.long_keys.clear();
-        self.free_long.clear();
+        self.long_keys = Vec::new();
+        self.long_dead = 0;
         self.cursor = 0;
     }
 }
@@ -360,11 +378,37 @@ mod tests {
             assert_eq!(got, if i % 3 == 0 { None } else { Some(i) });
         }
         assert_eq!(s.len(), 200 - 67);
-        // freed long-key slots are reused
         let long = "y".repeat(40);
         s.insert(h(&long), long.as_bytes(), 999);
         assert_eq!(s.get(h(&long), long.as_bytes()), Some(&999));
-        assert!(s.long_keys.len() <= 200);
+    }
+
+    #[test]
+    fn removed_long_keys_are_reclaimed_and_the_rest_still_found() {
+        let mut s = Store::new(hasher());
+        let keys: Vec<String> = (0..2000).map(|i| format!("{i:0>40}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            s.insert(h(k), k.as_bytes(), i);
+        }
+        assert_eq!(s.long_keys.len(), 2000 * 40);
+        for k in keys.iter().skip(1).step_by(2).chain(keys.iter().step_by(4)) {
+            assert!(s.remove(h(k), k.as_bytes()));
+        }
+        // 1500 removed: compaction ran, at most the 4 KiB slack plus half the arena is dead
+        assert!(
+            s.long_keys.len() <= 500 * 40 * 2 + 4096,
+            "{}",
+            s.long_keys.len()
+        );
+        for (i, k) in keys.iter().enumerate() {
+            let kept = i % 2 == 0 && i % 4 != 0;
+            assert_eq!(s.get(h(k), k.as_bytes()).copied(), kept.then_some(i), "{i}");
+        }
+        // a key longer than any inline one, and one of exactly 15 and 16 bytes
+        for k in ["x".repeat(15), "x".repeat(16), "é".repeat(300)] {
+            s.insert(h(&k), k.as_bytes(), 7);
+            assert_eq!(s.get(h(&k), k.as_bytes()), Some(&7));
+        }
     }
 
     #[test]
