@@ -1,28 +1,44 @@
-//! A shard's key table: a dense slab of entries indexed by a `HashTable<u32>`.
+//! A shard's key table: dense slabs of entries indexed by a `HashTable<u32>`.
 //!
 //! Layout chosen for the 100k-key and 1M-idle-key targets: the table holds 4-byte indices (plus
-//! hashbrown's control byte); the slab holds entries back to back, each a 16-byte key (up to 15
-//! bytes inline; a longer key's offset and length in one shared byte arena, so comparing it costs
-//! one more cache line, not two) and the value. An absolute entry is exactly one
-//! 64-byte cache line, aligned, so a lookup touches the control group, one index and one line,
-//! and an idle key with one bucket costs about 78 bytes at 1M keys (up to ~130 right after the
-//! slab and the table double).
+//! hashbrown's control byte), and entries live back to back in two slabs by key length:
+//! - **narrow**: a 16-byte key (up to 15 bytes inline) and the value. An absolute entry is exactly
+//!   one aligned 64-byte cache line, so a lookup touches the control group, one index and one
+//!   line, and an idle key with one bucket costs about 78 bytes at 1M keys (up to ~130 right after
+//!   the slab and the table double).
+//! - **wide**: keys of 16 to [`WIDE_KEY`] bytes inline in 80 bytes (UUIDs, IPv6 addresses, API
+//!   keys), then the value: an absolute entry is two aligned lines whose loads are issued
+//!   together, where a key stored elsewhere would be a second miss that waits for the first.
+//!
+//! Longer keys are kept in one byte arena, referenced (offset, length) from a narrow entry.
+//! An index's top bit says which slab it points into.
+
+use std::ops::Range;
 
 use hashbrown::HashTable;
 
-/// Bytes a key may have to be stored inline.
+/// Bytes a key may have to be stored in a narrow entry.
 const INLINE_KEY: usize = 15;
-/// Marker in the last key byte for a key kept in the side table.
+/// Bytes a key may have to be stored in a wide entry.
+const WIDE_KEY: usize = 79;
+/// Marker in the last key byte for a key kept in the arena.
 const LONG_KEY: u8 = 0xFF;
+/// Index bit of the wide slab.
+const WIDE: u32 = 1 << 31;
 
-/// Key equality without a `memcmp` call for short keys (the common case): overlapping loads
-/// cover 1..=16 bytes in two comparisons.
+/// Key equality without a `memcmp` call for keys of up to 64 bytes (the common cases):
+/// overlapping loads cover 1..=16 bytes in two comparisons, longer keys 16 bytes at a time.
 #[inline(always)]
 fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
     }
+    let w16 = |s: &[u8], at: usize| -> u128 {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&s[at..at + 16]);
+        u128::from_ne_bytes(w)
+    };
     let w8 = |s: &[u8], at: usize| -> u64 {
         let mut w = [0u8; 8];
         w.copy_from_slice(&s[at..at + 8]);
@@ -38,6 +54,16 @@ fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
         1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
         8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        17..=64 => {
+            let mut i = 0;
+            while i + 16 < n {
+                if w16(a, i) != w16(b, i) {
+                    return false;
+                }
+                i += 16;
+            }
+            w16(a, n - 16) == w16(b, n - 16)
+        }
         _ => a == b,
     }
 }
@@ -69,7 +95,7 @@ impl KeyBuf {
 
     /// The inline bytes, or the arena range of a long key.
     #[inline(always)]
-    fn get(&self) -> Result<&[u8], std::ops::Range<usize>> {
+    fn get(&self) -> Result<&[u8], Range<usize>> {
         let len = self.0[15];
         if len == LONG_KEY {
             let mut o = [0u8; 8];
@@ -87,13 +113,34 @@ impl KeyBuf {
     }
 }
 
+/// A key of up to [`WIDE_KEY`] bytes inline, its length in the last byte.
+#[derive(Clone, Copy, Debug)]
+struct WideKey([u8; WIDE_KEY + 1]);
+
+impl WideKey {
+    fn inline(key: &[u8]) -> Option<Self> {
+        if key.len() > WIDE_KEY {
+            return None;
+        }
+        let mut b = [0u8; WIDE_KEY + 1];
+        b[..key.len()].copy_from_slice(key);
+        b[WIDE_KEY] = key.len() as u8;
+        Some(Self(b))
+    }
+
+    #[inline(always)]
+    fn get(&self) -> &[u8] {
+        &self.0[..usize::from(self.0[WIDE_KEY]).min(WIDE_KEY)]
+    }
+}
+
 /// What a stored value asks of its entry's layout.
 pub(crate) trait Slot {
     /// A zero-sized array of this type sets the entry's alignment.
     type Align: Copy + Default + Send + Sync + std::fmt::Debug;
 }
 
-/// Alignment marker for entries that fill exactly one cache line.
+/// Alignment marker for entries that fill whole cache lines.
 #[repr(align(64))]
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct CacheLine;
@@ -101,25 +148,61 @@ pub(crate) struct CacheLine;
 /// One key: no stored hash (hashbrown's 7-bit tags filter probes; the hash is recomputed from
 /// the key on the rare resize or move).
 #[derive(Debug)]
-struct Entry<V: Slot> {
-    key: KeyBuf,
+struct Entry<K, V: Slot> {
+    key: K,
     value: V,
     _align: [V::Align; 0],
+}
+
+/// Where an index points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    Narrow(usize),
+    Wide(usize),
+}
+
+impl At {
+    #[inline(always)]
+    fn of(idx: usize) -> Self {
+        let i = idx as u32;
+        if i & WIDE != 0 {
+            At::Wide((i & !WIDE) as usize)
+        } else {
+            At::Narrow(i as usize)
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            At::Narrow(i) => i,
+            At::Wide(i) => (i as u32 | WIDE) as usize,
+        }
+    }
 }
 
 /// Keys of one shard and their values.
 #[derive(Debug)]
 pub(crate) struct Store<V: Slot> {
     table: HashTable<u32>,
-    entries: Vec<Entry<V>>,
-    /// Keys longer than [`INLINE_KEY`] bytes, back to back, referenced from their entries.
+    narrow: Vec<Entry<KeyBuf, V>>,
+    wide: Vec<Entry<WideKey, V>>,
+    /// Keys longer than [`WIDE_KEY`] bytes, back to back, referenced from narrow entries.
     long_keys: Vec<u8>,
     /// Bytes of `long_keys` that belong to removed keys (reclaimed by compaction).
     long_dead: usize,
-    /// Where the next incremental sweep resumes.
+    /// Where the next incremental sweep resumes (narrow entries first, then wide ones).
     cursor: usize,
     /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
     hasher: ahash::RandomState,
+}
+
+/// Shrinks a slab that is at most a quarter full.
+fn shrink<T>(v: &mut Vec<T>) -> bool {
+    if v.len() * 4 < v.capacity() && v.capacity() > 64 {
+        v.shrink_to(v.len() * 2);
+        return true;
+    }
+    false
 }
 
 impl<V: Slot> Store<V> {
@@ -127,7 +210,8 @@ impl<V: Slot> Store<V> {
     pub(crate) fn new(hasher: ahash::RandomState) -> Self {
         Self {
             table: HashTable::new(),
-            entries: Vec::new(),
+            narrow: Vec::new(),
+            wide: Vec::new(),
             long_keys: Vec::new(),
             long_dead: 0,
             cursor: 0,
@@ -137,19 +221,35 @@ impl<V: Slot> Store<V> {
 
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.narrow.len() + self.wide.len()
     }
 
-    fn key_bytes<'a>(entry: &'a Entry<V>, long_keys: &'a [u8]) -> &'a [u8] {
-        match entry.key.get() {
-            Ok(b) => b,
-            Err(range) => long_keys.get(range).unwrap_or(&[]),
+    /// The key stored at `at`.
+    fn key_at<'a>(
+        narrow: &'a [Entry<KeyBuf, V>],
+        wide: &'a [Entry<WideKey, V>],
+        long_keys: &'a [u8],
+        at: At,
+    ) -> &'a [u8] {
+        match at {
+            At::Narrow(i) => match narrow.get(i).map(|e| e.key.get()) {
+                Some(Ok(b)) => b,
+                Some(Err(range)) => long_keys.get(range).unwrap_or(&[]),
+                None => &[],
+            },
+            At::Wide(i) => wide.get(i).map_or(&[], |e| e.key.get()),
         }
     }
 
-    /// The hash the router computed for an entry's key (`hash_one(&str)`).
-    fn hash_of(entry: &Entry<V>, long_keys: &[u8], hasher: &ahash::RandomState) -> u64 {
-        let bytes = Self::key_bytes(entry, long_keys);
+    /// The hash the router computed for the key at `at` (`hash_one(&str)`).
+    fn hash_at(
+        narrow: &[Entry<KeyBuf, V>],
+        wide: &[Entry<WideKey, V>],
+        long_keys: &[u8],
+        hasher: &ahash::RandomState,
+        at: At,
+    ) -> u64 {
+        let bytes = Self::key_at(narrow, wide, long_keys, at);
         match std::str::from_utf8(bytes) {
             Ok(s) => hasher.hash_one(s),
             // Keys are stored from `&str`, so this arm is never taken.
@@ -157,86 +257,137 @@ impl<V: Slot> Store<V> {
         }
     }
 
+    fn rehash_index(&self, i: u32) -> u64 {
+        Self::hash_at(
+            &self.narrow,
+            &self.wide,
+            &self.long_keys,
+            &self.hasher,
+            At::of(i as usize),
+        )
+    }
+
     /// Index of `key`, if present.
     #[inline]
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
-        let (entries, long_keys) = (&self.entries, &self.long_keys);
+        let (narrow, wide, long_keys) = (&self.narrow, &self.wide, &self.long_keys);
         self.table
-            .find(hash, |&i| {
-                entries.get(i as usize).is_some_and(|e| match e.key.get() {
+            .find(hash, |&i| match At::of(i as usize) {
+                At::Narrow(i) => narrow.get(i).is_some_and(|e| match e.key.get() {
                     Ok(inline) => bytes_eq(inline, key),
                     Err(range) => long_keys.get(range).is_some_and(|k| k == key),
-                })
+                }),
+                At::Wide(i) => wide.get(i).is_some_and(|e| bytes_eq(e.key.get(), key)),
             })
             .map(|&i| i as usize)
     }
 
-    /// The value at `idx`.
+    /// The value at `idx` (an index [`find`](Self::find) or [`insert`](Self::insert) returned).
     #[inline]
     pub(crate) fn value_mut(&mut self, idx: usize) -> &mut V {
-        &mut self.entries[idx].value
+        match At::of(idx) {
+            At::Narrow(i) => &mut self.narrow[i].value,
+            At::Wide(i) => &mut self.wide[i].value,
+        }
+    }
+
+    fn value_at(&self, at: At) -> Option<&V> {
+        match at {
+            At::Narrow(i) => self.narrow.get(i).map(|e| &e.value),
+            At::Wide(i) => self.wide.get(i).map(|e| &e.value),
+        }
     }
 
     /// The value of `key`, if present.
     #[inline]
     pub(crate) fn get(&self, hash: u64, key: &[u8]) -> Option<&V> {
-        self.find(hash, key).map(|i| &self.entries[i].value)
+        self.find(hash, key).and_then(|i| self.value_at(At::of(i)))
     }
 
     /// Inserts a key known to be absent; returns its index.
     pub(crate) fn insert(&mut self, hash: u64, key: &[u8], value: V) -> usize {
-        let key = match KeyBuf::inline(key) {
-            Some(k) => k,
-            None => {
-                let offset = self.long_keys.len();
-                self.long_keys.extend_from_slice(key);
-                KeyBuf::long(offset, key.len())
-            }
+        let at = if let Some(k) = KeyBuf::inline(key) {
+            self.narrow.push(Entry {
+                key: k,
+                value,
+                _align: [],
+            });
+            At::Narrow(self.narrow.len() - 1)
+        } else if let Some(k) = WideKey::inline(key) {
+            self.wide.push(Entry {
+                key: k,
+                value,
+                _align: [],
+            });
+            At::Wide(self.wide.len() - 1)
+        } else {
+            let offset = self.long_keys.len();
+            self.long_keys.extend_from_slice(key);
+            self.narrow.push(Entry {
+                key: KeyBuf::long(offset, key.len()),
+                value,
+                _align: [],
+            });
+            At::Narrow(self.narrow.len() - 1)
         };
-        let idx = self.entries.len();
-        self.entries.push(Entry {
-            key,
-            value,
-            _align: [],
-        });
-        let (entries, long_keys, hasher) = (&self.entries, &self.long_keys, &self.hasher);
+        let idx = at.index();
+        let (narrow, wide, long_keys, hasher) =
+            (&self.narrow, &self.wide, &self.long_keys, &self.hasher);
         self.table.insert_unique(hash, idx as u32, |&i| {
-            Self::hash_of(&entries[i as usize], long_keys, hasher)
+            Self::hash_at(narrow, wide, long_keys, hasher, At::of(i as usize))
         });
         idx
     }
 
-    /// Removes the entry at `idx` (the last entry moves into its place).
+    /// Removes the entry at `idx` (the last entry of its slab moves into its place).
     pub(crate) fn remove_at(&mut self, idx: usize) -> Option<V> {
-        if idx >= self.entries.len() {
+        let at = At::of(idx);
+        let (len, i) = match at {
+            At::Narrow(i) => (self.narrow.len(), i),
+            At::Wide(i) => (self.wide.len(), i),
+        };
+        if i >= len {
             return None;
         }
-        let hash = Self::hash_of(&self.entries[idx], &self.long_keys, &self.hasher);
+        let last = match at {
+            At::Narrow(_) => At::Narrow(len - 1),
+            At::Wide(_) => At::Wide(len - 1),
+        };
+        let hash = self.rehash_index(idx as u32);
         if let Ok(slot) = self.table.find_entry(hash, |&i| i as usize == idx) {
             slot.remove();
         }
-        let last = self.entries.len() - 1;
-        if idx != last {
-            let moved = Self::hash_of(&self.entries[last], &self.long_keys, &self.hasher);
-            if let Some(slot) = self.table.find_mut(moved, |&i| i as usize == last) {
+        if last != at {
+            let moved = self.rehash_index(last.index() as u32);
+            if let Some(slot) = self.table.find_mut(moved, |&i| i as usize == last.index()) {
                 *slot = idx as u32;
             }
         }
-        let removed = self.entries.swap_remove(idx);
-        if let Err(range) = removed.key.get() {
-            self.long_dead += range.len();
-            if self.long_dead > 4096 && self.long_dead * 2 > self.long_keys.len() {
-                self.compact_long_keys();
+        let (value, shrunk) = match at {
+            At::Narrow(i) => {
+                let removed = self.narrow.swap_remove(i);
+                if let Err(range) = removed.key.get() {
+                    self.long_dead += range.len();
+                    if self.long_dead > 4096 && self.long_dead * 2 > self.long_keys.len() {
+                        self.compact_long_keys();
+                    }
+                }
+                (removed.value, shrink(&mut self.narrow))
             }
-        }
-        if self.entries.len() * 4 < self.entries.capacity() && self.entries.capacity() > 64 {
-            self.entries.shrink_to(self.entries.len() * 2);
-            let (entries, long_keys, hasher) = (&self.entries, &self.long_keys, &self.hasher);
-            self.table.shrink_to(entries.len(), |&i| {
-                Self::hash_of(&entries[i as usize], long_keys, hasher)
+            At::Wide(i) => {
+                let removed = self.wide.swap_remove(i);
+                (removed.value, shrink(&mut self.wide))
+            }
+        };
+        if shrunk {
+            let len = self.len();
+            let (narrow, wide, long_keys, hasher) =
+                (&self.narrow, &self.wide, &self.long_keys, &self.hasher);
+            self.table.shrink_to(len, |&i| {
+                Self::hash_at(narrow, wide, long_keys, hasher, At::of(i as usize))
             });
         }
-        Some(removed.value)
+        Some(value)
     }
 
     /// Rewrites the long-key arena with only the keys still referenced (the removed ones are
@@ -244,7 +395,7 @@ impl<V: Slot> Store<V> {
     #[cold]
     fn compact_long_keys(&mut self) {
         let mut arena = Vec::with_capacity(self.long_keys.len() - self.long_dead);
-        for e in &mut self.entries {
+        for e in &mut self.narrow {
             if let Err(range) = e.key.get() {
                 let bytes = self.long_keys.get(range).unwrap_or(&[]);
                 let offset = arena.len();
@@ -269,17 +420,22 @@ impl<V: Slot> Store<V> {
     pub(crate) fn sweep(&mut self, budget: usize, mut evict: impl FnMut(&V) -> bool) -> usize {
         let mut removed = 0;
         for _ in 0..budget {
-            if self.entries.is_empty() {
+            if self.len() == 0 {
                 self.cursor = 0;
                 break;
             }
-            if self.cursor >= self.entries.len() {
+            if self.cursor >= self.len() {
                 self.cursor = 0;
             }
-            let i = self.cursor;
-            if evict(&self.entries[i].value) {
-                // The last entry moved into `i`: visit `i` again next round.
-                self.remove_at(i);
+            let c = self.cursor;
+            let at = if c < self.narrow.len() {
+                At::Narrow(c)
+            } else {
+                At::Wide(c - self.narrow.len())
+            };
+            if self.value_at(at).is_some_and(&mut evict) {
+                // The last entry of the slab moved into `at`: visit it again next round.
+                self.remove_at(at.index());
                 removed += 1;
             } else {
                 self.cursor += 1;
@@ -291,7 +447,8 @@ impl<V: Slot> Store<V> {
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
         self.table.clear();
-        self.entries.clear();
+        self.narrow.clear();
+        self.wide.clear();
         self.long_keys = Vec::new();
         self.long_dead = 0;
         self.cursor = 0;
@@ -352,13 +509,64 @@ mod tests {
     }
 
     #[test]
-    fn absolute_entries_are_one_aligned_cache_line() {
-        use crate::math::Window;
-        assert_eq!(std::mem::size_of::<Entry<Window<crate::math::Count>>>(), 64);
+    fn absolute_entries_are_aligned_cache_lines() {
+        use crate::math::{Count, Window};
+        assert_eq!(std::mem::size_of::<Entry<KeyBuf, Window<Count>>>(), 64);
+        assert_eq!(std::mem::align_of::<Entry<KeyBuf, Window<Count>>>(), 64);
+        assert_eq!(std::mem::size_of::<Entry<WideKey, Window<Count>>>(), 128);
+    }
+
+    #[test]
+    fn keys_of_every_length_land_in_their_slab_and_are_found() {
+        let mut s = Store::new(hasher());
+        let keys: Vec<String> = (0..300)
+            .map(|i| "k".repeat(i % 100) + &i.to_string())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            let idx = s.insert(h(k), k.as_bytes(), i);
+            let wide = (idx as u32) & WIDE != 0;
+            assert_eq!(wide, (16..=WIDE_KEY).contains(&k.len()), "{}", k.len());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(s.get(h(k), k.as_bytes()), Some(&i));
+            // same length, one byte changed at each end
+            for pos in [0, k.len() - 1] {
+                let mut other = k.clone().into_bytes();
+                other[pos] ^= 1;
+                assert_eq!(s.get(h(k), &other), None);
+            }
+        }
+        // remove from both slabs, in the middle and at the end; the moved entries stay found
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            assert!(s.remove(h(k), k.as_bytes()), "{i}");
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                s.get(h(k), k.as_bytes()).copied(),
+                (i % 3 != 0).then_some(i)
+            );
+        }
         assert_eq!(
-            std::mem::align_of::<Entry<Window<crate::math::Count>>>(),
-            64
+            s.sweep(1000, |v| v % 2 == 0),
+            (0..300).filter(|i| i % 3 != 0 && i % 2 == 0).count()
         );
+        for (i, k) in keys.iter().enumerate() {
+            let kept = i % 3 != 0 && i % 2 != 0;
+            assert_eq!(s.get(h(k), k.as_bytes()).copied(), kept.then_some(i));
+        }
+    }
+
+    #[test]
+    fn key_equality_up_to_64_bytes_compares_every_byte() {
+        for n in 16..=70usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(bytes_eq(&a, &a.clone()));
+            for pos in 0..n {
+                let mut b = a.clone();
+                b[pos] ^= 0x80;
+                assert!(!bytes_eq(&a, &b), "{n} {pos}");
+            }
+        }
     }
 
     #[test]
@@ -386,17 +594,17 @@ mod tests {
     #[test]
     fn removed_long_keys_are_reclaimed_and_the_rest_still_found() {
         let mut s = Store::new(hasher());
-        let keys: Vec<String> = (0..2000).map(|i| format!("{i:0>40}")).collect();
+        let keys: Vec<String> = (0..2000).map(|i| format!("{i:0>80}")).collect();
         for (i, k) in keys.iter().enumerate() {
             s.insert(h(k), k.as_bytes(), i);
         }
-        assert_eq!(s.long_keys.len(), 2000 * 40);
+        assert_eq!(s.long_keys.len(), 2000 * 80);
         for k in keys.iter().skip(1).step_by(2).chain(keys.iter().step_by(4)) {
             assert!(s.remove(h(k), k.as_bytes()));
         }
         // 1500 removed: compaction ran, at most the 4 KiB slack plus half the arena is dead
         assert!(
-            s.long_keys.len() <= 500 * 40 * 2 + 4096,
+            s.long_keys.len() <= 500 * 80 * 2 + 4096,
             "{}",
             s.long_keys.len()
         );
