@@ -179,20 +179,26 @@ impl Strategy for Suppressed {
 }
 
 /// The state one shard actor owns.
+///
+/// `repr(C)`, written fields first: the fields every decision writes (`later`, `last_now`) sit
+/// on the cache line of the cell's run token (which every decision writes anyway), so a shard
+/// used from two cores alternately moves one written line between them, not two or three; the
+/// rest is read-mostly and stays shared.
+#[repr(C)]
 pub(crate) struct ShardActor<S: Strategy> {
-    /// Read and changed only through [`store`](Self::store), which first makes the pending
-    /// write.
-    store: Store<S::Value>,
     /// The write the last decision left for later, with its entry's index: made at the start
     /// of the next access to the store, before anything can read it or move the entry.
     later: Option<(u32, S::Later)>,
     last_now: u64,
+    bucket_ms: u64,
     /// The limits of the last rate seen (most calls repeat it): `(rate bits, limits)`.
     last_limits: (u64, Limits),
+    /// Read and changed only through [`store`](Self::store), which first makes the pending
+    /// write.
+    store: Store<S::Value>,
     rng: Box<dyn RandomSource>,
     /// Copies of the hot settings, so a decision does not chase the `Shared` pointer.
     clock: ClockSource,
-    bucket_ms: u64,
     shared: Arc<Shared>,
 }
 

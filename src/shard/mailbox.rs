@@ -262,6 +262,10 @@ impl<S: 'static> Slot<S> {
 }
 
 /// An actor's state and mailbox, executed by its callers.
+///
+/// `repr(C)`: the word first and the state right after it, so the state's first fields share
+/// the word's cache line (see [`ShardActor`](crate::shard::ShardActor)).
+#[repr(C)]
 pub(crate) struct ActorCell<S: 'static> {
     /// The run token and the mailbox head (see the module docs). It shares its cache line with
     /// the start of the state: measured on a hot key with 2 and 4 callers, a line of its own was
