@@ -126,6 +126,7 @@ impl AbsoluteShard {
                 shared,
                 Box::new(SplitMix64::new(1)),
                 hasher.clone(),
+                None,
             )),
             clock,
             hasher,
@@ -158,5 +159,67 @@ impl AbsoluteShard {
     /// One sweep message over the whole (small) shard; keys evicted.
     pub fn sweep(&self) -> usize {
         self.cell.call(Sweep { budget: 64 }).removed
+    }
+}
+
+/// One shard's rejection stamps (`src/shard/stamps.rs`), for the sequence-lock models.
+pub struct Stamps(crate::shard::stamps::StampTable);
+
+/// The hash every stamp of the models is published under.
+const STAMP_HASH: u64 = 0x5EED_0000;
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stamps {
+    /// An empty table.
+    pub fn new() -> Self {
+        let seeds = (
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+            ahash::RandomState::with_seeds(5, 6, 7, 8),
+        );
+        Self(crate::shard::stamps::StampTable::new(seeds))
+    }
+
+    /// Publishes a stamp whose every field (but the hash) is `v` (`v > 0`).
+    pub fn publish(&self, v: u64) {
+        use crate::shard::stamps::{Fingerprint, Stamp};
+        self.0.publish(&Stamp {
+            fingerprint: Fingerprint::from_parts(STAMP_HASH, v, v, v),
+            rate_bits: v,
+            need: v,
+            at: v,
+            until: v,
+            record_until: v,
+            remaining: v,
+            window_ms: v,
+        });
+    }
+
+    /// Withdraws the stamp (as the shard does before changing the key).
+    pub fn invalidate(&self) {
+        self.0.invalidate(STAMP_HASH);
+    }
+
+    /// The stamp's fields but the hash, if a consistent, valid stamp was read.
+    pub fn read(&self) -> Option<[u64; 10]> {
+        self.0.read(STAMP_HASH).map(|s| {
+            let (a, b, len) = s.fingerprint.parts();
+            [
+                a,
+                b,
+                len,
+                s.rate_bits,
+                s.need,
+                s.at,
+                s.until,
+                s.record_until,
+                s.remaining,
+                s.window_ms,
+            ]
+        })
     }
 }

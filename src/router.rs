@@ -10,10 +10,12 @@ use crate::decision::{RateLimitDecision, Stamped};
 use crate::random::RandomSource;
 use crate::rate::RateLimit;
 use crate::shard::mailbox::{ActorCell, Detach};
+use crate::shard::stamps::StampTable;
 use crate::shard::{
     BatchItem, Clear, Get, Inc, IncMany, IncManyAsync, KeyRef, Len, Reset, Shard, ShardActor,
     Shared, Strategy, Sweep, BATCH_MESSAGE_KEYS, SWEEP_BUDGET,
 };
+use crate::time::ClockSource;
 
 /// All shards of one strategy.
 pub(crate) struct ShardSet<S: Strategy> {
@@ -21,6 +23,9 @@ pub(crate) struct ShardSet<S: Strategy> {
     /// `shards.len() - 1` (a power of two minus one).
     mask: usize,
     hasher: ahash::RandomState,
+    /// Each shard's published rejections (absolute; empty otherwise), read without its token.
+    stamps: Box<[Arc<StampTable>]>,
+    clock: ClockSource,
 }
 
 impl<S: Strategy> ShardSet<S> {
@@ -31,12 +36,22 @@ impl<S: Strategy> ShardSet<S> {
         hasher: ahash::RandomState,
         mut rng: impl FnMut(usize) -> Box<dyn RandomSource>,
     ) -> Self {
+        // Fingerprint seeds for long keys: random, like the key hasher.
+        let seeds = (ahash::RandomState::new(), ahash::RandomState::new());
+        let stamps: Box<[Arc<StampTable>]> = if S::STAMPED {
+            (0..count)
+                .map(|_| Arc::new(StampTable::new(seeds.clone())))
+                .collect()
+        } else {
+            Box::new([])
+        };
         let shards = (0..count)
             .map(|i| {
                 CachePadded::new(ActorCell::new(ShardActor::new(
                     shared.clone(),
                     rng(i),
                     hasher.clone(),
+                    stamps.get(i).cloned(),
                 )))
             })
             .collect::<Vec<_>>()
@@ -45,6 +60,8 @@ impl<S: Strategy> ShardSet<S> {
             mask: count - 1,
             shards,
             hasher,
+            stamps,
+            clock: shared.clock.clone(),
         }
     }
 
@@ -68,9 +85,26 @@ impl<S: Strategy> ShardSet<S> {
         &self.shards[self.shard_of(hash)]
     }
 
+    /// The shard's published rejection of this call, if there is one (see [`stamps`]).
+    #[inline(always)]
+    fn stamped(&self, key: &KeyRef<'_>, rate: &RateLimit, n: u64, record: bool) -> Option<Stamped> {
+        let table = self.stamps.get(self.shard_of(key.hash))?;
+        table.answer(
+            key.key.as_bytes(),
+            key.hash,
+            rate.as_per_second().to_bits(),
+            n,
+            record,
+            || self.clock.now_ms(),
+        )
+    }
+
     #[inline]
     pub(crate) fn inc(&self, key: &str, rate: &RateLimit, n: u64, record: bool) -> Stamped {
         let key = self.key(key);
+        if let Some(s) = self.stamped(&key, rate, n, record) {
+            return s;
+        }
         self.shard(key.hash).call(Inc {
             key,
             rate: *rate,
@@ -87,16 +121,26 @@ impl<S: Strategy> ShardSet<S> {
         record: bool,
     ) -> impl Future<Output = Stamped> + Send + 'a {
         let key = self.key(key);
+        let stamped = self.stamped(&key, rate, n, record);
         let shard = self.shard(key.hash);
-        call_async(
-            shard,
-            Inc {
-                key,
-                rate: *rate,
-                n,
-                record,
-            },
-        )
+        let rate = *rate;
+        async move {
+            match stamped {
+                Some(s) => s,
+                None => {
+                    call_async(
+                        shard,
+                        Inc {
+                            key,
+                            rate,
+                            n,
+                            record,
+                        },
+                    )
+                    .await
+                }
+            }
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> S::Snapshot {
@@ -275,4 +319,86 @@ where
     M::Reply: Send,
 {
     cell.call_async(msg)
+}
+
+#[cfg(all(test, not(eyelet_loom)))]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::random::SplitMix64;
+    use crate::shard::Absolute;
+    use crate::time::ManualClock;
+
+    fn set(clock: &ManualClock, stamped: bool) -> ShardSet<Absolute> {
+        let shared = Arc::new(Shared {
+            window_ms: 1000,
+            bucket_ms: 10,
+            hard_limit_factor: 1.0,
+            stale_after_ms: 10_000,
+            max_keys: usize::MAX,
+            live_keys: AtomicUsize::new(0),
+            clock: ClockSource::Custom(Arc::new(clock.clone())),
+        });
+        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let mut s = ShardSet::new(4, &shared, hasher, |i| Box::new(SplitMix64::new(i as u64)));
+        if !stamped {
+            // Nobody reads the stamps the shards publish: every call goes to its shard.
+            s.stamps = Box::new([]);
+        }
+        s
+    }
+
+    #[test]
+    fn published_rejections_answer_exactly_like_the_shard() {
+        // Random calls on a few keys (short and long) at rates whose windows differ, so spans
+        // grow, are confirmed and shrink while stamps are out; weights, probes, reads, resets.
+        let keys = ["a", "b", "a key longer than sixteen bytes", "c"];
+        let rates: Vec<RateLimit> = [2.0, 5.0, 0.5, 0.2, 40.0]
+            .iter()
+            .map(|&r| RateLimit::try_from(r).unwrap_or(RateLimit::ONE))
+            .collect();
+        for seed in 1..=16u64 {
+            let clock = ManualClock::new();
+            let (with, without) = (set(&clock, true), set(&clock, false));
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            let mut answered_from_stamps = 0;
+            for step in 0..20_000 {
+                clock.advance(std::time::Duration::from_millis(
+                    [0, 1, 7, 60, 400][next(5) as usize],
+                ));
+                let k = next(keys.len() as u64) as usize;
+                let key = keys[k];
+                // Mostly each key's own rate and weight 1 (so rejections repeat), sometimes any.
+                let rate = if next(10) == 0 {
+                    rates[next(rates.len() as u64) as usize]
+                } else {
+                    rates[k]
+                };
+                let n = if next(4) == 0 { next(4) } else { 1 };
+                if next(200) == 0 {
+                    assert_eq!(with.reset(key), without.reset(key));
+                    continue;
+                }
+                let record = next(6) != 0;
+                let k = with.key(key);
+                if with.stamped(&k, &rate, n, record).is_some() {
+                    answered_from_stamps += 1;
+                }
+                let a = with.inc(key, &rate, n, record);
+                let b = without.inc(key, &rate, n, record);
+                assert_eq!(
+                    a, b,
+                    "seed {seed} step {step}: {key} {rate:?} n={n} record={record}"
+                );
+            }
+            assert!(answered_from_stamps > 2000, "{answered_from_stamps}");
+        }
+    }
 }

@@ -2,13 +2,14 @@
 //! callers through the [`mailbox`] protocol (no thread of its own, no lock around the windows).
 
 pub(crate) mod mailbox;
+pub(crate) mod stamps;
 mod store;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
+use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot, RETRY_NEVER};
 use crate::math::{
     decide_absolute_deferred, decide_suppressed, suppression_factor, Attempts, Count, Request,
     RingWrite, SuppressedKey, Window,
@@ -17,6 +18,7 @@ use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
 use crate::time::ClockSource;
 use mailbox::{ActorCell, Detach, Message};
+use stamps::{Stamp, StampTable};
 use store::{CacheLine, Slot, Store};
 
 /// Entries a sweep message visits before the executor lets others in.
@@ -68,6 +70,13 @@ pub(crate) trait Strategy: Send + 'static {
 
     /// Start of the newest bucket and whether any bucket may still be live at `now`.
     fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
+
+    /// Whether the shard publishes rejections as [`stamps`] (absolute only).
+    const STAMPED: bool;
+
+    /// Until when a recording call at `w_eff` leaves the key's span state alone (see
+    /// [`Window::span_steady_until`]); reads only the window's header.
+    fn span_steady_until(value: &Self::Value, now: u64, w_eff: u64) -> u64;
 }
 
 impl Slot for Window<Count> {
@@ -115,6 +124,12 @@ impl Strategy for Absolute {
 
     fn activity(value: &Window<Count>, now: u64) -> (Option<u64>, bool) {
         (value.newest_start(), value.may_be_live(now))
+    }
+
+    const STAMPED: bool = true;
+
+    fn span_steady_until(value: &Window<Count>, now: u64, w_eff: u64) -> u64 {
+        value.span_steady_until(now, w_eff)
     }
 }
 
@@ -173,6 +188,12 @@ impl Strategy for Suppressed {
         value.window.is_empty()
     }
 
+    const STAMPED: bool = false;
+
+    fn span_steady_until(_: &SuppressedKey, now: u64, _: u64) -> u64 {
+        now
+    }
+
     fn activity(value: &SuppressedKey, now: u64) -> (Option<u64>, bool) {
         (value.window.newest_start(), value.window.may_be_live(now))
     }
@@ -200,16 +221,21 @@ pub(crate) struct ShardActor<S: Strategy> {
     /// Copies of the hot settings, so a decision does not chase the `Shared` pointer.
     clock: ClockSource,
     shared: Arc<Shared>,
+    /// Where this shard publishes its rejections (absolute shards).
+    stamps: Option<Arc<StampTable>>,
 }
 
 impl<S: Strategy> ShardActor<S> {
-    /// `hasher` must be the one callers hash keys with (`hash_one(&str)`).
+    /// `hasher` must be the one callers hash keys with (`hash_one(&str)`); `stamps` is the
+    /// table the shard's callers read rejections from (used when `S::STAMPED`).
     pub(crate) fn new(
         shared: Arc<Shared>,
         rng: Box<dyn RandomSource>,
         hasher: ahash::RandomState,
+        stamps: Option<Arc<StampTable>>,
     ) -> Self {
         Self {
+            stamps: stamps.filter(|_| S::STAMPED),
             store: Store::new(hasher),
             later: None,
             last_now: 0,
@@ -239,9 +265,60 @@ impl<S: Strategy> ShardActor<S> {
         }
     }
 
-    /// Decides for the entry at `idx`; the write it leaves for later waits in `self.later`.
+    /// Withdraws the published rejection of the key with hash `hash`, before its state changes.
     #[inline(always)]
-    fn decide_at(&mut self, idx: usize, now: u64, req: Request) -> RateLimitDecision {
+    fn invalidate(&self, hash: u64) {
+        if let Some(t) = &self.stamps {
+            t.invalidate(hash);
+        }
+    }
+
+    /// Publishes a rejection the entry at `idx` just got, for its callers to read without the
+    /// token (see [`stamps`]).
+    #[inline(never)]
+    fn publish(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        idx: usize,
+        now: u64,
+        req: Request,
+        d: &RateLimitDecision,
+    ) {
+        let (
+            Some(t),
+            RateLimitDecision::Rejected {
+                retry_after_ms,
+                remaining_after_waiting,
+                window,
+            },
+        ) = (&self.stamps, d)
+        else {
+            return;
+        };
+        if *retry_after_ms == RETRY_NEVER || *retry_after_ms == 0 {
+            return;
+        }
+        let until = now.saturating_add(*retry_after_ms);
+        // Only the window's header is read: no need to make the pending write first.
+        let steady = S::span_steady_until(self.store.value_mut(idx), now, req.limits.window_ms);
+        t.publish(&Stamp {
+            fingerprint: t.fingerprint(key, hash),
+            rate_bits: self.last_limits.0,
+            need: req.n.max(1),
+            at: now,
+            until,
+            record_until: steady.min(until),
+            remaining: *remaining_after_waiting,
+            window_ms: window.as_millis() as u64,
+        });
+    }
+
+    /// Decides for the entry at `idx` (key hash `hash`); the write it leaves for later waits in
+    /// `self.later`.
+    #[inline(always)]
+    fn decide_at(&mut self, idx: usize, hash: u64, now: u64, req: Request) -> RateLimitDecision {
+        self.invalidate(hash);
         let g = self.bucket_ms;
         let mut later = None;
         self.make_later_write();
@@ -294,7 +371,11 @@ impl<S: Strategy> ShardActor<S> {
     ) -> RateLimitDecision {
         let req = Request { limits, n, record };
         if let Some(idx) = self.store().find(hash, key) {
-            return self.decide_at(idx, now, req);
+            let d = self.decide_at(idx, hash, now, req);
+            if S::STAMPED && !d.is_allowed() {
+                self.publish(key, hash, idx, now, req, &d);
+            }
+            return d;
         }
         self.decide_new_key(key, hash, req, now).0
     }
@@ -308,6 +389,7 @@ impl<S: Strategy> ShardActor<S> {
         req: Request,
         now: u64,
     ) -> (RateLimitDecision, Option<usize>) {
+        self.invalidate(hash);
         let mut value = S::Value::default();
         let mut later = None;
         let decision = S::decide(
@@ -471,7 +553,7 @@ impl<S: Strategy> ShardActor<S> {
             let d = match idx {
                 Some(idx) => {
                     last = Some((key, hash, idx));
-                    self.decide_at(idx, now, req)
+                    self.decide_at(idx, hash, now, req)
                 }
                 None => {
                     let (d, idx) = self.decide_new_key(key.as_bytes(), hash, req, now);
@@ -619,6 +701,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Reset<'_> {
     type Reply = bool;
 
     fn handle(self, shard: &mut ShardActor<S>) -> bool {
+        shard.invalidate(self.key.hash);
         let removed = shard.store().remove(self.key.hash, self.key.key.as_bytes());
         shard.forget(usize::from(removed));
         removed
@@ -686,6 +769,9 @@ pub(crate) struct Clear;
 impl<S: Strategy> Message<ShardActor<S>> for Clear {
     type Reply = ();
     fn handle(self, shard: &mut ShardActor<S>) {
+        if let Some(t) = &shard.stamps {
+            t.invalidate_all();
+        }
         let n = shard.store().len();
         shard.store().clear();
         shard.forget(n);

@@ -383,6 +383,30 @@ impl<C: Counts> Window<C> {
         true
     }
 
+    /// The first time at or after `now` at which a recording call with effective window
+    /// `w_eff` would change the span or its confirmation time ([`advance`](Self::advance)):
+    /// before it, such a call at that window changes nothing but the buckets it records. `now`
+    /// when the window is empty or the call would change the span at once.
+    pub(crate) fn span_steady_until(&self, now: u64, w_eff: u64) -> u64 {
+        if self.is_empty() {
+            return now;
+        }
+        let w = w_eff.min(u64::from(u32::MAX)) as u32;
+        if w > self.span {
+            return now;
+        }
+        let since = u64::from(low(now).wrapping_sub(self.span_seen));
+        let span = u64::from(self.span);
+        // At the span's window a call confirms it once half a span passed; a shorter one
+        // shrinks it after 1.5 spans.
+        let due = if w == self.span {
+            span / 2
+        } else {
+            span + span / 2
+        };
+        now.saturating_add(due.saturating_sub(since))
+    }
+
     /// Completes an [`advance_lazy`](Self::advance_lazy) that skipped its trim (same `now`).
     #[inline]
     pub(crate) fn finish_advance(&mut self, now: u64) {
