@@ -127,6 +127,7 @@ impl AbsoluteShard {
                 Box::new(SplitMix64::new(1)),
                 hasher.clone(),
                 None,
+                None,
             )),
             clock,
             hasher,
@@ -221,5 +222,61 @@ impl Stamps {
                 s.window_ms,
             ]
         })
+    }
+}
+
+/// One shard's lease pools (`src/shard/leases.rs`), for the models of taking units while the
+/// shard reclaims and grants. Every pool is in one slot; keys are told apart by fingerprint.
+pub struct Leases {
+    table: crate::shard::leases::LeaseTable,
+    stamps: crate::shard::stamps::StampTable,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Leases {
+    /// No pools.
+    pub fn new() -> Self {
+        let seeds = (
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+            ahash::RandomState::with_seeds(5, 6, 7, 8),
+        );
+        Self {
+            table: crate::shard::leases::LeaseTable::new(),
+            stamps: crate::shard::stamps::StampTable::new(seeds),
+        }
+    }
+
+    /// Publishes a pool of `units` for `key` (token holder): valid from time 0 to 100.
+    pub fn grant(&self, key: &str, units: u64) {
+        let fingerprint = self.stamps.fingerprint(key.as_bytes(), STAMP_HASH);
+        let slot = crate::shard::leases::LeaseTable::slot_of(STAMP_HASH);
+        self.table.grant(
+            slot,
+            &crate::shard::leases::Grant {
+                fingerprint,
+                rate_bits: 1,
+                at: 0,
+                until: 100,
+                units,
+            },
+        );
+    }
+
+    /// Takes back the pool's unspent units (token holder); returns them.
+    pub fn reclaim(&self) -> u64 {
+        self.table
+            .reclaim(crate::shard::leases::LeaseTable::slot_of(STAMP_HASH))
+    }
+
+    /// A caller of `key` takes `n` units at time 50; whether it got them.
+    pub fn take(&self, key: &str, n: u64) -> bool {
+        self.table
+            .take(&self.stamps, key.as_bytes(), STAMP_HASH, 1, n, || 50)
+            .is_some()
     }
 }

@@ -9,6 +9,7 @@ use crossbeam_utils::CachePadded;
 use crate::decision::{RateLimitDecision, Stamped};
 use crate::random::RandomSource;
 use crate::rate::RateLimit;
+use crate::shard::leases::LeaseTable;
 use crate::shard::mailbox::{ActorCell, Detach};
 use crate::shard::stamps::StampTable;
 use crate::shard::{
@@ -25,6 +26,8 @@ pub(crate) struct ShardSet<S: Strategy> {
     hasher: ahash::RandomState,
     /// Each shard's published rejections (absolute; empty otherwise), read without its token.
     stamps: Box<[Arc<StampTable>]>,
+    /// Each shard's lease pools (absolute; empty otherwise), taken from without its token.
+    leases: Box<[Arc<LeaseTable>]>,
     clock: ClockSource,
 }
 
@@ -34,14 +37,31 @@ impl<S: Strategy> ShardSet<S> {
         count: usize,
         shared: &Arc<Shared>,
         hasher: ahash::RandomState,
+        rng: impl FnMut(usize) -> Box<dyn RandomSource>,
+    ) -> Self {
+        Self::build(count, shared, hasher, rng, S::STAMPED)
+    }
+
+    /// [`new`](Self::new); `shortcuts` says whether absolute shards publish rejection stamps and
+    /// lease pools (off only in tests that compare against the shards alone).
+    fn build(
+        count: usize,
+        shared: &Arc<Shared>,
+        hasher: ahash::RandomState,
         mut rng: impl FnMut(usize) -> Box<dyn RandomSource>,
+        shortcuts: bool,
     ) -> Self {
         // Fingerprint seeds for long keys: random, like the key hasher.
         let seeds = (ahash::RandomState::new(), ahash::RandomState::new());
-        let stamps: Box<[Arc<StampTable>]> = if S::STAMPED {
+        let stamps: Box<[Arc<StampTable>]> = if shortcuts {
             (0..count)
                 .map(|_| Arc::new(StampTable::new(seeds.clone())))
                 .collect()
+        } else {
+            Box::new([])
+        };
+        let leases: Box<[Arc<LeaseTable>]> = if shortcuts {
+            (0..count).map(|_| Arc::new(LeaseTable::new())).collect()
         } else {
             Box::new([])
         };
@@ -52,6 +72,7 @@ impl<S: Strategy> ShardSet<S> {
                     rng(i),
                     hasher.clone(),
                     stamps.get(i).cloned(),
+                    leases.get(i).cloned(),
                 )))
             })
             .collect::<Vec<_>>()
@@ -61,6 +82,7 @@ impl<S: Strategy> ShardSet<S> {
             shards,
             hasher,
             stamps,
+            leases,
             clock: shared.clock.clone(),
         }
     }
@@ -85,10 +107,29 @@ impl<S: Strategy> ShardSet<S> {
         &self.shards[self.shard_of(hash)]
     }
 
-    /// The shard's published rejection of this call, if there is one (see [`stamps`]).
+    /// The answer to this call without the shard's token, if a lease admits it or a published
+    /// rejection gives it (see [`leases`](crate::shard::leases) and [`stamps`]).
     #[inline(always)]
     fn stamped(&self, key: &KeyRef<'_>, rate: &RateLimit, n: u64, record: bool) -> Option<Stamped> {
-        let table = self.stamps.get(self.shard_of(key.hash))?;
+        let s = self.shard_of(key.hash);
+        let table = self.stamps.get(s)?;
+        if record && n > 0 {
+            if let Some(at_ms) = self.leases.get(s).and_then(|l| {
+                l.take(
+                    table,
+                    key.key.as_bytes(),
+                    key.hash,
+                    rate.as_per_second().to_bits(),
+                    n,
+                    || self.clock.now_ms(),
+                )
+            }) {
+                return Some(Stamped {
+                    decision: RateLimitDecision::Allowed,
+                    at_ms,
+                });
+            }
+        }
         table.answer(
             key.key.as_bytes(),
             key.hash,
@@ -330,7 +371,11 @@ mod tests {
     use crate::shard::Absolute;
     use crate::time::ManualClock;
 
-    fn set(clock: &ManualClock, stamped: bool) -> ShardSet<Absolute> {
+    fn set(clock: &ManualClock, shortcuts: bool) -> ShardSet<Absolute> {
+        set_of(clock, shortcuts, 4)
+    }
+
+    fn set_of(clock: &ManualClock, shortcuts: bool, shards: usize) -> ShardSet<Absolute> {
         let shared = Arc::new(Shared {
             window_ms: 1000,
             bucket_ms: 10,
@@ -341,20 +386,23 @@ mod tests {
             clock: ClockSource::Custom(Arc::new(clock.clone())),
         });
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
-        let mut s = ShardSet::new(4, &shared, hasher, |i| Box::new(SplitMix64::new(i as u64)));
-        if !stamped {
-            // Nobody reads the stamps the shards publish: every call goes to its shard.
-            s.stamps = Box::new([]);
-        }
-        s
+        ShardSet::build(
+            shards,
+            &shared,
+            hasher,
+            |i| Box::new(SplitMix64::new(i as u64)),
+            shortcuts,
+        )
     }
 
     #[test]
-    fn published_rejections_answer_exactly_like_the_shard() {
-        // Random calls on a few keys (short and long) at rates whose windows differ, so spans
-        // grow, are confirmed and shrink while stamps are out; weights, probes, reads, resets.
-        let keys = ["a", "b", "a key longer than sixteen bytes", "c"];
-        let rates: Vec<RateLimit> = [2.0, 5.0, 0.5, 0.2, 40.0]
+    fn stamps_and_leases_answer_exactly_like_the_shards_alone() {
+        // Random calls on a few keys (short and long) at rates whose windows and capacities
+        // differ, so spans grow, are confirmed and shrink while stamps and pools are out, hot
+        // keys get pools and run them dry, buckets close on unspent units; weights, probes,
+        // reads, resets and sweeps. Every answer and every read must be the shards' own.
+        let keys = ["a", "b", "a key longer than sixteen bytes", "c", "d", "e"];
+        let rates: Vec<RateLimit> = [2.0, 5.0, 0.5, 300.0, 5000.0, 40.0]
             .iter()
             .map(|&r| RateLimit::try_from(r).unwrap_or(RateLimit::ONE))
             .collect();
@@ -368,37 +416,100 @@ mod tests {
                 x ^= x << 17;
                 x % m
             };
-            let mut answered_from_stamps = 0;
-            for step in 0..20_000 {
+            let (mut from_stamps, mut from_leases) = (0, 0);
+            for step in 0..40_000 {
                 clock.advance(std::time::Duration::from_millis(
-                    [0, 1, 7, 60, 400][next(5) as usize],
+                    [0, 0, 0, 1, 3, 7, 60, 400][next(8) as usize],
                 ));
                 let k = next(keys.len() as u64) as usize;
                 let key = keys[k];
-                // Mostly each key's own rate and weight 1 (so rejections repeat), sometimes any.
+                // Mostly each key's own rate and weight 1 (so rejections repeat and hot keys
+                // get pools), sometimes any.
                 let rate = if next(10) == 0 {
                     rates[next(rates.len() as u64) as usize]
                 } else {
                     rates[k]
                 };
                 let n = if next(4) == 0 { next(4) } else { 1 };
-                if next(200) == 0 {
-                    assert_eq!(with.reset(key), without.reset(key));
-                    continue;
+                match next(400) {
+                    0 => {
+                        assert_eq!(with.reset(key), without.reset(key));
+                        continue;
+                    }
+                    1 => {
+                        assert_eq!(with.get(key), without.get(key), "seed {seed} step {step}");
+                        continue;
+                    }
+                    2 => {
+                        with.sweep();
+                        without.sweep();
+                        continue;
+                    }
+                    _ => {}
                 }
                 let record = next(6) != 0;
-                let k = with.key(key);
-                if with.stamped(&k, &rate, n, record).is_some() {
-                    answered_from_stamps += 1;
-                }
-                let a = with.inc(key, &rate, n, record);
+                // `inc` tries the shortcuts first; calling them directly counts what they
+                // answered (a pool's units are taken only when it answers).
+                let kr = with.key(key);
+                let a = match with.stamped(&kr, &rate, n, record) {
+                    Some(s) => {
+                        if s.decision.is_allowed() {
+                            from_leases += 1;
+                        } else {
+                            from_stamps += 1;
+                        }
+                        s
+                    }
+                    None => with.inc(key, &rate, n, record),
+                };
                 let b = without.inc(key, &rate, n, record);
                 assert_eq!(
                     a, b,
                     "seed {seed} step {step}: {key} {rate:?} n={n} record={record}"
                 );
             }
-            assert!(answered_from_stamps > 2000, "{answered_from_stamps}");
+            for key in keys {
+                assert_eq!(with.get(key), without.get(key), "seed {seed} at the end");
+            }
+            assert!(from_stamps > 500, "stamps answered {from_stamps}");
+            assert!(from_leases > 200, "leases answered {from_leases}");
         }
+    }
+
+    #[test]
+    fn unspent_units_go_back_to_their_key_when_other_keys_are_removed() {
+        // One shard: "b" and "c" are inserted before the hot key "a", whose pool is out when
+        // "b" is reset and "c" swept (removals move the last entry, "a"). Its unspent units must
+        // still go back to "a" (and only to it).
+        let clock = ManualClock::new();
+        let (with, without) = (set_of(&clock, true, 1), set_of(&clock, false, 1));
+        let (rate, slow) = (
+            RateLimit::try_from(1000.0).unwrap_or(RateLimit::ONE),
+            RateLimit::try_from(2.0).unwrap_or(RateLimit::ONE),
+        );
+        let both = |key: &str, r: &RateLimit| {
+            let (a, b) = (with.inc(key, r, 1, true), without.inc(key, r, 1, true));
+            assert_eq!(a, b, "{key}");
+            a
+        };
+        both("b", &slow);
+        both("c", &slow);
+        clock.set_ms(10_005);
+        both("b", &slow);
+        for _ in 0..3 {
+            both("a", &rate);
+        }
+        assert!(with.reset("b") && without.reset("b"));
+        clock.set_ms(10_020);
+        with.sweep();
+        without.sweep();
+        assert_eq!(with.get("c"), 0, "c was idle and swept");
+        // the pool's bucket closed: its unspent units went back to "a" before the removals
+        assert_eq!(with.get("a"), without.get("a"));
+        assert_eq!(with.get("a"), 3);
+        for _ in 0..1200 {
+            both("a", &rate);
+        }
+        assert_eq!(with.get("a"), without.get("a"));
     }
 }

@@ -1,6 +1,7 @@
 //! Shard actors: each owns the windows of its keys and processes typed messages, executed by its
 //! callers through the [`mailbox`] protocol (no thread of its own, no lock around the windows).
 
+pub(crate) mod leases;
 pub(crate) mod mailbox;
 pub(crate) mod stamps;
 mod store;
@@ -17,6 +18,7 @@ use crate::math::{
 use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
 use crate::time::ClockSource;
+use leases::LeaseTable;
 use mailbox::{ActorCell, Detach, Message};
 use stamps::{Stamp, StampTable};
 use store::{CacheLine, Slot, Store};
@@ -77,6 +79,25 @@ pub(crate) trait Strategy: Send + 'static {
     /// Until when a recording call at `w_eff` leaves the key's span state alone (see
     /// [`Window::span_steady_until`]); reads only the window's header.
     fn span_steady_until(value: &Self::Value, now: u64, w_eff: u64) -> u64;
+
+    /// Whether a decision of `req` could reject with everything held counted (unspent lease
+    /// units included): only then do the units have to be reclaimed first.
+    fn may_reject(value: &Self::Value, req: &Request) -> bool;
+
+    /// Capacity left at `cap` with everything held counted.
+    fn headroom(value: &Self::Value, cap: u64) -> u64;
+
+    /// Records `units` at `now` for a lease (they join the newest bucket).
+    fn record_lease(
+        value: &mut Self::Value,
+        now: u64,
+        g: u64,
+        w_eff: u64,
+        units: u64,
+    ) -> Option<Self::Later>;
+
+    /// Returns unspent lease units to the bucket starting at `start`.
+    fn return_units(value: &mut Self::Value, start: u64, units: u64);
 }
 
 impl Slot for Window<Count> {
@@ -130,6 +151,29 @@ impl Strategy for Absolute {
 
     fn span_steady_until(value: &Window<Count>, now: u64, w_eff: u64) -> u64 {
         value.span_steady_until(now, w_eff)
+    }
+
+    #[inline(always)]
+    fn may_reject(value: &Window<Count>, req: &Request) -> bool {
+        value.total_held().saturating_add(req.n.max(1)) > req.limits.capacity
+    }
+
+    fn headroom(value: &Window<Count>, cap: u64) -> u64 {
+        cap.saturating_sub(value.total_held())
+    }
+
+    fn record_lease(
+        value: &mut Window<Count>,
+        now: u64,
+        g: u64,
+        w_eff: u64,
+        units: u64,
+    ) -> Option<RingWrite<Count>> {
+        value.record_deferred(now, g, w_eff, units)
+    }
+
+    fn return_units(value: &mut Window<Count>, start: u64, units: u64) {
+        value.return_units(start, units);
     }
 }
 
@@ -194,6 +238,26 @@ impl Strategy for Suppressed {
         now
     }
 
+    fn may_reject(_: &SuppressedKey, _: &Request) -> bool {
+        true
+    }
+
+    fn headroom(_: &SuppressedKey, _: u64) -> u64 {
+        0
+    }
+
+    fn record_lease(
+        _: &mut SuppressedKey,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) -> Option<std::convert::Infallible> {
+        None
+    }
+
+    fn return_units(_: &mut SuppressedKey, _: u64, _: u64) {}
+
     fn activity(value: &SuppressedKey, now: u64) -> (Option<u64>, bool) {
         (value.window.newest_start(), value.window.may_be_live(now))
     }
@@ -223,6 +287,18 @@ pub(crate) struct ShardActor<S: Strategy> {
     shared: Arc<Shared>,
     /// Where this shard publishes its rejections (absolute shards).
     stamps: Option<Arc<StampTable>>,
+    /// Where this shard publishes its leases (absolute shards), and what it granted in each
+    /// slot: the entry, its hash and the start of the bucket that holds the units.
+    leases: Option<Arc<LeaseTable>>,
+    granted: [Option<Granted>; leases::SLOTS],
+}
+
+/// A lease the shard granted (its actor-side record).
+#[derive(Clone, Copy, Debug)]
+struct Granted {
+    idx: usize,
+    hash: u64,
+    start: u64,
 }
 
 impl<S: Strategy> ShardActor<S> {
@@ -233,9 +309,12 @@ impl<S: Strategy> ShardActor<S> {
         rng: Box<dyn RandomSource>,
         hasher: ahash::RandomState,
         stamps: Option<Arc<StampTable>>,
+        leases: Option<Arc<LeaseTable>>,
     ) -> Self {
         Self {
             stamps: stamps.filter(|_| S::STAMPED),
+            leases: leases.filter(|_| S::STAMPED),
+            granted: [None; leases::SLOTS],
             store: Store::new(hasher),
             later: None,
             last_now: 0,
@@ -271,6 +350,80 @@ impl<S: Strategy> ShardActor<S> {
         if let Some(t) = &self.stamps {
             t.invalidate(hash);
         }
+    }
+
+    /// Takes back the unspent units of lease slot `i` into the bucket that holds them.
+    fn reclaim_slot(&mut self, i: usize) {
+        let Some(g) = self.granted.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        let units = self.leases.as_ref().map_or(0, |t| t.reclaim(i));
+        if units > 0 {
+            self.make_later_write();
+            S::return_units(self.store.value_mut(g.idx), g.start, units);
+        }
+    }
+
+    /// Takes back every outstanding lease: before any entry is removed (removals move entries,
+    /// and the records hold entry indices) or the shard is cleared.
+    fn reclaim_all(&mut self) {
+        if self.leases.is_some() {
+            for i in 0..leases::SLOTS {
+                self.reclaim_slot(i);
+            }
+        }
+    }
+
+    /// Takes back the lease of the key with hash `hash`, if it has one.
+    #[inline(always)]
+    fn reclaim_key(&mut self, hash: u64) {
+        let i = LeaseTable::slot_of(hash);
+        if self.granted[i].is_some_and(|g| g.hash == hash) {
+            self.reclaim_slot(i);
+        }
+    }
+
+    /// After an admission of the entry at `idx` on a hot key: records more units in the same
+    /// bucket and publishes them as a pool its callers take from without the token (see
+    /// [`leases`]).
+    #[inline(never)]
+    fn grant(&mut self, key: &[u8], hash: u64, idx: usize, now: u64, req: Request) {
+        let Some(table) = self.leases.clone() else {
+            return;
+        };
+        let i = LeaseTable::slot_of(hash);
+        // The slot's previous pool (this key's or another's) goes back first.
+        self.reclaim_slot(i);
+        self.make_later_write();
+        let (g, w_eff, cap) = (self.bucket_ms, req.limits.window_ms, req.limits.capacity);
+        let value = self.store.value_mut(idx);
+        let units = (S::headroom(value, cap) / 4).min(leases::MAX_UNITS);
+        let (Some(start), _) = S::activity(value, now) else {
+            return;
+        };
+        let until = start
+            .saturating_add(g)
+            .min(S::span_steady_until(value, now, w_eff));
+        if units < 2 || until <= now {
+            return;
+        }
+        let later = S::record_lease(value, now, g, w_eff, units);
+        self.later = later.map(|l| (idx as u32, l));
+        let fingerprint = match &self.stamps {
+            Some(t) => t.fingerprint(key, hash),
+            None => return,
+        };
+        table.grant(
+            i,
+            &leases::Grant {
+                fingerprint,
+                rate_bits: self.last_limits.0,
+                at: now,
+                until,
+                units,
+            },
+        );
+        self.granted[i] = Some(Granted { idx, hash, start });
     }
 
     /// Publishes a rejection the entry at `idx` just got, for its callers to read without the
@@ -319,6 +472,13 @@ impl<S: Strategy> ShardActor<S> {
     #[inline(always)]
     fn decide_at(&mut self, idx: usize, hash: u64, now: u64, req: Request) -> RateLimitDecision {
         self.invalidate(hash);
+        if self.leases.is_some()
+            && self.granted[LeaseTable::slot_of(hash)].is_some_and(|g| g.idx == idx)
+            && S::may_reject(self.store.value_mut(idx), &req)
+        {
+            // Unspent units could turn this into a false rejection: take them back first.
+            self.reclaim_slot(LeaseTable::slot_of(hash));
+        }
         let g = self.bucket_ms;
         let mut later = None;
         self.make_later_write();
@@ -371,9 +531,20 @@ impl<S: Strategy> ShardActor<S> {
     ) -> RateLimitDecision {
         let req = Request { limits, n, record };
         if let Some(idx) = self.store().find(hash, key) {
+            // A key with a request in its newest bucket already is hot: worth a lease.
+            let hot = S::STAMPED
+                && record
+                && n > 0
+                && S::activity(self.store.value_mut(idx), now)
+                    .0
+                    .is_some_and(|t| now.saturating_sub(t) < self.bucket_ms);
             let d = self.decide_at(idx, hash, now, req);
-            if S::STAMPED && !d.is_allowed() {
-                self.publish(key, hash, idx, now, req, &d);
+            if S::STAMPED {
+                if !d.is_allowed() {
+                    self.publish(key, hash, idx, now, req, &d);
+                } else if hot {
+                    self.grant(key, hash, idx, now, req);
+                }
             }
             return d;
         }
@@ -419,6 +590,10 @@ impl<S: Strategy> ShardActor<S> {
     /// the cap is reached.
     fn admit_new_key(&mut self, now: u64) -> bool {
         self.make_later_write();
+        if self.shared.max_keys != usize::MAX {
+            // Eviction below removes entries.
+            self.reclaim_all();
+        }
         let shared = &*self.shared;
         if shared.max_keys == usize::MAX {
             return true;
@@ -675,6 +850,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Get<'_> {
 
     fn handle(self, shard: &mut ShardActor<S>) -> S::Snapshot {
         let now = shard.now();
+        shard.reclaim_key(self.key.hash);
         shard.make_later_write();
         let value = shard.store.get(self.key.hash, self.key.key.as_bytes());
         S::snapshot(value, now, &shard.shared)
@@ -702,6 +878,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Reset<'_> {
 
     fn handle(self, shard: &mut ShardActor<S>) -> bool {
         shard.invalidate(self.key.hash);
+        shard.reclaim_all();
         let removed = shard.store().remove(self.key.hash, self.key.key.as_bytes());
         shard.forget(usize::from(removed));
         removed
@@ -737,6 +914,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Sweep {
     fn handle(self, shard: &mut ShardActor<S>) -> SweepReport {
         let now = shard.now();
         let stale = shard.shared.stale_after_ms;
+        shard.reclaim_all();
         let len_before = shard.store().len();
         let removed = shard.store().sweep(self.budget, |v| {
             let (newest, live) = S::activity(v, now);
@@ -772,6 +950,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Clear {
         if let Some(t) = &shard.stamps {
             t.invalidate_all();
         }
+        shard.reclaim_all();
         let n = shard.store().len();
         shard.store().clear();
         shard.forget(n);

@@ -647,6 +647,43 @@ pub(crate) struct RingWrite<C> {
 }
 
 impl Window<Count> {
+    /// Takes back `units` recorded in the bucket that starts at `start` but never admitted
+    /// (a lease's unspent units, see `shard::leases`). If that bucket already left the window,
+    /// its units no longer count and nothing changes. Make any pending [`RingWrite`] first.
+    pub(crate) fn return_units(&mut self, start: u64, units: u64) {
+        if self.is_empty() || units == 0 {
+            return;
+        }
+        let clipped = Count::saturated(&self.total);
+        if !self.ring_mode() {
+            if self.newest == start {
+                self.total = self.total.saturating_sub(units);
+            }
+            return;
+        }
+        let mask = self.buf.len() - 1;
+        for i in (0..self.len as usize).rev() {
+            let idx = (self.head as usize + i) & mask;
+            let Some(b) = self.buf.get(idx).copied() else {
+                break;
+            };
+            let s = self.start_of(&b);
+            if s < start {
+                break;
+            }
+            if s == start {
+                let left = b.counts.get().saturating_sub(units);
+                self.buf[idx].counts = Split64::new(left);
+                if clipped {
+                    self.recount();
+                } else {
+                    self.total = self.total.saturating_sub(units);
+                }
+                return;
+            }
+        }
+    }
+
     /// [`record`](Window::record), except that a write into an existing ring slot is returned
     /// instead of made (allocating or growing the ring is done at once). The window's header
     /// (total, newest, length) is updated now, so every decision that follows is the same; the

@@ -42,6 +42,14 @@ pub(crate) struct Fingerprint {
 
 const HASHED: u64 = 1 << 63;
 
+impl Fingerprint {
+    /// `(hash, a, b, len)`.
+    #[inline(always)]
+    pub(crate) fn parts_with_hash(&self) -> (u64, u64, u64, u64) {
+        (self.hash, self.a, self.b, self.len)
+    }
+}
+
 #[cfg(eyelet_loom)]
 impl Fingerprint {
     /// A fingerprint from its parts (the loom models).
