@@ -273,10 +273,10 @@ impl Leases {
             .reclaim(crate::shard::leases::LeaseTable::slot_of(STAMP_HASH))
     }
 
-    /// A caller of `key` takes `n` units at time 50; whether it got them.
-    pub fn take(&self, key: &str, n: u64) -> bool {
+    /// A caller of `key` takes `n` units from lane `lane` at time 50; whether it got them.
+    pub fn take(&self, key: &str, n: u64, lane: usize) -> bool {
         self.table
-            .take(&self.stamps, key.as_bytes(), STAMP_HASH, 1, n, || 50)
+            .take(&self.stamps, key.as_bytes(), STAMP_HASH, 1, n, lane, || 50)
             .is_some()
     }
 }

@@ -121,6 +121,7 @@ impl<S: Strategy> ShardSet<S> {
                     key.hash,
                     rate.as_per_second().to_bits(),
                     n,
+                    crate::shard::leases::my_lane(),
                     || self.clock.now_ms(),
                 )
             }) {

@@ -398,13 +398,14 @@ impl<S: Strategy> ShardActor<S> {
         let (g, w_eff, cap) = (self.bucket_ms, req.limits.window_ms, req.limits.capacity);
         let value = self.store.value_mut(idx);
         let units = (S::headroom(value, cap) / 4).min(leases::MAX_UNITS);
+        let min_units = 2 * leases::LANES as u64;
         let (Some(start), _) = S::activity(value, now) else {
             return;
         };
         let until = start
             .saturating_add(g)
             .min(S::span_steady_until(value, now, w_eff));
-        if units < 2 || until <= now {
+        if units < min_units || until <= now {
             return;
         }
         let later = S::record_lease(value, now, g, w_eff, units);

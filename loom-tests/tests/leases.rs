@@ -28,7 +28,9 @@ fn units_are_taken_or_reclaimed_exactly_once_and_never_from_another_keys_pool() 
         leases.grant("a", 2);
         let caller = {
             let leases = leases.clone();
-            thread::spawn(move || u64::from(leases.take("a", 1)) + u64::from(leases.take("a", 1)))
+            thread::spawn(move || {
+                u64::from(leases.take("a", 1, 0)) + u64::from(leases.take("a", 1, 0))
+            })
         };
         // the shard reclaims "a" and gives the slot to "b", with as many units as "a" had
         let back_from_a = leases.reclaim();
@@ -52,11 +54,34 @@ fn the_last_unit_goes_to_one_caller() {
         leases.grant("a", 1);
         let other = {
             let leases = leases.clone();
-            thread::spawn(move || leases.take("a", 1))
+            thread::spawn(move || leases.take("a", 1, 0))
         };
-        let mine = leases.take("a", 1);
+        let mine = leases.take("a", 1, 0);
         let theirs = other.join().unwrap_or(false);
         assert!(mine ^ theirs, "mine {mine} theirs {theirs}");
         assert_eq!(leases.reclaim(), 0);
+    });
+}
+
+/// Callers on two lanes while the shard reclaims: every unit of every lane is taken once or
+/// handed back once.
+#[test]
+fn lanes_are_reclaimed_together() {
+    model_capped(3, || {
+        let leases = Arc::new(Leases::new());
+        // 8 units: 2 in each of the 4 lanes
+        leases.grant("a", 8);
+        let other = {
+            let leases = leases.clone();
+            thread::spawn(move || u64::from(leases.take("a", 2, 1)))
+        };
+        let mine = u64::from(leases.take("a", 1, 0));
+        let back = leases.reclaim();
+        let theirs = other.join().unwrap_or(0) * 2;
+        assert_eq!(
+            mine + theirs + back,
+            8,
+            "mine {mine} theirs {theirs} back {back}"
+        );
     });
 }

@@ -21,19 +21,23 @@
 //!   room), `get`, `reset`, and before any entry is removed or the shard is cleared. After a
 //!   reclaim the window holds exactly the weight admitted, so a rejection, its retry hint and a
 //!   read are what they would be without leases.
-//! - The pool's word is `generation << 32 | units`. A caller reads the descriptor (key, rate,
-//!   `until`, generation) under a sequence lock, then takes units with a compare-and-swap that
-//!   expects that generation: a reclaim (swap to zero units) or a new grant (next generation)
-//!   makes it fail, so a unit is never taken from a pool that was reclaimed or given to another
-//!   key.
+//! - The pool's units are split over [`LANES`] words, each on its own cache line, and a caller
+//!   takes from the lane of its thread, so two callers on two cores do not write one line. A
+//!   word is `generation << 32 | units`. A caller reads the descriptor (key, rate, `until`,
+//!   generation) under a sequence lock, then takes units with a compare-and-swap that expects
+//!   that generation: a reclaim (swap to zero units) or a new grant (next generation) makes it
+//!   fail, so a unit is never taken from a pool that was reclaimed or given to another key. A
+//!   caller whose lane is empty goes to the shard, which reclaims every lane and grants anew.
 
 use crate::shard::stamps::{Fingerprint, StampTable};
 use crate::sync::{fence, AtomicU64, Ordering};
 
 /// Pools per shard (direct-mapped by hash bits).
-pub(crate) const SLOTS: usize = 16;
+pub(crate) const SLOTS: usize = 8;
+/// Words a pool's units are split over (callers' threads are spread over them).
+pub(crate) const LANES: usize = 4;
 /// The most units one grant hands out.
-pub(crate) const MAX_UNITS: u64 = 256;
+pub(crate) const MAX_UNITS: u64 = 1024;
 
 const UNITS: u64 = 0xFFFF_FFFF;
 
@@ -54,15 +58,16 @@ struct Descriptor {
     generation: AtomicU64,
 }
 
-/// The pool's units, on a line of their own: callers write it, the descriptor stays shared.
+/// A lane of the pool's units, on a line of its own: callers write it, the descriptor stays
+/// shared.
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(align(64))]
 struct Word(AtomicU64);
 
 #[derive(Debug)]
 struct Slot {
     d: Descriptor,
-    word: Word,
+    lanes: [Word; LANES],
 }
 
 /// What the token holder publishes with a grant.
@@ -105,7 +110,7 @@ impl LeaseTable {
                         until: z(),
                         generation: z(),
                     },
-                    word: Word(z()),
+                    lanes: [Word(z()), Word(z()), Word(z()), Word(z())],
                 })
                 .collect(),
         }
@@ -117,17 +122,20 @@ impl LeaseTable {
         (hash >> 20) as usize & (SLOTS - 1)
     }
 
-    /// Takes back the unspent units of slot `i`'s pool (token holder only); returns them.
+    /// Takes back the unspent units of slot `i`'s pool, all lanes (token holder only);
+    /// returns them.
     pub(crate) fn reclaim(&self, i: usize) -> u64 {
         let Some(slot) = self.slots.get(i) else {
             return 0;
         };
-        let w = slot.word.0.load(Ordering::Relaxed);
-        if w & UNITS == 0 {
-            return 0;
+        let mut back = 0;
+        for lane in &slot.lanes {
+            let w = lane.0.load(Ordering::Relaxed);
+            if w & UNITS != 0 {
+                back += lane.0.swap(w & !UNITS, Ordering::AcqRel) & UNITS;
+            }
         }
-        let old = slot.word.0.swap(w & !UNITS, Ordering::AcqRel);
-        old & UNITS
+        back
     }
 
     /// Publishes a new pool in slot `i` (token holder only; the slot's previous pool must have
@@ -152,15 +160,23 @@ impl LeaseTable {
         d.generation.store(generation, Ordering::Relaxed);
         d.seq.store(seq.wrapping_add(2), Ordering::Release);
         // Units last: a caller that read the new descriptor expects this generation.
-        slot.word
-            .0
-            .store(generation << 32 | g.units.min(UNITS), Ordering::Release);
+        let units = g.units.min(UNITS);
+        let per = units / LANES as u64;
+        for (l, lane) in slot.lanes.iter().enumerate() {
+            let mine = if l == 0 {
+                units - per * (LANES as u64 - 1)
+            } else {
+                per
+            };
+            lane.0.store(generation << 32 | mine, Ordering::Release);
+        }
         generation
     }
 
-    /// Takes `n` units for a call of `key` (hash `hash`) at `rate_bits` if a valid pool of its
-    /// has them; returns the decision's time.
+    /// Takes `n` units from lane `lane` for a call of `key` (hash `hash`) at `rate_bits` if a
+    /// valid pool of its has them there; returns the decision's time.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn take(
         &self,
         stamps: &StampTable,
@@ -168,9 +184,11 @@ impl LeaseTable {
         hash: u64,
         rate_bits: u64,
         n: u64,
+        lane: usize,
         now: impl FnOnce() -> u64,
     ) -> Option<u64> {
         let slot = self.slots.get(Self::slot_of(hash))?;
+        let word = &slot.lanes.get(lane & (LANES - 1))?.0;
         let d = &slot.d;
         if d.hash.load(Ordering::Relaxed) != hash {
             return None;
@@ -198,7 +216,7 @@ impl LeaseTable {
         if n == 0 || n > UNITS {
             return None;
         }
-        let mut w = slot.word.0.load(Ordering::Relaxed);
+        let mut w = word.load(Ordering::Relaxed);
         if w >> 32 != generation || w & UNITS < n {
             return None;
         }
@@ -213,14 +231,36 @@ impl LeaseTable {
             if w >> 32 != generation || w & UNITS < n {
                 return None;
             }
-            match slot
-                .word
-                .0
-                .compare_exchange_weak(w, w - n, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match word.compare_exchange_weak(w, w - n, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Some(now),
                 Err(v) => w = v,
             }
         }
     }
+}
+
+/// The lane of the calling thread: threads get lanes round-robin at their first call.
+#[cfg(not(eyelet_loom))]
+#[inline(always)]
+pub(crate) fn my_lane() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    LANE.with(|l| {
+        let mut lane = l.get();
+        if lane == usize::MAX {
+            lane = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % LANES;
+            l.set(lane);
+        }
+        lane
+    })
+}
+
+/// Under loom every caller uses lane 0 (the models pass lanes explicitly).
+#[cfg(eyelet_loom)]
+pub(crate) fn my_lane() -> usize {
+    0
 }
