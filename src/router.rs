@@ -163,25 +163,23 @@ impl<S: Strategy> ShardSet<S> {
         record: bool,
     ) -> impl Future<Output = Stamped> + Send + 'a {
         let key = self.key(key);
-        let stamped = self.stamped(&key, rate, n, record);
-        let shard = self.shard(key.hash);
         let rate = *rate;
+        // The shortcuts run at the first poll, not here: a future dropped unpolled records
+        // nothing (a lease's units are taken only when the future runs).
         async move {
-            match stamped {
-                Some(s) => s,
-                None => {
-                    call_async(
-                        shard,
-                        Inc {
-                            key,
-                            rate,
-                            n,
-                            record,
-                        },
-                    )
-                    .await
-                }
+            if let Some(s) = self.stamped(&key, &rate, n, record) {
+                return s;
             }
+            call_async(
+                self.shard(key.hash),
+                Inc {
+                    key,
+                    rate,
+                    n,
+                    record,
+                },
+            )
+            .await
         }
     }
 

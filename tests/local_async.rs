@@ -112,6 +112,32 @@ fn future_dropped_before_poll_records_nothing() {
 }
 
 #[test]
+fn future_dropped_before_poll_takes_nothing_from_a_lease() {
+    // Two calls within one bucket make the key hot: its shard publishes a lease pool. A future
+    // created and dropped unpolled must not take a unit from it.
+    let clock = eyelet::ManualClock::new();
+    let rl = RateLimiter::builder()
+        .clock(clock.clone())
+        .sweeper(false)
+        .build()
+        .expect("config");
+    let r = rate(1_000.0);
+    let abs = rl.local().absolute();
+    assert!(abs.inc("hot", &r, 1).is_allowed());
+    assert!(abs.inc("hot", &r, 1).is_allowed());
+    for _ in 0..10 {
+        drop(abs.inc_async("hot", &r, 1));
+    }
+    assert_eq!(abs.get("hot"), 2, "a dropped, unpolled future was admitted");
+    // polled ones are admitted (from the pool) and counted
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let mut f = Box::pin(abs.inc_async("hot", &r, 1));
+    assert!(matches!(f.as_mut().poll(&mut cx), Poll::Ready(d) if d.is_allowed()));
+    assert_eq!(abs.get("hot"), 3);
+}
+
+#[test]
 fn idle_shard_serves_async_call_inline_on_first_poll() {
     let rl = RateLimiter::builder()
         .sweeper(false)
