@@ -511,4 +511,33 @@ mod tests {
         }
         assert_eq!(with.get("a"), without.get("a"));
     }
+
+    #[test]
+    fn a_batch_at_a_larger_capacity_retires_the_pool_of_a_smaller_one() {
+        // A pool granted at 100/s (C = 100) must not admit once a batch at 1000/s (C = 1000)
+        // filled the window past 100.
+        let clock = ManualClock::new();
+        let (with, without) = (set(&clock, true), set(&clock, false));
+        let (small, big) = (
+            RateLimit::try_from(100.0).unwrap_or(RateLimit::ONE),
+            RateLimit::try_from(1000.0).unwrap_or(RateLimit::ONE),
+        );
+        let both = |n: u64, r: &RateLimit| {
+            let (a, b) = (with.inc("k", r, n, true), without.inc("k", r, n, true));
+            assert_eq!(a, b, "inc n={n}");
+        };
+        both(1, &small);
+        clock.set_ms(1);
+        both(1, &small); // hot: a pool of 100/s units is out
+        clock.set_ms(2);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        with.inc_many_into(&["k"], &big, 900, true, &mut a);
+        without.inc_many_into(&["k"], &big, 900, true, &mut b);
+        assert_eq!(a, b);
+        clock.set_ms(3);
+        for _ in 0..30 {
+            both(1, &small);
+        }
+        assert_eq!(with.get("k"), without.get("k"));
+    }
 }

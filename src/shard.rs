@@ -299,6 +299,8 @@ struct Granted {
     idx: usize,
     hash: u64,
     start: u64,
+    /// The rate the pool admits at: its capacity bounds the total with unspent units.
+    rate_bits: u64,
 }
 
 impl<S: Strategy> ShardActor<S> {
@@ -408,12 +410,13 @@ impl<S: Strategy> ShardActor<S> {
         if units < min_units || until <= now {
             return;
         }
-        let later = S::record_lease(value, now, g, w_eff, units);
-        self.later = later.map(|l| (idx as u32, l));
         let fingerprint = match &self.stamps {
             Some(t) => t.fingerprint(key, hash),
             None => return,
         };
+        let value = self.store.value_mut(idx);
+        let later = S::record_lease(value, now, g, w_eff, units);
+        self.later = later.map(|l| (idx as u32, l));
         table.grant(
             i,
             &leases::Grant {
@@ -424,7 +427,12 @@ impl<S: Strategy> ShardActor<S> {
                 units,
             },
         );
-        self.granted[i] = Some(Granted { idx, hash, start });
+        self.granted[i] = Some(Granted {
+            idx,
+            hash,
+            start,
+            rate_bits: self.last_limits.0,
+        });
     }
 
     /// Publishes a rejection the entry at `idx` just got, for its callers to read without the
@@ -473,12 +481,18 @@ impl<S: Strategy> ShardActor<S> {
     #[inline(always)]
     fn decide_at(&mut self, idx: usize, hash: u64, now: u64, req: Request) -> RateLimitDecision {
         self.invalidate(hash);
-        if self.leases.is_some()
-            && self.granted[LeaseTable::slot_of(hash)].is_some_and(|g| g.idx == idx)
-            && S::may_reject(self.store.value_mut(idx), &req)
-        {
-            // Unspent units could turn this into a false rejection: take them back first.
-            self.reclaim_slot(LeaseTable::slot_of(hash));
+        if self.leases.is_some() {
+            let i = LeaseTable::slot_of(hash);
+            if let Some(g) = self.granted[i].filter(|g| g.idx == idx) {
+                // Unspent units could turn this into a false rejection; and a call at another
+                // rate may record past the pool's own capacity, after which the pool must not
+                // admit: take them back first in both cases.
+                if g.rate_bits != self.last_limits.0
+                    || S::may_reject(self.store.value_mut(idx), &req)
+                {
+                    self.reclaim_slot(i);
+                }
+            }
         }
         let g = self.bucket_ms;
         let mut later = None;

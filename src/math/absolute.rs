@@ -257,6 +257,61 @@ mod tests {
     }
 
     #[test]
+    fn untrimmed_buckets_never_outlive_the_32_bit_start() {
+        // Buckets kept by a lazy advance must never be held long enough for their 32-bit start
+        // to wrap and read as young: a window longer than 2^31 ms, and a long-lived ring at a
+        // 10-minute window that never fills.
+        let run = |steps: &[(u64, u64, u64, u64)]| {
+            let (mut lazy, mut eager) = (Window::new(), Window::new());
+            let mut later = None;
+            for &(now, window_ms, capacity, n) in steps {
+                let req = Request {
+                    limits: Limits {
+                        window_ms,
+                        capacity,
+                        hard: capacity,
+                    },
+                    n,
+                    record: true,
+                };
+                if let Some(w) = later.take() {
+                    lazy.apply(w);
+                }
+                let a = decide_absolute_deferred(&mut lazy, now, 10, req, &mut later);
+                let b = decide_eager(&mut eager, now, 10, req);
+                assert_eq!(a, b, "at {now}: {req:?}");
+            }
+            if let Some(w) = later.take() {
+                lazy.apply(w);
+            }
+            let last = steps.last().map_or(0, |s| s.0);
+            assert_eq!(
+                lazy.live_untrimmed(last, steps[0].1),
+                eager.live_untrimmed(last, steps[0].1)
+            );
+        };
+        let (w, c) = (4_000_000_000u64, 4_000_000u64);
+        run(&[
+            (0, w, c, 3_000_000),
+            (3_000_000_000, w, c, 1),
+            (4_300_000_000, w, c, 1),
+            (4_300_000_001, w, c, 2_000_000),
+        ]);
+        // 10-minute window: a ring that grew to 64k slots in its first 7 minutes, then one
+        // request every 9.8 minutes (the ring never fills, so nothing else trims it) until just
+        // past 2^32 ms, when the first buckets' 32-bit starts read as young again
+        let (w, c) = (600_000u64, 100_000u64);
+        let mut steps: Vec<(u64, u64, u64, u64)> = (0..40_000).map(|i| (i * 11, w, c, 1)).collect();
+        let mut t = 440_000;
+        while t < (1 << 32) + 100_000 {
+            t += 588_000;
+            steps.push((t, w, c, 1));
+        }
+        steps.push((t + 1, w, c, c - 1));
+        run(&steps);
+    }
+
+    #[test]
     fn rejection_records_nothing() {
         let mut w = Window::new();
         assert_eq!(

@@ -360,11 +360,22 @@ impl<C: Counts> Window<C> {
     /// What it saves is the read of the ring's oldest bucket, usually a cache miss on a key that
     /// is not hot: a call whose untrimmed total already leaves room touches no bucket it does not
     /// write.
+    ///
+    /// Held buckets must stay less than 2^32 ms older than the newest one (their starts are
+    /// 32-bit): so the trim is never skipped on a span longer than 2^31 ms, nor by the first
+    /// call of a new 2^31-ms epoch of the newest start. Then every held bucket survived a trim
+    /// at the start of the newest's epoch (less than a span, at most 2^31 ms, before it), which
+    /// itself is less than 2^31 ms before the newest.
     #[inline(always)]
     pub(crate) fn advance_lazy(&mut self, now: u64, w_eff: u64, confirm: bool) -> bool {
         let span = u64::from(self.span);
-        if !self.ring_mode() || self.newest.saturating_add(span) <= now {
-            // One bucket or none (nothing to save), or everything expired (forget it now).
+        if !self.ring_mode()
+            || self.newest.saturating_add(span) <= now
+            || span > 1 << 31
+            || now >> 31 != self.newest >> 31
+        {
+            // One bucket or none (nothing to save), everything expired (forget it now), or a
+            // trim the 32-bit starts need.
             self.advance(now, w_eff, confirm);
             return false;
         }

@@ -219,6 +219,13 @@ impl StampTable {
     /// another hash or was being written.
     #[inline(always)]
     pub(crate) fn read(&self, hash: u64) -> Option<Stamp> {
+        self.read_at(hash, || 0).map(|(s, _)| s)
+    }
+
+    /// [`read`](Self::read), with `now()` read before the sequence is checked again: a stamp
+    /// withdrawn before that time is not returned with it.
+    #[inline(always)]
+    fn read_at(&self, hash: u64, now: impl FnOnce() -> u64) -> Option<(Stamp, u64)> {
         let slot = self.slot(hash);
         // A cheap look first: most calls find no stamp of theirs.
         if slot.hash.load(Ordering::Relaxed) != hash {
@@ -243,11 +250,12 @@ impl StampTable {
             remaining: slot.remaining.load(Ordering::Relaxed),
             window_ms: slot.window_ms.load(Ordering::Relaxed),
         };
+        let now = now();
         fence(Ordering::Acquire);
         if slot.seq.load(Ordering::Relaxed) != seq || s.until == 0 {
             return None;
         }
-        Some(s)
+        Some((s, now))
     }
 
     /// The shard's answer to `inc`/`is_allowed` of `key` (router hash `hash`) at `rate_bits`
@@ -262,8 +270,7 @@ impl StampTable {
         record: bool,
         now: impl FnOnce() -> u64,
     ) -> Option<Stamped> {
-        let s = self.read(hash)?;
-        let now = now();
+        let (s, now) = self.read_at(hash, now)?;
         let until = if record && n > 0 {
             s.record_until
         } else {
