@@ -216,8 +216,8 @@ impl StampTable {
     }
 
     /// The stamp in `hash`'s slot, read consistently, or `None` if the slot is empty, holds
-    /// another hash or was being written.
-    #[inline(always)]
+    /// another hash or was being written (the loom models' view).
+    #[cfg(eyelet_loom)]
     pub(crate) fn read(&self, hash: u64) -> Option<Stamp> {
         self.read_at(hash, || 0).map(|(s, _)| s)
     }
