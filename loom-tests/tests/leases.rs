@@ -6,16 +6,12 @@
 //! dozen atomics).
 #![cfg(eyelet_loom)]
 
+mod support;
+
 use eyelet::loom_support::Leases;
 use loom::sync::Arc;
 use loom::thread;
-
-fn model_capped<F: Fn() + Sync + Send + 'static>(cap: usize, f: F) {
-    let mut builder = loom::model::Builder::new();
-    let bound = builder.preemption_bound.map_or(cap, |b| b.min(cap));
-    builder.preemption_bound = Some(bound);
-    builder.check(f);
-}
+use support::model_capped;
 
 /// Every unit of a pool is either taken by a caller of its own key or handed back by the
 /// reclaim, never both, never lost; and a caller never takes from a pool granted to another

@@ -7,23 +7,13 @@
 //! exhaustive.
 #![cfg(eyelet_loom)]
 
+mod support;
+
 use eyelet::loom_support::Stamps;
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-
-fn model<F: Fn() + Sync + Send + 'static>(f: F) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = None;
-    builder.check(f);
-}
-
-fn model_capped<F: Fn() + Sync + Send + 'static>(cap: usize, f: F) {
-    let mut builder = loom::model::Builder::new();
-    let bound = builder.preemption_bound.map_or(cap, |b| b.min(cap));
-    builder.preemption_bound = Some(bound);
-    builder.check(f);
-}
+use support::{model, model_capped};
 
 /// A reader racing two publications never returns a mix of both: every field it returns
 /// belongs to one stamp.

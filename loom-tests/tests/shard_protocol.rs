@@ -10,6 +10,8 @@
 //! cancelled, at most once) and that the branch it is named for was reached.
 #![cfg(eyelet_loom)]
 
+mod support;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
@@ -17,25 +19,10 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use eyelet::loom_support::{reached_count, AbsoluteShard, Branch, Cell};
 use loom::sync::Arc;
 use loom::thread::{self, JoinHandle};
+use support::{model, model_capped};
 
 /// State: the ids of the messages served, in order.
 type Log = Vec<u32>;
-
-/// Explores every interleaving (two-thread models).
-fn model<F: Fn() + Sync + Send + 'static>(f: F) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = None;
-    builder.check(f);
-}
-
-/// Explores interleavings with at most `cap` preemptions (or fewer if `LOOM_MAX_PREEMPTIONS`
-/// says so): the three-thread models explode combinatorially past 3.
-fn model_capped<F: Fn() + Sync + Send + 'static>(cap: usize, f: F) {
-    let mut builder = loom::model::Builder::new();
-    let bound = builder.preemption_bound.map_or(cap, |b| b.min(cap));
-    builder.preemption_bound = Some(bound);
-    builder.check(f);
-}
 
 /// Runs `run`, then asserts that it reached `branch` at least once.
 fn reaching(branch: Branch, run: impl FnOnce()) {
