@@ -50,6 +50,8 @@ pub enum ConfigError {
     InvalidPrefix(String),
     /// A Redis deadline shorter than 1 ms.
     ZeroRedisDeadline,
+    /// A hybrid sync interval shorter than 1 ms.
+    ZeroSyncInterval,
     /// A Redis server or cluster was configured, but the limiter was started with `build()`,
     /// which does not connect: use `connect().await`.
     RedisNeedsConnect,
@@ -85,6 +87,7 @@ impl fmt::Display for ConfigError {
                 "redis prefix must be 1 to 128 bytes without braces, got {p:?}"
             ),
             ConfigError::ZeroRedisDeadline => f.write_str("redis deadline must be at least 1 ms"),
+            ConfigError::ZeroSyncInterval => f.write_str("sync interval must be at least 1 ms"),
             ConfigError::RedisNeedsConnect => f.write_str(
                 "a redis target is configured: start the limiter with connect().await, not build()",
             ),
@@ -139,6 +142,8 @@ pub struct RateLimiterBuilder {
 #[cfg(feature = "redis")]
 #[derive(Clone, Debug)]
 pub(crate) struct RedisOptions {
+    pub(crate) sync_interval: Duration,
+    pub(crate) outage_policy: crate::hybrid::OutagePolicy,
     pub(crate) target: Option<crate::redis::Target>,
     pub(crate) prefix: String,
     pub(crate) deadline: Duration,
@@ -183,6 +188,8 @@ impl Default for RateLimiterBuilder {
             random: None,
             #[cfg(feature = "redis")]
             redis: RedisOptions {
+                sync_interval: crate::hybrid::DEFAULT_SYNC_INTERVAL,
+                outage_policy: crate::hybrid::OutagePolicy::LocalShare,
                 target: None,
                 prefix: crate::redis::DEFAULT_PREFIX.to_string(),
                 deadline: crate::redis::DEFAULT_REDIS_DEADLINE,
@@ -337,6 +344,24 @@ impl RateLimiterBuilder {
     #[cfg(feature = "redis")]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.redis.prefix = prefix.into();
+        self
+    }
+
+    /// How often the hybrid provider's sync actor writes this instance's deltas to Redis and
+    /// refreshes its reserves (default 10 ms; at least 1 ms). Shorter: tighter sharing of a
+    /// saturated key between instances, more Redis calls (one per interval, plus one per 256
+    /// active keys).
+    #[cfg(feature = "redis")]
+    pub fn sync_interval(mut self, interval: Duration) -> Self {
+        self.redis.sync_interval = interval;
+        self
+    }
+
+    /// What the hybrid provider decides by while Redis is unreachable (default
+    /// [`OutagePolicy::LocalShare`](crate::OutagePolicy::LocalShare)).
+    #[cfg(feature = "redis")]
+    pub fn outage_policy(mut self, policy: crate::OutagePolicy) -> Self {
+        self.redis.outage_policy = policy;
         self
     }
 

@@ -92,7 +92,8 @@ pub struct SuppressedSnapshot {
     pub suppression_factor: f64,
 }
 
-/// A decision with the time it was made at, on the limiter's millisecond clock.
+/// A decision with the time it was made at, on the limiter's millisecond clock, and what it
+/// was based on.
 ///
 /// Useful for audit logs and to check exactness from the outside: the stamp is the time the
 /// shard used for the decision, so an oracle can replay every window.
@@ -101,6 +102,41 @@ pub struct SuppressedSnapshot {
 pub struct Stamped {
     /// The decision.
     pub decision: RateLimitDecision,
-    /// Milliseconds on the limiter's clock at which it was decided.
+    /// Milliseconds on the limiter's clock at which it was decided (for the Redis provider,
+    /// Redis server time).
     pub at_ms: u64,
+    /// What the decision was based on.
+    pub source: Source,
+}
+
+impl Stamped {
+    pub(crate) fn new(decision: RateLimitDecision, at_ms: u64, source: Source) -> Self {
+        Self {
+            decision,
+            at_ms,
+            source,
+        }
+    }
+}
+
+/// What a decision was based on (see [`Stamped::source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// This process's own state: the local provider.
+    Local,
+    /// The Redis script, with Redis's state (the Redis provider).
+    Redis,
+    /// Hybrid: this instance was the only live one at its last sync, so it decided exactly as
+    /// the local provider does (its admissions reach Redis at the next sync).
+    HybridSolo,
+    /// Hybrid: units Redis reserved for this instance at its last sync (exact across
+    /// instances: reserved units already count against the limit everywhere).
+    HybridReserve,
+    /// Hybrid: a key this instance holds no reserve for yet (first use, or idle since its last
+    /// sync): a provisional share of the limit, `C / instances`, until the next sync.
+    HybridProvisional,
+    /// Hybrid: no sync succeeded recently (Redis unreachable or stalled); the configured
+    /// [`OutagePolicy`](crate::OutagePolicy) decided.
+    HybridOutage,
 }

@@ -77,6 +77,8 @@
 
 mod config;
 mod decision;
+#[cfg(feature = "redis")]
+pub mod hybrid;
 mod limiter;
 mod local;
 mod math;
@@ -94,7 +96,9 @@ pub use config::{
     ConfigError, RateLimiterBuilder, DEFAULT_BUCKET, DEFAULT_HARD_LIMIT_FACTOR,
     DEFAULT_STALE_AFTER_WINDOWS, DEFAULT_WINDOW, MAX_HARD_LIMIT_FACTOR, MAX_SHARDS, MAX_WINDOW,
 };
-pub use decision::{RateLimitDecision, Stamped, SuppressedSnapshot, RETRY_NEVER};
+pub use decision::{RateLimitDecision, Source, Stamped, SuppressedSnapshot, RETRY_NEVER};
+#[cfg(feature = "redis")]
+pub use hybrid::{HybridAbsolute, HybridProvider, HybridStatus, OutagePolicy};
 pub use limiter::{RateLimiter, DEFAULT_SHARDS};
 pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
 pub use random::{RandomSource, SplitMix64};

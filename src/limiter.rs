@@ -53,6 +53,8 @@ pub struct RateLimiter {
     local: LocalProvider,
     #[cfg(feature = "redis")]
     redis: crate::redis::RedisProvider,
+    #[cfg(feature = "redis")]
+    hybrid: crate::hybrid::HybridProvider,
     shared: Arc<Shared>,
     sweeper: OnceLock<Sweeper>,
 }
@@ -107,6 +109,9 @@ impl RateLimiter {
         if whole_ms(b.redis.deadline) == 0 {
             return Err(ConfigError::ZeroRedisDeadline.into());
         }
+        if whole_ms(b.redis.sync_interval) == 0 {
+            return Err(ConfigError::ZeroSyncInterval.into());
+        }
         if b.redis.clock_time && b.clock.is_none() {
             return Err(ConfigError::ClientClockWithoutCustomClock.into());
         }
@@ -118,7 +123,7 @@ impl RateLimiter {
         // The Redis provider's draws come from the last stream of the factory (after the
         // local shards' ones), owned by its batcher actor.
         let random = b.random_factory()(2 * valid.shards);
-        let conn = crate::redis::connect(
+        let (batcher, cluster, conn) = crate::redis::connect(
             &target,
             b.redis.deadline,
             valid.shared.clone(),
@@ -126,7 +131,7 @@ impl RateLimiter {
             random,
         )
         .await?;
-        Ok(Self::assemble(b, valid, Some(conn))?)
+        Ok(Self::assemble(b, valid, Some((batcher, cluster, conn)))?)
     }
 
     fn validate(b: &RateLimiterBuilder) -> Result<Validated, ConfigError> {
@@ -189,7 +194,11 @@ impl RateLimiter {
     fn assemble(
         b: RateLimiterBuilder,
         valid: Validated,
-        #[cfg(feature = "redis")] redis: Option<(crate::redis::BatcherHandle, bool)>,
+        #[cfg(feature = "redis")] redis: Option<(
+            crate::redis::BatcherHandle,
+            bool,
+            crate::redis::Conn,
+        )>,
     ) -> Result<Arc<Self>, ConfigError> {
         let Validated {
             shared,
@@ -200,22 +209,49 @@ impl RateLimiter {
         let hasher = b.hasher();
         let local = LocalProvider::new(shards, &shared, hasher, &random);
         #[cfg(feature = "redis")]
-        let redis = {
-            let (batcher, cluster) = match redis {
-                Some((h, c)) => (Some(h), c),
-                None => (None, false),
+        let (redis, hybrid) = {
+            let (set, ctx, counters) =
+                crate::hybrid::build(shards, &shared, b.hasher(), b.redis.outage_policy);
+            let (batcher, cluster, sync) = match redis {
+                Some((h, c, conn)) => {
+                    let interval_ms = whole_ms(b.redis.sync_interval);
+                    let config = crate::hybrid::SyncConfig {
+                        interval: b.redis.sync_interval,
+                        lease_ttl_ms: (8 * interval_ms).max(40),
+                        deadline: b.redis.deadline,
+                        instance: instance_id(),
+                        prefix: b.redis.prefix.clone(),
+                        registry_key: crate::redis::hybrid_registry(&b.redis.prefix),
+                        bucket_ms: shared.bucket_ms,
+                    };
+                    let sync = crate::hybrid::SyncHandle::spawn(
+                        set.clone(),
+                        ctx.clone(),
+                        counters.clone(),
+                        conn,
+                        shared.clock.clone(),
+                        config,
+                    );
+                    (Some(h), c, Some(sync))
+                }
+                None => (None, false, None),
             };
-            crate::redis::RedisProvider::new(
-                batcher,
-                shared.clone(),
-                b.redis.prefix.clone(),
-                cluster,
+            (
+                crate::redis::RedisProvider::new(
+                    batcher,
+                    shared.clone(),
+                    b.redis.prefix.clone(),
+                    cluster,
+                ),
+                crate::hybrid::HybridProvider::new(set, ctx, counters, sync),
             )
         };
         let rl = Arc::new(RateLimiter {
             local,
             #[cfg(feature = "redis")]
             redis,
+            #[cfg(feature = "redis")]
+            hybrid,
             shared,
             sweeper: OnceLock::new(),
         });
@@ -240,10 +276,23 @@ impl RateLimiter {
         &self.redis
     }
 
+    /// The hybrid provider (feature `redis`): local-speed decisions on limits shared through
+    /// Redis by a sync actor (see [`hybrid`](crate::hybrid)). On a limiter made with
+    /// [`build`](RateLimiterBuilder::build) (no Redis) it never syncs: it decides as the
+    /// outage policy says, for one instance.
+    #[cfg(feature = "redis")]
+    pub fn hybrid(&self) -> &crate::hybrid::HybridProvider {
+        &self.hybrid
+    }
+
     /// Runs one cleanup pass now: evicts keys idle for `stale_after` whose buckets have all
     /// expired. Returns the number of keys evicted. The background sweeper calls this.
     pub fn sweep(&self) -> usize {
-        self.local.sweep()
+        #[cfg(feature = "redis")]
+        let hybrid = self.hybrid.sweep();
+        #[cfg(not(feature = "redis"))]
+        let hybrid = 0;
+        self.local.sweep() + hybrid
     }
 
     /// The window length `W`.
@@ -268,4 +317,11 @@ impl Drop for RateLimiter {
             s.stop();
         }
     }
+}
+
+/// A process-unique instance id for the hybrid registry: random, with the process id.
+#[cfg(feature = "redis")]
+fn instance_id() -> String {
+    let r = ahash::RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{:x}-{:016x}", std::process::id(), r)
 }

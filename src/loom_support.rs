@@ -128,6 +128,7 @@ impl AbsoluteShard {
                 hasher.clone(),
                 None,
                 None,
+                StdArc::new(()),
             )),
             clock,
             hasher,

@@ -52,6 +52,21 @@ use batcher::Answer;
 use keys::Kind;
 use script::{OpArgs, OpCode, OpReply};
 
+/// The Redis key of hybrid key `key` under `prefix`.
+pub(crate) fn hybrid_key(prefix: &str, key: &str) -> Vec<u8> {
+    keys::encode(prefix, Kind::Hybrid, key)
+}
+
+/// The hash slot of an encoded key.
+pub(crate) fn hybrid_slot(redis_key: &[u8]) -> u16 {
+    keys::slot(redis_key)
+}
+
+/// The hybrid instance registry of `prefix` (a sorted set; no braces, so its own slot).
+pub(crate) fn hybrid_registry(prefix: &str) -> Vec<u8> {
+    format!("{prefix}:instances").into_bytes()
+}
+
 /// Default per-call deadline of the Redis provider.
 pub const DEFAULT_REDIS_DEADLINE: Duration = Duration::from_millis(500);
 
@@ -141,7 +156,11 @@ impl Inner {
     ) -> Result<Stamped, RedisError> {
         let args = self.args(code, rate, n)?;
         match self.run(kind, key, args).await? {
-            (at_ms, OpReply::Decision(decision)) => Ok(Stamped { decision, at_ms }),
+            (at_ms, OpReply::Decision(decision)) => Ok(Stamped::new(
+                decision,
+                at_ms,
+                crate::decision::Source::Redis,
+            )),
             (_, r) => Err(unexpected(&r)),
         }
     }
@@ -406,11 +425,12 @@ pub(crate) async fn connect(
     shared: Arc<Shared>,
     clock_time: bool,
     random: Box<dyn RandomSource>,
-) -> Result<(BatcherHandle, bool), RedisError> {
+) -> Result<(BatcherHandle, bool, Conn), RedisError> {
     let conn = Conn::open(target, deadline).await?;
     let cluster = conn.is_cluster();
     Ok((
-        BatcherHandle::spawn(conn, shared, clock_time, deadline, random),
+        BatcherHandle::spawn(conn.clone(), shared, clock_time, deadline, random),
         cluster,
+        conn,
     ))
 }

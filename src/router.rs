@@ -38,8 +38,46 @@ impl<S: Strategy> ShardSet<S> {
         shared: &Arc<Shared>,
         hasher: ahash::RandomState,
         rng: impl FnMut(usize) -> Box<dyn RandomSource>,
+    ) -> Self
+    where
+        S: Strategy<Ctx = ()>,
+    {
+        Self::build(count, shared, hasher, rng, S::STAMPED, Arc::new(()))
+    }
+
+    /// [`new`](Self::new) for a strategy whose shards share `ctx`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_ctx(
+        count: usize,
+        shared: &Arc<Shared>,
+        hasher: ahash::RandomState,
+        rng: impl FnMut(usize) -> Box<dyn RandomSource>,
+        ctx: Arc<S::Ctx>,
     ) -> Self {
-        Self::build(count, shared, hasher, rng, S::STAMPED)
+        Self::build(count, shared, hasher, rng, S::STAMPED, ctx)
+    }
+
+    /// Number of shards.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Sends `message(i)` to every shard `i` in turn from a task, collecting the replies.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn each_shard_async<M>(
+        &self,
+        mut message: impl FnMut(usize) -> M,
+    ) -> Vec<M::Reply>
+    where
+        M: Detach<ShardActor<S>> + Send,
+        M::Reply: Send,
+    {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for (i, shard) in self.shards.iter().enumerate() {
+            out.push(call_async(shard, message(i)).await);
+        }
+        out
     }
 
     /// [`new`](Self::new); `shortcuts` says whether absolute shards publish rejection stamps and
@@ -50,6 +88,7 @@ impl<S: Strategy> ShardSet<S> {
         hasher: ahash::RandomState,
         mut rng: impl FnMut(usize) -> Box<dyn RandomSource>,
         shortcuts: bool,
+        ctx: Arc<S::Ctx>,
     ) -> Self {
         // Fingerprint seeds for long keys: random, like the key hasher.
         let seeds = (ahash::RandomState::new(), ahash::RandomState::new());
@@ -73,6 +112,7 @@ impl<S: Strategy> ShardSet<S> {
                     hasher.clone(),
                     stamps.get(i).cloned(),
                     leases.get(i).cloned(),
+                    ctx.clone(),
                 )))
             })
             .collect::<Vec<_>>()
@@ -98,7 +138,7 @@ impl<S: Strategy> ShardSet<S> {
     /// Shard of a hash. Uses bits 32.. so that the table inside the shard (low bits for the
     /// position, top 7 bits for the tag) still sees well-spread hashes.
     #[inline]
-    fn shard_of(&self, hash: u64) -> usize {
+    pub(crate) fn shard_of(&self, hash: u64) -> usize {
         (hash >> 32) as usize & self.mask
     }
 
@@ -125,10 +165,11 @@ impl<S: Strategy> ShardSet<S> {
                     || self.clock.now_ms(),
                 )
             }) {
-                return Some(Stamped {
-                    decision: RateLimitDecision::Allowed,
+                return Some(Stamped::new(
+                    RateLimitDecision::Allowed,
                     at_ms,
-                });
+                    crate::decision::Source::Local,
+                ));
             }
         }
         table.answer(
@@ -391,6 +432,7 @@ mod tests {
             hasher,
             |i| Box::new(SplitMix64::new(i as u64)),
             shortcuts,
+            Arc::new(()),
         )
     }
 

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot, RETRY_NEVER};
+use crate::decision::{RateLimitDecision, Source, Stamped, SuppressedSnapshot, RETRY_NEVER};
 use crate::math::{
     decide_absolute_deferred, decide_suppressed, suppression_factor, Attempts, Count, Request,
     RingWrite, SuppressedKey, Window,
@@ -21,7 +21,8 @@ use crate::time::ClockSource;
 use leases::LeaseTable;
 use mailbox::{ActorCell, Detach, Message};
 use stamps::{Stamp, StampTable};
-use store::{CacheLine, Slot, Store};
+pub(crate) use store::Slot;
+use store::{CacheLine, Store};
 
 /// Entries a sweep message visits before the executor lets others in.
 pub(crate) const SWEEP_BUDGET: usize = 256;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
 /// What a strategy stores per key and how it decides.
 pub(crate) trait Strategy: Send + 'static {
     type Value: Default + Send + Slot + 'static;
+    /// What every shard of a set shares besides [`Shared`] (the hybrid's sync state).
+    type Ctx: Send + Sync + 'static;
     type Snapshot: Send + 'static;
     /// A write a decision may leave for the shard's next message (see
     /// [`RingWrite`](crate::math::RingWrite)).
@@ -61,7 +64,14 @@ pub(crate) trait Strategy: Send + 'static {
         req: Request,
         rng: &mut dyn RandomSource,
         later: &mut Option<Self::Later>,
+        ctx: &Self::Ctx,
     ) -> RateLimitDecision;
+
+    /// What the last decision on `value` was based on.
+    #[inline(always)]
+    fn source(_value: &Self::Value) -> Source {
+        Source::Local
+    }
 
     /// Makes a write `decide` left for later.
     fn apply(value: &mut Self::Value, later: Self::Later);
@@ -115,6 +125,7 @@ pub(crate) struct Absolute;
 
 impl Strategy for Absolute {
     type Value = Window<Count>;
+    type Ctx = ();
     type Snapshot = u64;
     type Later = RingWrite<Count>;
 
@@ -126,6 +137,7 @@ impl Strategy for Absolute {
         req: Request,
         _rng: &mut dyn RandomSource,
         later: &mut Option<RingWrite<Count>>,
+        _ctx: &(),
     ) -> RateLimitDecision {
         decide_absolute_deferred(value, now, bucket_ms, req, later)
     }
@@ -183,6 +195,7 @@ pub(crate) struct Suppressed;
 
 impl Strategy for Suppressed {
     type Value = SuppressedKey;
+    type Ctx = ();
     type Snapshot = SuppressedSnapshot;
     /// Suppressed decisions write at once.
     type Later = std::convert::Infallible;
@@ -199,6 +212,7 @@ impl Strategy for Suppressed {
         req: Request,
         rng: &mut dyn RandomSource,
         _later: &mut Option<std::convert::Infallible>,
+        _ctx: &(),
     ) -> RateLimitDecision {
         // A panicking custom random source is contained (it runs inside an executor serving
         // other callers): the draw falls back to 0.5.
@@ -291,6 +305,9 @@ pub(crate) struct ShardActor<S: Strategy> {
     /// slot: the entry, its hash and the start of the bucket that holds the units.
     leases: Option<Arc<LeaseTable>>,
     granted: [Option<Granted>; leases::SLOTS],
+    ctx: Arc<S::Ctx>,
+    /// What the last decision was based on.
+    last_source: Source,
 }
 
 /// A lease the shard granted (its actor-side record).
@@ -312,8 +329,11 @@ impl<S: Strategy> ShardActor<S> {
         hasher: ahash::RandomState,
         stamps: Option<Arc<StampTable>>,
         leases: Option<Arc<LeaseTable>>,
+        ctx: Arc<S::Ctx>,
     ) -> Self {
         Self {
+            ctx,
+            last_source: Source::Local,
             stamps: stamps.filter(|_| S::STAMPED),
             leases: leases.filter(|_| S::STAMPED),
             granted: [None; leases::SLOTS],
@@ -329,6 +349,25 @@ impl<S: Strategy> ShardActor<S> {
             bucket_ms: shared.bucket_ms,
             shared,
         }
+    }
+
+    /// What the shards of this set share.
+    #[cfg(feature = "redis")]
+    pub(crate) fn ctx(&self) -> &S::Ctx {
+        &self.ctx
+    }
+
+    /// Calls `f(key, hash, value)` for every key of the shard.
+    #[cfg(feature = "redis")]
+    pub(crate) fn for_each_entry(&mut self, f: impl FnMut(&[u8], u64, &mut S::Value)) {
+        self.store().for_each_mut(f);
+    }
+
+    /// The value of `key` (hash `hash`), if the shard holds it.
+    #[cfg(feature = "redis")]
+    pub(crate) fn value_of(&mut self, key: &str, hash: u64) -> Option<&mut S::Value> {
+        let idx = self.store().find(hash, key.as_bytes())?;
+        Some(self.store.value_mut(idx))
     }
 
     /// The key table, after making the write the last decision left for later.
@@ -497,21 +536,16 @@ impl<S: Strategy> ShardActor<S> {
         let g = self.bucket_ms;
         let mut later = None;
         self.make_later_write();
-        let d = S::decide(
-            self.store.value_mut(idx),
-            now,
-            g,
-            req,
-            &mut *self.rng,
-            &mut later,
-        );
+        let value = self.store.value_mut(idx);
+        let d = S::decide(value, now, g, req, &mut *self.rng, &mut later, &self.ctx);
+        self.last_source = S::source(value);
         self.later = later.map(|l| (idx as u32, l));
         d
     }
 
     /// The shard's time: the clock, never going backwards.
     #[inline(always)]
-    fn now(&mut self) -> u64 {
+    pub(crate) fn now(&mut self) -> u64 {
         let t = self.clock.now_ms();
         if t > self.last_now {
             self.last_now = t;
@@ -585,7 +619,9 @@ impl<S: Strategy> ShardActor<S> {
             req,
             &mut *self.rng,
             &mut later,
+            &self.ctx,
         );
+        self.last_source = S::source(&value);
         if let Some(l) = later {
             S::apply(&mut value, l);
         }
@@ -682,10 +718,7 @@ impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
             self.record,
             now,
         );
-        Stamped {
-            decision,
-            at_ms: now,
-        }
+        Stamped::new(decision, now, shard.last_source)
     }
 }
 

@@ -20,6 +20,8 @@ const SLOTS: u16 = 16384;
 pub(crate) enum Kind {
     Absolute,
     Suppressed,
+    /// The hybrid provider's global windows.
+    Hybrid,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
         match self {
             Kind::Absolute => b'a',
             Kind::Suppressed => b's',
+            Kind::Hybrid => b'h',
         }
     }
 }

@@ -282,14 +282,15 @@ impl StampTable {
         if s.fingerprint != self.fingerprint(key, hash) {
             return None;
         }
-        Some(Stamped {
-            decision: RateLimitDecision::Rejected {
+        Some(Stamped::new(
+            RateLimitDecision::Rejected {
                 retry_after_ms: s.until - now,
                 remaining_after_waiting: s.remaining,
                 window: Duration::from_millis(s.window_ms),
             },
-            at_ms: now,
-        })
+            now,
+            crate::decision::Source::Local,
+        ))
     }
 }
 

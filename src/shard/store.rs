@@ -444,6 +444,27 @@ impl<V: Slot> Store<V> {
         removed
     }
 
+    /// Calls `f(key, hash, value)` for every key, in slab order.
+    #[cfg(feature = "redis")]
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&[u8], u64, &mut V)) {
+        let hasher = &self.hasher;
+        let hash = |k: &[u8]| match std::str::from_utf8(k) {
+            Ok(s) => hasher.hash_one(s),
+            Err(_) => hasher.hash_one(k),
+        };
+        for e in self.narrow.iter_mut() {
+            let key = match e.key.get() {
+                Ok(b) => b,
+                Err(range) => self.long_keys.get(range).unwrap_or(&[]),
+            };
+            f(key, hash(key), &mut e.value);
+        }
+        for e in self.wide.iter_mut() {
+            let key = e.key.get();
+            f(key, hash(key), &mut e.value);
+        }
+    }
+
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
         self.table.clear();

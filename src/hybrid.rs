@@ -1,0 +1,262 @@
+//! The hybrid provider (feature `redis`): one limit per key across every instance that shares a
+//! Redis, decided at local speed. No call waits on Redis.
+//!
+//! # How it works
+//! Shard actors decide from local state only, and a **sync actor** (a tokio task, one per
+//! limiter) moves their deltas to Redis on a timer:
+//! - Every [`sync_interval`](crate::RateLimiterBuilder::sync_interval) (default 10 ms) it asks
+//!   each shard for its reports (one message per shard): per key, the weight admitted since the
+//!   last sync, by server-time bucket, the reserve units it spent and the reserve it wants.
+//! - It writes them in batched, idempotent script calls (`lua/hybrid_sync.lua`; an instance id
+//!   and a sequence number per report, so a report whose reply was lost and that is sent again
+//!   is counted once). Redis adds each delta to the bucket it belongs to, and tops the
+//!   instance's **reserve** up towards what it asked for, out of the limit minus everything
+//!   live (every instance's buckets and reserves).
+//! - It sends each shard the answers (one message per shard): the key's new reserve.
+//!
+//! A decision on a key then runs in one of these modes, reported as its
+//! [`Source`](crate::Source) by `inc_stamped`:
+//! - [`HybridSolo`](crate::Source::HybridSolo): the instance was the only live one at the last
+//!   sync (the registry of instances lives in Redis): it decides exactly as the local provider
+//!   does and reports what it admitted.
+//! - [`HybridReserve`](crate::Source::HybridReserve): several instances are live and the key
+//!   holds a reserve: a request is admitted iff the reserve covers its weight. Reserved units
+//!   count against the limit in Redis from the moment they are granted, and a spent unit moves
+//!   into the bucket of its admission (which counts one bucket longer than an exact window), so
+//!   admissions from reserves never exceed `C` in any window of server time.
+//! - [`HybridProvisional`](crate::Source::HybridProvisional): the key holds no reserve yet
+//!   (first use on this instance, or idle at the last sync): the instance admits up to
+//!   `C / instances` on its own window until the next sync brings a reserve.
+//! - [`HybridOutage`](crate::Source::HybridOutage): no sync succeeded within half the reserve
+//!   lifetime: the [`OutagePolicy`] decides. Admissions are still recorded and reported when
+//!   Redis answers again, into the buckets they belong to.
+//!
+//! # The bound
+//! With `N` live instances, steady traffic and Redis healthy, every admission comes out of a
+//! reserve, so the most admitted in any window of length `W` is `C` (server time; each
+//! instance maps its clock to the server's at every sync, and the extra bucket Redis counts
+//! absorbs an offset error below `G`). The excess comes only from provisional shares (a key
+//! first used on several instances within one sync interval: up to `C / N` per instance per
+//! interval before their first sync), from instances joining or leaving (shares computed with a
+//! stale `N`), and from outages under [`OutagePolicy::LocalShare`] or
+//! [`OutagePolicy::FailOpen`]. Throughput: reserved units that are not spent are held until the
+//! next sync (at most one interval), and a spent unit counts up to one bucket `G` longer than it
+//! would locally, so a saturated key admits about `C · (1 − G / 2W)` per window.
+//!
+//! # Not done yet
+//! The suppressed strategy, `inc_many`, `reset` across instances, keys longer than
+//! [`MAX_KEY_LEN`](crate::redis::MAX_KEY_LEN) bytes (stored under a digest), Redis Cluster
+//! tests and the benchmark are the next steps; until then such keys are decided locally only.
+
+mod state;
+mod sync;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use state::OutagePolicy;
+pub use sync::HybridStatus;
+
+pub(crate) use state::{HybridCtx, HybridRules};
+pub(crate) use sync::{Counters, SyncConfig, SyncHandle};
+
+use crate::decision::{RateLimitDecision, Stamped};
+use crate::rate::RateLimit;
+use crate::redis::RedisError;
+use crate::router::ShardSet;
+
+/// Default sync interval of the hybrid provider.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the hybrid handles share.
+struct Inner {
+    set: Arc<ShardSet<HybridRules>>,
+    ctx: Arc<HybridCtx>,
+    counters: Arc<Counters>,
+    sync: Option<SyncHandle>,
+}
+
+/// The hybrid provider; get it with [`RateLimiter::hybrid`](crate::RateLimiter::hybrid).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), eyelet::RedisError> {
+/// use std::time::Duration;
+/// use eyelet::{RateLimit, RateLimiter};
+///
+/// let rl = RateLimiter::builder()
+///     .window(Duration::from_secs(1))
+///     .sync_interval(Duration::from_millis(10))
+///     .redis_url("redis://127.0.0.1:6379/")
+///     .prefix("checkout-svc")
+///     .connect()
+///     .await?;
+/// let rate = RateLimit::try_from(100.0).expect("valid rate");
+/// // local speed, one limit across every instance on this Redis and prefix
+/// let d = rl.hybrid().absolute().inc("user_123", &rate, 1);
+/// # let _ = d;
+/// rl.hybrid().flush().await?; // push what is pending now (tests, shutdown)
+/// # Ok(()) }
+/// ```
+pub struct HybridProvider {
+    absolute: HybridAbsolute,
+}
+
+impl std::fmt::Debug for HybridProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridProvider")
+            .field("connected", &self.absolute.inner.sync.is_some())
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl HybridProvider {
+    pub(crate) fn new(
+        set: Arc<ShardSet<HybridRules>>,
+        ctx: Arc<HybridCtx>,
+        counters: Arc<Counters>,
+        sync: Option<SyncHandle>,
+    ) -> Self {
+        Self {
+            absolute: HybridAbsolute {
+                inner: Arc::new(Inner {
+                    set,
+                    ctx,
+                    counters,
+                    sync,
+                }),
+            },
+        }
+    }
+
+    /// The absolute strategy: a sliding-window hard limit shared through Redis.
+    ///
+    /// The sync actor stays dormant (nothing written to Redis) until the provider is first
+    /// used; the first use wakes it for an immediate sync, and decisions made before that sync
+    /// answers follow the outage policy. Call [`flush`](Self::flush) at start-up to register
+    /// the instance before the first decision.
+    #[inline]
+    pub fn absolute(&self) -> &HybridAbsolute {
+        self.absolute.inner.ctx.activate();
+        &self.absolute
+    }
+
+    /// Runs a sync now and waits for it: everything admitted so far is in Redis when it
+    /// returns `Ok` (for tests, and before a planned shutdown).
+    ///
+    /// # Errors
+    /// [`RedisError::NotConfigured`] on a limiter made with
+    /// [`build`](crate::RateLimiterBuilder::build); the error of a failed Redis call (what
+    /// was not written stays pending and goes out with the next sync);
+    /// [`RedisError::Shutdown`] after [`shutdown`](Self::shutdown).
+    pub async fn flush(&self) -> Result<(), RedisError> {
+        self.absolute.inner.ctx.activate();
+        match &self.absolute.inner.sync {
+            Some(s) => s.flush().await,
+            None => Err(RedisError::NotConfigured),
+        }
+    }
+
+    /// Graceful shutdown: a last sync that writes everything pending and gives every unspent
+    /// reserve back, then leaves the instance registry (so the other instances' shares grow
+    /// at their next sync) and stops the sync actor. Later decisions follow the outage policy.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub async fn shutdown(&self) -> Result<(), RedisError> {
+        match &self.absolute.inner.sync {
+            Some(s) => s.shutdown().await,
+            None => Err(RedisError::NotConfigured),
+        }
+    }
+
+    pub(crate) fn sweep(&self) -> usize {
+        self.absolute.inner.set.sweep()
+    }
+
+    /// Health: syncs, failures, the last successful sync, reports waiting for Redis.
+    pub fn status(&self) -> HybridStatus {
+        let inner = &self.absolute.inner;
+        inner.counters.status(&inner.ctx)
+    }
+}
+
+/// The hybrid provider's absolute strategy; see [`HybridProvider`].
+#[derive(Clone)]
+pub struct HybridAbsolute {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HybridAbsolute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridAbsolute").finish_non_exhaustive()
+    }
+}
+
+impl HybridAbsolute {
+    /// Decides a request of weight `n` for `key` at `rate` and records it if admitted, from
+    /// this instance's state only (never waits on Redis); see the [module docs](crate::hybrid)
+    /// for the modes and the bound.
+    ///
+    /// `n = 0` is a free probe; a weight above `C` returns `Rejected` with
+    /// `retry_after_ms == RETRY_NEVER`.
+    pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+        self.inc_stamped(key, rate, n).decision
+    }
+
+    /// [`inc`](Self::inc), with the time and the [`Source`](crate::Source) of the decision.
+    pub fn inc_stamped(&self, key: &str, rate: &RateLimit, n: u64) -> Stamped {
+        self.inner.set.inc(key, rate, n, true)
+    }
+
+    /// [`inc`](Self::inc) for async callers: never parks the runtime thread.
+    pub fn inc_async<'a>(
+        &'a self,
+        key: &'a str,
+        rate: &RateLimit,
+        n: u64,
+    ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
+        let f = self.inner.set.inc_async(key, rate, n, true);
+        async move { f.await.decision }
+    }
+
+    /// What [`inc`](Self::inc) would answer now, recording nothing.
+    pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+        self.inner.set.inc(key, rate, n, false).decision
+    }
+
+    /// `(this instance's live admissions, everything live in Redis at the last sync)`.
+    pub fn get(&self, key: &str) -> (u64, u64) {
+        let s = self.inner.set.get(key);
+        (s.own_live, s.global_live)
+    }
+
+    /// Number of keys this instance holds.
+    pub fn len(&self) -> usize {
+        self.inner.set.len()
+    }
+
+    /// Whether this instance holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything [`RateLimiter`](crate::RateLimiter) needs to start a hybrid provider.
+pub(crate) fn build(
+    shards: usize,
+    shared: &Arc<crate::shard::Shared>,
+    hasher: ahash::RandomState,
+    policy: OutagePolicy,
+) -> (Arc<ShardSet<HybridRules>>, Arc<HybridCtx>, Arc<Counters>) {
+    let ctx = Arc::new(HybridCtx::new(policy));
+    let set = Arc::new(ShardSet::with_ctx(
+        shards,
+        shared,
+        hasher,
+        |i| Box::new(crate::random::SplitMix64::new(i as u64)),
+        ctx.clone(),
+    ));
+    (set, ctx, Arc::new(Counters::default()))
+}

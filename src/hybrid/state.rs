@@ -1,0 +1,671 @@
+//! A hybrid key's state in its shard, the rule that decides from it, and the two messages the
+//! sync actor exchanges with each shard ([`Collect`] and [`Settle`]).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::decision::{RateLimitDecision, Source};
+use crate::math::{decide_absolute_deferred, never_admissible, Count, Request, Window};
+use crate::random::RandomSource;
+use crate::rate::Limits;
+use crate::shard::mailbox::{Detach, Message};
+use crate::shard::{ShardActor, Shared, Slot, Strategy};
+
+/// What the hybrid decides by when no sync has succeeded recently (Redis unreachable or
+/// stalled). Pending admissions are kept and reconciled when Redis answers again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OutagePolicy {
+    /// Each instance admits up to its share of the limit, `C / instances` (instances live at
+    /// the last successful sync), counted on its own admissions: the instances together stay
+    /// within `C` as long as none of them joined or left meanwhile.
+    #[default]
+    LocalShare,
+    /// Each instance admits up to the whole limit on its own admissions (up to `N × C` across
+    /// `N` instances).
+    FailOpen,
+    /// Nothing is admitted until a sync succeeds.
+    FailClosed,
+}
+
+/// What the shards of a hybrid set share with the sync actor.
+#[derive(Debug)]
+pub(crate) struct HybridCtx {
+    /// Instances live at the last registry read (at least 1).
+    instances: AtomicU64,
+    /// Local ms until which the last successful sync vouches for reserves (0: never synced).
+    healthy_until: AtomicU64,
+    /// Local ms of the next sync (retry hints of calls waiting for a reserve).
+    next_sync_at: AtomicU64,
+    /// Server ms minus local ms, as of the last sync.
+    offset: AtomicI64,
+    pub(crate) policy: OutagePolicy,
+    /// Whether the hybrid provider was used: the sync actor stays dormant until then (a
+    /// limiter used only for its local or Redis provider writes nothing for the hybrid).
+    active: std::sync::atomic::AtomicBool,
+    /// Wakes the dormant sync actor.
+    pub(crate) activated: tokio::sync::Notify,
+}
+
+impl HybridCtx {
+    pub(crate) fn new(policy: OutagePolicy) -> Self {
+        Self {
+            instances: AtomicU64::new(1),
+            healthy_until: AtomicU64::new(0),
+            next_sync_at: AtomicU64::new(0),
+            offset: AtomicI64::new(0),
+            policy,
+            active: std::sync::atomic::AtomicBool::new(false),
+            activated: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks the provider used (first use wakes the sync actor).
+    #[inline]
+    pub(crate) fn activate(&self) {
+        if !self.active.load(Ordering::Relaxed) && !self.active.swap(true, Ordering::Relaxed) {
+            self.activated.notify_one();
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed).max(1)
+    }
+
+    pub(crate) fn set_instances(&self, n: u64) {
+        self.instances.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn healthy_until(&self) -> u64 {
+        self.healthy_until.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy_until(&self, t: u64) {
+        self.healthy_until.fetch_max(t, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_next_sync_at(&self, t: u64) {
+        self.next_sync_at.store(t, Ordering::Relaxed);
+    }
+
+    pub(crate) fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_offset(&self, o: i64) {
+        self.offset.store(o, Ordering::Relaxed);
+    }
+
+    /// Server time of local time `now`.
+    fn server_ms(&self, now: u64) -> u64 {
+        now.saturating_add_signed(self.offset())
+    }
+
+    /// Wait until the next sync from `now`, at least 1 ms.
+    fn until_next_sync(&self, now: u64) -> u64 {
+        self.next_sync_at
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
+            .max(1)
+    }
+}
+
+/// One key of the hybrid: this instance's own admissions, exactly as the local provider keeps
+/// them, plus its reserve and what the next sync has to report.
+#[derive(Debug, Default)]
+pub(crate) struct HybridKey {
+    /// This instance's admissions (local clock): the solo and outage rules decide from it.
+    window: Window<Count>,
+    /// Admitted since the last collect, by server bucket index `k` (`[k·G, (k+1)·G)` in server
+    /// time), merged per bucket.
+    pending: Vec<(u64, u64)>,
+    /// Reserve units this instance may still admit without asking.
+    reserve: u64,
+    /// Local ms from which the reserve may no longer be used (Redis releases it later).
+    reserve_until: u64,
+    /// Reserve units spent since the last collect.
+    used: u64,
+    /// Weight asked by recording calls since the last collect (admitted or not).
+    demand: u64,
+    /// `W_eff` and `C` of the last recording call (the sync reports under them).
+    window_ms: u64,
+    capacity: u64,
+    /// Everything live in Redis at the last settle (buckets and all reserves).
+    global_live: u64,
+    /// Local ms of the last settle (0: never).
+    settled_at: u64,
+    /// Weight admitted outside a reserve since the last settle.
+    unreserved: u64,
+    /// Collects in a row that found no demand (a reserve is given back after [`KEEP_IDLE`]).
+    idle_collects: u8,
+    source: SourceCode,
+}
+
+/// Collects without demand after which a key gives its reserve back: a key used every few
+/// intervals keeps a small reserve (it would otherwise wait for a sync at each use when near its
+/// limit), and one that went quiet stops holding capacity others could use.
+const KEEP_IDLE: u8 = 4;
+
+/// [`Source`] in one byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+enum SourceCode {
+    #[default]
+    Solo,
+    Reserve,
+    Provisional,
+    Outage,
+}
+
+impl Slot for HybridKey {
+    type Align = u64;
+}
+
+/// The mode a decision runs in.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Exact local rule at `C` (sole instance, or fail-open outage).
+    Local(SourceCode),
+    /// Exact local rule at a share of `C`.
+    Share(u64, SourceCode),
+    /// A share of what Redis had left at the last settle, for admissions since then.
+    Room(u64),
+    /// Out of the reserve.
+    Reserve,
+    /// Nothing admitted until the next sync.
+    Closed,
+}
+
+impl HybridKey {
+    fn mode(&self, now: u64, cap: u64, ctx: &HybridCtx) -> Mode {
+        let n = ctx.instances();
+        if now >= ctx.healthy_until() {
+            return match ctx.policy {
+                OutagePolicy::LocalShare => Mode::Share(cap / n, SourceCode::Outage),
+                OutagePolicy::FailOpen => Mode::Local(SourceCode::Outage),
+                OutagePolicy::FailClosed => Mode::Closed,
+            };
+        }
+        if n <= 1 {
+            Mode::Local(SourceCode::Solo)
+        } else if now < self.reserve_until {
+            Mode::Reserve
+        } else if self.settled_at > 0 && now.saturating_sub(self.settled_at) < self.window_ms {
+            // Known to Redis within a window: a share of the room it had then, if the key was
+            // at most half full. Nearer its limit a key waits for a reserve: Redis may hand
+            // the same room to another instance before it hears of these admissions.
+            let room = if self.global_live.saturating_mul(2) <= cap {
+                (cap - self.global_live) / n
+            } else {
+                0
+            };
+            Mode::Room(room)
+        } else {
+            Mode::Share(cap / n, SourceCode::Provisional)
+        }
+    }
+
+    /// The local rule on this instance's own window, at capacity `cap`.
+    fn local(&mut self, now: u64, g: u64, req: Request, cap: u64) -> RateLimitDecision {
+        let mut later = None;
+        let limits = Limits {
+            capacity: cap,
+            ..req.limits
+        };
+        let d = decide_absolute_deferred(
+            &mut self.window,
+            now,
+            g,
+            Request { limits, ..req },
+            &mut later,
+        );
+        if let Some(w) = later {
+            self.window.apply(w);
+        }
+        d
+    }
+
+    fn wait_for_sync(&self, now: u64, req: &Request, ctx: &HybridCtx) -> RateLimitDecision {
+        RateLimitDecision::Rejected {
+            retry_after_ms: ctx.until_next_sync(now),
+            remaining_after_waiting: req.n.max(1),
+            window: Duration::from_millis(req.limits.window_ms),
+        }
+    }
+
+    pub(crate) fn decide(
+        &mut self,
+        now: u64,
+        g: u64,
+        req: Request,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        let Request { limits, n, record } = req;
+        let recording = record && n > 0;
+        if recording {
+            self.demand = self.demand.saturating_add(n);
+            self.window_ms = limits.window_ms;
+            self.capacity = limits.capacity;
+        }
+        if n > limits.capacity {
+            return never_admissible(limits.capacity, limits.window_ms);
+        }
+        let need = n.max(1);
+        let mode = self.mode(now, limits.capacity, ctx);
+        let d = match mode {
+            Mode::Local(code) => {
+                self.source = code;
+                self.local(now, g, req, limits.capacity)
+            }
+            Mode::Share(share, code) => {
+                self.source = code;
+                if need > share {
+                    // Admissible once a sync brings a reserve (or the outage ends).
+                    self.wait_for_sync(now, &req, ctx)
+                } else {
+                    self.local(now, g, req, share)
+                }
+            }
+            Mode::Room(room) => {
+                self.source = SourceCode::Provisional;
+                if self.unreserved.saturating_add(need) > room {
+                    self.wait_for_sync(now, &req, ctx)
+                } else {
+                    self.local(now, g, req, limits.capacity)
+                }
+            }
+            Mode::Reserve => {
+                self.source = SourceCode::Reserve;
+                if self.reserve < need {
+                    self.wait_for_sync(now, &req, ctx)
+                } else {
+                    let d = self.local(now, g, req, limits.capacity);
+                    if d.is_allowed() && recording {
+                        self.reserve -= n;
+                        self.used = self.used.saturating_add(n);
+                    }
+                    d
+                }
+            }
+            Mode::Closed => {
+                self.source = SourceCode::Outage;
+                self.wait_for_sync(now, &req, ctx)
+            }
+        };
+        if recording && d.is_allowed() {
+            if !matches!(mode, Mode::Reserve) {
+                self.unreserved = self.unreserved.saturating_add(n);
+            }
+            let k = ctx.server_ms(now) / g.max(1);
+            match self.pending.last_mut() {
+                Some((last, w)) if *last == k => *w = w.saturating_add(n),
+                _ => self.pending.push((k, n)),
+            }
+        }
+        d
+    }
+
+    /// This instance's live admissions (local clock).
+    pub(crate) fn own_live(&self, now: u64) -> u64 {
+        self.window.live_untrimmed(now, self.window.span_ms())
+    }
+}
+
+/// The hybrid absolute strategy: the shard runtime's rules for [`HybridKey`].
+#[derive(Debug)]
+pub(crate) struct HybridRules;
+
+/// What [`HybridRules`]'s `get` reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HybridSnapshot {
+    pub(crate) own_live: u64,
+    pub(crate) global_live: u64,
+}
+
+impl Strategy for HybridRules {
+    type Value = HybridKey;
+    type Ctx = HybridCtx;
+    type Snapshot = HybridSnapshot;
+    type Later = std::convert::Infallible;
+
+    fn decide(
+        value: &mut HybridKey,
+        now: u64,
+        bucket_ms: u64,
+        req: Request,
+        _rng: &mut dyn RandomSource,
+        _later: &mut Option<std::convert::Infallible>,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        value.decide(now, bucket_ms, req, ctx)
+    }
+
+    fn source(value: &HybridKey) -> Source {
+        match value.source {
+            SourceCode::Solo => Source::HybridSolo,
+            SourceCode::Reserve => Source::HybridReserve,
+            SourceCode::Provisional => Source::HybridProvisional,
+            SourceCode::Outage => Source::HybridOutage,
+        }
+    }
+
+    fn apply(_: &mut HybridKey, later: std::convert::Infallible) {
+        match later {}
+    }
+
+    fn snapshot(value: Option<&HybridKey>, now: u64, _shared: &Shared) -> HybridSnapshot {
+        value.map_or_else(HybridSnapshot::default, |v| HybridSnapshot {
+            own_live: v.own_live(now),
+            global_live: v.global_live,
+        })
+    }
+
+    fn window_is_empty(value: &HybridKey) -> bool {
+        // A key with something to report or a reserve to give back is not empty.
+        value.window.is_empty()
+            && value.pending.is_empty()
+            && value.reserve == 0
+            && value.used == 0
+            && value.demand == 0
+    }
+
+    fn activity(value: &HybridKey, now: u64) -> (Option<u64>, bool) {
+        let busy = !value.pending.is_empty() || value.reserve > 0 || value.used > 0;
+        (
+            value.window.newest_start(),
+            busy || value.window.may_be_live(now),
+        )
+    }
+
+    const STAMPED: bool = false;
+
+    fn span_steady_until(_: &HybridKey, now: u64, _: u64) -> u64 {
+        now
+    }
+
+    fn may_reject(_: &HybridKey, _: &Request) -> bool {
+        true
+    }
+
+    fn headroom(_: &HybridKey, _: u64) -> u64 {
+        0
+    }
+
+    fn record_lease(
+        _: &mut HybridKey,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) -> Option<std::convert::Infallible> {
+        None
+    }
+
+    fn return_units(_: &mut HybridKey, _: u64, _: u64) {}
+}
+
+/// One key's report to a sync: what it admitted since the last one and what it wants.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Report {
+    pub(crate) key: String,
+    pub(crate) hash: u64,
+    pub(crate) window_ms: u64,
+    pub(crate) capacity: u64,
+    /// Reserve units spent since the last report.
+    pub(crate) used: u64,
+    /// Reserve units given back unspent.
+    pub(crate) release: u64,
+    /// Reserve the instance asks for.
+    pub(crate) want: u64,
+    /// `(server bucket index, weight)` admitted since the last report.
+    pub(crate) deltas: Vec<(u64, u64)>,
+}
+
+/// The sync actor's request to a shard: every key with something to report.
+#[derive(Debug)]
+pub(crate) struct Collect {
+    /// Give every reserve back (shutdown).
+    pub(crate) release_all: bool,
+}
+
+impl Message<ShardActor<HybridRules>> for Collect {
+    type Reply = Vec<Report>;
+
+    fn cost(&self) -> usize {
+        crate::shard::mailbox::MAX_TURN
+    }
+
+    fn handle(self, shard: &mut ShardActor<HybridRules>) -> Vec<Report> {
+        let solo = shard.ctx().instances() <= 1;
+        let mut out = Vec::new();
+        shard.for_each_entry(|key, hash, v| {
+            if v.pending.is_empty() && v.used == 0 && v.reserve == 0 && v.demand == 0 {
+                return;
+            }
+            if v.demand == 0 {
+                v.idle_collects = v.idle_collects.saturating_add(1);
+            } else {
+                v.idle_collects = 0;
+            }
+            let give_back = self.release_all || solo || v.idle_collects >= KEEP_IDLE;
+            // Twice the demand of the last interval; a key idle for a moment keeps what it has
+            // (asking for no more).
+            let want = if give_back {
+                0
+            } else {
+                v.demand.saturating_mul(2).min(v.capacity)
+            };
+            let release = if give_back { v.reserve } else { 0 };
+            v.reserve -= release;
+            if release > 0 && v.reserve == 0 {
+                v.reserve_until = 0;
+            }
+            let key = String::from_utf8_lossy(key).into_owned();
+            out.push(Report {
+                key,
+                hash,
+                window_ms: v.window_ms.max(1),
+                capacity: v.capacity,
+                used: std::mem::take(&mut v.used),
+                release,
+                want,
+                deltas: std::mem::take(&mut v.pending),
+            });
+            v.demand = 0;
+        });
+        out
+    }
+}
+
+impl Detach<ShardActor<HybridRules>> for Collect {
+    type Owned = Collect;
+    fn detach(self) -> Collect {
+        self
+    }
+}
+
+/// What Redis answered for one key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Answer {
+    pub(crate) hash: u64,
+    /// The instance's reserve after the sync.
+    pub(crate) reserve: u64,
+    /// Everything live in Redis for the key.
+    pub(crate) live: u64,
+    /// Whether the key asked for a reserve: a key that did and got none waits for the next
+    /// sync (Redis is full); one that did not falls back to a provisional share when used.
+    pub(crate) wanted: bool,
+}
+
+/// The sync actor's answers for the keys of one shard.
+#[derive(Debug)]
+pub(crate) struct Settle {
+    /// `(key, answer)`.
+    pub(crate) answers: Vec<(String, Answer)>,
+    /// Local ms until which the reserves may be used.
+    pub(crate) reserve_until: u64,
+    /// Local ms of the collect these answers follow.
+    pub(crate) settled_at: u64,
+}
+
+impl Message<ShardActor<HybridRules>> for Settle {
+    type Reply = ();
+
+    fn cost(&self) -> usize {
+        self.answers.len().max(1)
+    }
+
+    fn handle(self, shard: &mut ShardActor<HybridRules>) {
+        for (key, a) in self.answers {
+            if let Some(v) = shard.value_of(&key, a.hash) {
+                // Units spent since the collect were taken out of this reserve.
+                v.reserve = a.reserve.saturating_sub(v.used);
+                v.reserve_until = if a.reserve > 0 || a.wanted {
+                    self.reserve_until
+                } else {
+                    0
+                };
+                v.global_live = a.live;
+                v.settled_at = self.settled_at;
+                v.unreserved = 0;
+            }
+        }
+    }
+}
+
+impl Detach<ShardActor<HybridRules>> for Settle {
+    type Owned = Settle;
+    fn detach(self) -> Settle {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::RateLimit;
+
+    const G: u64 = 10;
+
+    fn req(cap_per_s: f64, n: u64) -> Request {
+        let rate = RateLimit::try_from(cap_per_s).expect("rate");
+        Request {
+            limits: Limits::new(1000, &rate, 1.0),
+            n,
+            record: true,
+        }
+    }
+
+    /// A context as after a successful sync at `t` that saw `instances`.
+    fn healthy(instances: u64, t: u64) -> HybridCtx {
+        let ctx = HybridCtx::new(OutagePolicy::LocalShare);
+        ctx.set_instances(instances);
+        ctx.set_healthy_until(t + 40);
+        ctx.set_next_sync_at(t + 10);
+        ctx
+    }
+
+    fn admitted(k: &mut HybridKey, now: u64, r: Request, ctx: &HybridCtx, tries: u64) -> u64 {
+        (0..tries)
+            .map(|_| u64::from(k.decide(now, G, r, ctx).is_allowed()))
+            .sum()
+    }
+
+    #[test]
+    fn a_sole_instance_decides_as_the_local_rule() {
+        let ctx = healthy(1, 0);
+        let mut k = HybridKey::default();
+        assert_eq!(admitted(&mut k, 5, req(10.0, 1), &ctx, 30), 10);
+        assert_eq!(k.source, SourceCode::Solo);
+        assert_eq!(k.pending, vec![(0, 10)], "reported by server bucket");
+    }
+
+    #[test]
+    fn a_reserve_admits_exactly_its_units_then_waits_for_the_next_sync() {
+        let ctx = healthy(4, 100);
+        ctx.set_offset(5_000);
+        let mut k = HybridKey {
+            reserve: 7,
+            reserve_until: 120,
+            ..HybridKey::default()
+        };
+        assert_eq!(admitted(&mut k, 105, req(100.0, 1), &ctx, 20), 7);
+        assert_eq!((k.reserve, k.used, k.unreserved), (0, 7, 0));
+        assert_eq!(
+            k.pending,
+            vec![(510, 7)],
+            "server time 5105 ms is bucket 510"
+        );
+        match k.decide(105, G, req(100.0, 1), &ctx) {
+            RateLimitDecision::Rejected { retry_after_ms, .. } => {
+                assert_eq!(retry_after_ms, 5, "until the next sync, not RETRY_NEVER")
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(k.demand, 21, "rejected weight is demand too");
+    }
+
+    #[test]
+    fn a_new_key_gets_a_provisional_share_and_a_key_near_its_limit_waits() {
+        let ctx = healthy(4, 0);
+        let mut fresh = HybridKey::default();
+        assert_eq!(admitted(&mut fresh, 1, req(100.0, 1), &ctx, 40), 25);
+        assert_eq!(fresh.source, SourceCode::Provisional);
+        // synced 5 ms ago at 60 of 100 live: over half full, no share without a reserve
+        let mut near = HybridKey {
+            settled_at: 1,
+            global_live: 60,
+            window_ms: 1000,
+            ..HybridKey::default()
+        };
+        assert_eq!(admitted(&mut near, 6, req(100.0, 1), &ctx, 5), 0);
+        // at 20 of 100: a quarter of the 80 left, across calls until the next settle
+        let mut room = HybridKey {
+            settled_at: 1,
+            global_live: 20,
+            window_ms: 1000,
+            ..HybridKey::default()
+        };
+        assert_eq!(admitted(&mut room, 6, req(100.0, 1), &ctx, 40), 20);
+        // a weight above C is never admissible, in every mode
+        let d = fresh.decide(2, G, req(100.0, 101), &ctx);
+        assert!(matches!(
+            d,
+            RateLimitDecision::Rejected {
+                retry_after_ms: crate::RETRY_NEVER,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn outage_policies() {
+        let cases = [
+            (OutagePolicy::LocalShare, 25),
+            (OutagePolicy::FailOpen, 100),
+            (OutagePolicy::FailClosed, 0),
+        ];
+        for (policy, want) in cases {
+            let ctx = HybridCtx::new(policy);
+            ctx.set_instances(4);
+            // healthy until 40; deciding at 50 with a reserve that is still "valid" locally
+            ctx.set_healthy_until(40);
+            let mut k = HybridKey {
+                reserve: 1000,
+                reserve_until: 60,
+                ..HybridKey::default()
+            };
+            assert_eq!(
+                admitted(&mut k, 50, req(100.0, 1), &ctx, 200),
+                want,
+                "{policy:?}"
+            );
+            assert_eq!(k.source, SourceCode::Outage);
+            assert_eq!(k.reserve, 1000, "an outage never spends a reserve");
+        }
+    }
+}

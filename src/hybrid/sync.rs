@@ -1,0 +1,511 @@
+//! The sync actor: a tokio task, one per limiter, that wakes every sync interval, asks each
+//! shard for its reports ([`Collect`], one message per shard), writes them to Redis in batched
+//! script calls (`lua/hybrid_sync.lua`, grouped by hash slot), and sends each shard Redis's
+//! answers ([`Settle`], one message per shard).
+//!
+//! A report becomes a *part* with the sync's sequence number. A part stays with the actor until
+//! a call that carried it is answered; a failed call's parts go out again with the next sync,
+//! each with its own sequence number, and the script applies a part only if its number is
+//! above the last one it applied for this instance and key: a part whose reply was lost is
+//! never counted twice. Parts older than their window are dropped (their weight no longer
+//! counts anywhere) and counted in [`HybridStatus::dropped_parts`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Cmd, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::state::{Answer, Collect, HybridCtx, HybridRules, Report, Settle};
+use crate::redis::{Conn, RedisError};
+use crate::router::ShardSet;
+use crate::time::ClockSource;
+
+/// The sync script, embedded at compile time.
+pub(crate) const SYNC_LUA: &str = include_str!("../../lua/hybrid_sync.lua");
+
+/// Keys one script call carries at most.
+const KEYS_PER_CALL: usize = 256;
+
+/// Settings of one sync actor.
+#[derive(Clone, Debug)]
+pub(crate) struct SyncConfig {
+    pub(crate) interval: Duration,
+    /// Reserves not refreshed for this long are released by Redis; an instance stops using a
+    /// reserve half of it after the collect that reported under it.
+    pub(crate) lease_ttl_ms: u64,
+    /// Deadline of one script call.
+    pub(crate) deadline: Duration,
+    pub(crate) instance: String,
+    pub(crate) prefix: String,
+    pub(crate) registry_key: Vec<u8>,
+    pub(crate) bucket_ms: u64,
+}
+
+/// What the sync actor has done (see [`HybridStatus`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) syncs: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    /// Local ms of the last sync whose calls all succeeded (0: none yet).
+    pub(crate) last_ok_ms: AtomicU64,
+    pub(crate) pending_parts: AtomicU64,
+    pub(crate) dropped_parts: AtomicU64,
+    pub(crate) round_trips: AtomicU64,
+}
+
+/// A snapshot of the hybrid provider's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HybridStatus {
+    /// Sync cycles run.
+    pub syncs: u64,
+    /// Sync cycles with at least one failed Redis call.
+    pub failures: u64,
+    /// When the last fully successful sync started, on the limiter's clock (`None`: never).
+    pub last_ok_ms: Option<u64>,
+    /// Key reports waiting for Redis (kept and sent again until answered).
+    pub pending_parts: u64,
+    /// Reports dropped unsent because they had left their window (no longer counted anywhere).
+    pub dropped_parts: u64,
+    /// Redis script calls made.
+    pub round_trips: u64,
+    /// Live instances at the last successful sync.
+    pub instances: u64,
+}
+
+impl Counters {
+    pub(crate) fn status(&self, ctx: &HybridCtx) -> HybridStatus {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        HybridStatus {
+            syncs: self.syncs.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_ok_ms: (last > 0).then_some(last),
+            pending_parts: self.pending_parts.load(Ordering::Relaxed),
+            dropped_parts: self.dropped_parts.load(Ordering::Relaxed),
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            instances: ctx.instances(),
+        }
+    }
+}
+
+/// Requests to the sync actor.
+#[derive(Debug)]
+enum Command {
+    /// Sync now; reply when done.
+    Flush(oneshot::Sender<Result<(), RedisError>>),
+    /// Sync giving every reserve back, leave the registry, stop.
+    Shutdown(oneshot::Sender<Result<(), RedisError>>),
+}
+
+/// The provider's handle to its sync actor.
+#[derive(Debug)]
+pub(crate) struct SyncHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SyncHandle {
+    /// Starts the actor on the current tokio runtime.
+    pub(crate) fn spawn(
+        set: Arc<ShardSet<HybridRules>>,
+        ctx: Arc<HybridCtx>,
+        counters: Arc<Counters>,
+        conn: Conn,
+        clock: ClockSource,
+        config: SyncConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        let actor = SyncActor {
+            set,
+            ctx,
+            counters,
+            conn,
+            clock,
+            sha: redis::Script::new(SYNC_LUA).get_hash().to_string(),
+            config,
+            seq: 0,
+            unacked: HashMap::new(),
+            rx,
+            started: false,
+        };
+        tokio::spawn(actor.run());
+        Self { tx }
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), RedisError>>) -> Command,
+    ) -> Result<(), RedisError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| RedisError::Shutdown)?;
+        rx.await.map_err(|_| RedisError::Shutdown)?
+    }
+
+    pub(crate) async fn flush(&self) -> Result<(), RedisError> {
+        self.ask(Command::Flush).await
+    }
+
+    pub(crate) async fn shutdown(&self) -> Result<(), RedisError> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+/// One report waiting for Redis.
+#[derive(Clone, Debug)]
+struct Part {
+    seq: u64,
+    /// Local ms of the collect that made it.
+    at: u64,
+    report: Report,
+}
+
+/// A key's parts, oldest first.
+#[derive(Debug)]
+struct KeyParts {
+    hash: u64,
+    parts: Vec<Part>,
+}
+
+struct SyncActor {
+    set: Arc<ShardSet<HybridRules>>,
+    ctx: Arc<HybridCtx>,
+    counters: Arc<Counters>,
+    conn: Conn,
+    clock: ClockSource,
+    sha: String,
+    config: SyncConfig,
+    seq: u64,
+    unacked: HashMap<String, KeyParts>,
+    rx: mpsc::Receiver<Command>,
+    /// Whether the first-use sync ran.
+    started: bool,
+}
+
+/// What one call answered for one key: the answer to its last part.
+struct KeyAnswer {
+    key: String,
+    answer: Answer,
+}
+
+impl SyncActor {
+    async fn run(mut self) {
+        // The first sync is the one `connect` runs; the timer's start one interval later.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.ctx.is_active() {
+                        let _ = self.cycle(false).await;
+                    }
+                }
+                _ = self.ctx.activated.notified(), if !self.started => {
+                    // first use: sync at once (register, learn the other instances)
+                    let _ = self.cycle(false).await;
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Flush(reply)) => {
+                        let r = self.cycle(false).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        let r = self.cycle(true).await;
+                        let left = self.leave().await;
+                        let _ = reply.send(r.and(left));
+                        return;
+                    }
+                    None => {
+                        // The limiter was dropped without a shutdown: give the reserves back.
+                        if self.ctx.is_active() {
+                            let _ = self.cycle(true).await;
+                            let _ = self.leave().await;
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn half_ttl(&self) -> u64 {
+        self.config.lease_ttl_ms / 2
+    }
+
+    /// One sync: collect, send, settle.
+    async fn cycle(&mut self, release_all: bool) -> Result<(), RedisError> {
+        self.started = true;
+        let t0 = self.clock.now_ms();
+        let interval_ms = self.config.interval.as_millis() as u64;
+        self.ctx.set_next_sync_at(t0.saturating_add(interval_ms));
+        self.seq += 1;
+        let seq = self.seq;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        let reports = self.set.each_shard_async(|_| Collect { release_all }).await;
+        for report in reports.into_iter().flatten() {
+            let entry = self
+                .unacked
+                .entry(report.key.clone())
+                .or_insert_with(|| KeyParts {
+                    hash: report.hash,
+                    parts: Vec::new(),
+                });
+            entry.parts.push(Part {
+                seq,
+                at: t0,
+                report,
+            });
+        }
+        // A part older than its window counts nowhere any more: never send it again.
+        let mut dropped = 0u64;
+        self.unacked.retain(|_, kp| {
+            kp.parts.retain(|p| {
+                let keep = t0.saturating_sub(p.at) < p.report.window_ms;
+                dropped += u64::from(!keep);
+                keep
+            });
+            !kp.parts.is_empty()
+        });
+        self.counters
+            .dropped_parts
+            .fetch_add(dropped, Ordering::Relaxed);
+
+        let keys: Vec<String> = self.unacked.keys().cloned().collect();
+        let calls = self.plan(keys);
+        let mut answers: Vec<KeyAnswer> = Vec::new();
+        let mut result = Ok(());
+        for (i, keys) in calls.into_iter().enumerate() {
+            match self.call(&keys, i == 0).await {
+                Ok(a) => {
+                    for k in &keys {
+                        self.unacked.remove(k);
+                    }
+                    answers.extend(a);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        self.counters.pending_parts.store(
+            self.unacked.values().map(|k| k.parts.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        if result.is_ok() {
+            self.ctx
+                .set_healthy_until(t0.saturating_add(self.half_ttl()));
+            self.counters.last_ok_ms.store(t0.max(1), Ordering::Relaxed);
+        } else {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.settle(answers, t0).await;
+        result
+    }
+
+    /// Splits keys into script calls: by hash slot on a cluster, at most [`KEYS_PER_CALL`]
+    /// keys each. The first call of a single-server sync also refreshes the registry, so an
+    /// empty sync is one call (a heartbeat).
+    fn plan(&self, mut keys: Vec<String>) -> Vec<Vec<String>> {
+        if self.conn.is_cluster() {
+            let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+            for k in keys {
+                let slot =
+                    crate::redis::hybrid_slot(&crate::redis::hybrid_key(&self.config.prefix, &k));
+                by_slot.entry(slot).or_default().push(k);
+            }
+            let mut calls = vec![Vec::new()];
+            for (_, ks) in by_slot {
+                for chunk in ks.chunks(KEYS_PER_CALL) {
+                    calls.push(chunk.to_vec());
+                }
+            }
+            return calls;
+        }
+        keys.sort_unstable();
+        let mut calls: Vec<Vec<String>> =
+            keys.chunks(KEYS_PER_CALL).map(<[String]>::to_vec).collect();
+        if calls.is_empty() {
+            calls.push(Vec::new());
+        }
+        calls
+    }
+
+    /// One script call for `keys` (registry refresh with it when `registry`).
+    async fn call(
+        &mut self,
+        keys: &[String],
+        registry: bool,
+    ) -> Result<Vec<KeyAnswer>, RedisError> {
+        let deadline = self.config.deadline;
+        let mut ops: Vec<u8> = Vec::new();
+        let mut redis_keys: Vec<Vec<u8>> = Vec::with_capacity(keys.len() + 1);
+        redis_keys.push(self.config.registry_key.clone());
+        let mut last_part: Vec<(String, u64)> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(kp) = self.unacked.get(key) else {
+                continue;
+            };
+            redis_keys.push(crate::redis::hybrid_key(&self.config.prefix, key));
+            let index = redis_keys.len() as f64;
+            for p in &kp.parts {
+                let r = &p.report;
+                for x in [
+                    index,
+                    p.seq as f64,
+                    r.window_ms as f64,
+                    r.capacity as f64,
+                    r.used as f64,
+                    r.release as f64,
+                    r.want as f64,
+                    r.deltas.len() as f64,
+                ] {
+                    ops.extend_from_slice(&x.to_le_bytes());
+                }
+                for &(k, w) in &r.deltas {
+                    ops.extend_from_slice(&(k as f64).to_le_bytes());
+                    ops.extend_from_slice(&(w as f64).to_le_bytes());
+                }
+            }
+            last_part.push((key.clone(), kp.parts.len() as u64));
+        }
+        if redis_keys.len() == 1 && !registry {
+            return Ok(Vec::new());
+        }
+        // On a cluster the registry lives in its own slot: a call with keys leaves it alone and
+        // names its first key in its place (every key of a call must share a slot).
+        let refresh = registry && (redis_keys.len() == 1 || !self.conn.is_cluster());
+        if !refresh && redis_keys.len() > 1 {
+            redis_keys[0] = redis_keys[1].clone();
+        }
+        let build = |verb: &str, script: &str| {
+            let mut cmd = Cmd::new();
+            cmd.arg(verb).arg(script).arg(redis_keys.len());
+            for k in &redis_keys {
+                cmd.arg(k.as_slice());
+            }
+            cmd.arg(self.config.instance.as_str())
+                .arg(self.config.bucket_ms)
+                .arg(self.config.lease_ttl_ms)
+                .arg(ops.as_slice())
+                .arg(if refresh { "1" } else { "0" })
+                .arg(self.config.lease_ttl_ms)
+                .arg("");
+            cmd
+        };
+        let sent = self.clock.now_ms();
+        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let sha = self.sha.clone();
+        let work = async {
+            match conn.query(&build("EVALSHA", &sha)).await {
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    conn.query(&build("EVAL", SYNC_LUA)).await
+                }
+                r => r,
+            }
+        };
+        let value = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(RedisError::from_client(&e, deadline)),
+            Err(_) => return Err(RedisError::Timeout { deadline }),
+        };
+        let received = self.clock.now_ms();
+        let nums = decode(&value)?;
+        let (server_now, instances) = match nums.get(..2) {
+            Some(&[t, n]) => (t, n),
+            _ => return Err(RedisError::Protocol("short hybrid sync reply".into())),
+        };
+        let mid = sent / 2 + received / 2;
+        self.ctx.set_offset(server_now as i64 - mid as i64);
+        if instances >= 1.0 {
+            self.ctx.set_instances(instances as u64);
+        }
+        let mut out = Vec::with_capacity(last_part.len());
+        let mut at = 2;
+        for (key, parts) in last_part {
+            let Some(kp) = self.unacked.get(&key) else {
+                continue;
+            };
+            let end = at + 4 * parts as usize;
+            let Some(last) = nums.get(end - 4..end) else {
+                return Err(RedisError::Protocol("hybrid sync reply too short".into()));
+            };
+            let wanted = kp.parts.last().is_some_and(|p| p.report.want > 0);
+            out.push(KeyAnswer {
+                key,
+                answer: Answer {
+                    hash: kp.hash,
+                    reserve: last[1] as u64,
+                    live: last[2] as u64,
+                    wanted,
+                },
+            });
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Sends each shard the answers for its keys.
+    async fn settle(&self, answers: Vec<KeyAnswer>, t0: u64) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut per_shard: Vec<Vec<(String, Answer)>> = vec![Vec::new(); self.set.shard_count()];
+        for a in answers {
+            let s = self.set.shard_of(a.answer.hash);
+            if let Some(v) = per_shard.get_mut(s) {
+                v.push((a.key, a.answer));
+            }
+        }
+        let reserve_until = t0.saturating_add(self.half_ttl());
+        let mut per_shard = per_shard.into_iter();
+        self.set
+            .each_shard_async(|_| Settle {
+                answers: per_shard.next().unwrap_or_default(),
+                reserve_until,
+                settled_at: t0.max(1),
+            })
+            .await;
+    }
+
+    /// Leaves the registry (shutdown).
+    async fn leave(&mut self) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(self.config.registry_key.as_slice())
+            .arg(self.config.instance.as_str());
+        let deadline = self.config.deadline;
+        match tokio::time::timeout(deadline, self.conn.query(&cmd)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
+            Err(_) => Err(RedisError::Timeout { deadline }),
+        }
+    }
+}
+
+/// The reply's doubles.
+fn decode(v: &Value) -> Result<Vec<f64>, RedisError> {
+    let bytes = match v {
+        Value::BulkString(b) => b.as_slice(),
+        other => {
+            return Err(RedisError::Protocol(format!(
+                "hybrid sync reply is not a string: {other:?}"
+            )))
+        }
+    };
+    if bytes.len() % 8 != 0 {
+        return Err(RedisError::Protocol("hybrid sync reply length".into()));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            f64::from_le_bytes(b)
+        })
+        .collect())
+}

@@ -1,0 +1,405 @@
+//! The hybrid provider against real redis-server processes: one instance decides exactly as the
+//! local provider does; several instances in one process (each with its own connection and
+//! sync actor, as app servers would) share one limit within the published bound; Redis ends
+//! up holding exactly what was admitted.
+#![cfg(feature = "redis")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eyelet::{RateLimitDecision, RateLimiter, Source};
+use support::rate;
+use support::redis_server::RedisServer;
+
+/// The tests run one at a time: the accuracy ones time real traffic on 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn instance(server: &RedisServer, prefix: &str) -> Arc<RateLimiter> {
+    RateLimiter::builder()
+        .window(Duration::from_secs(1))
+        .bucket(Duration::from_millis(10))
+        .sync_interval(Duration::from_millis(10))
+        .redis_url(server.url())
+        .prefix(prefix)
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Weight Redis holds in live buckets of a hybrid key (all instances), and the reserves.
+fn redis_totals(server: &RedisServer, prefix: &str, key: &str) -> (u64, u64) {
+    let mut c = server.conn();
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:h:{{{key}}}"))
+        .query(&mut c)
+        .expect("HGETALL");
+    let mut buckets = 0u64;
+    let mut reserves = 0u64;
+    for (f, v) in fields {
+        if f.starts_with('b') {
+            buckets += v.parse::<f64>().expect("bucket count") as u64;
+        } else if f.starts_with("r:") {
+            let r = v.split(':').next().expect("reserve");
+            reserves += r.parse::<f64>().expect("reserve units") as u64;
+        }
+    }
+    (buckets, reserves)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_instance_decides_like_the_local_provider_and_redis_holds_every_admission() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = instance(&server, "solo").await;
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(20.0);
+    let mut admitted = 0;
+    for i in 0..50 {
+        let s = rl.hybrid().absolute().inc_stamped("k", &r, 1);
+        let local = rl.local().absolute().inc("k", &r, 1);
+        assert_eq!(s.decision, local, "call {i}: hybrid and local disagree");
+        assert_eq!(s.source, Source::HybridSolo);
+        admitted += u64::from(s.decision.is_allowed());
+    }
+    assert_eq!(admitted, 20);
+    rl.hybrid().flush().await.expect("sync");
+    assert_eq!(redis_totals(&server, "solo", "k"), (20, 0));
+    assert_eq!(rl.hybrid().absolute().get("k"), (20, 20));
+    // weights and the n > C rule as local
+    let d = rl.hybrid().absolute().inc("w", &r, 21);
+    assert_eq!(d, rl.local().absolute().inc("w", &r, 21));
+    assert!(matches!(
+        d,
+        RateLimitDecision::Rejected {
+            retry_after_ms: eyelet::RETRY_NEVER,
+            ..
+        }
+    ));
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
+/// Admission instants of every instance, for the sliding-window oracle.
+type Tally = Arc<Mutex<Vec<Instant>>>;
+
+/// The most admissions in any window of `w` over sorted instants.
+fn most_in_any_window(t: &[Instant], w: Duration) -> usize {
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..t.len() {
+        while t[hi].duration_since(t[lo]) >= w {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+/// Runs `instances` limiters, each offered `per_instance_rps` on one key for `secs`, and
+/// returns the sorted admission instants after the first window.
+async fn shared_load(
+    server: &RedisServer,
+    prefix: &str,
+    instances: usize,
+    capacity: f64,
+    offered: &[f64],
+    secs: f64,
+) -> Load {
+    let mut rls = Vec::new();
+    for _ in 0..instances {
+        rls.push(instance(server, prefix).await);
+    }
+    // every instance registered before the load starts
+    for rl in &rls {
+        rl.hybrid().flush().await.expect("sync");
+    }
+    for rl in &rls {
+        rl.hybrid().flush().await.expect("sync");
+    }
+    let tally: Tally = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = rate(capacity);
+    let start = Instant::now();
+    let threads: Vec<_> = rls
+        .iter()
+        .zip(offered)
+        .map(|(rl, &rps)| {
+            let (rl, tally, stop) = (rl.clone(), tally.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let gap = Duration::from_secs_f64(1.0 / rps);
+                let mut next = Instant::now();
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(1)));
+                        continue;
+                    }
+                    // catch up in bursts if the thread fell behind (as a loaded server would)
+                    while next <= now {
+                        if rl.hybrid().absolute().inc("hot", &r, 1).is_allowed() {
+                            mine.push(Instant::now());
+                        }
+                        next += gap;
+                    }
+                }
+                tally.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let end = Instant::now();
+    let mut all = tally.lock().unwrap().clone();
+    all.sort();
+    Load {
+        admitted: all,
+        start,
+        end,
+        instances: rls,
+    }
+}
+
+/// What [`shared_load`] saw.
+struct Load {
+    /// Admission instants, sorted.
+    admitted: Vec<Instant>,
+    start: Instant,
+    end: Instant,
+    instances: Vec<Arc<RateLimiter>>,
+}
+
+impl Load {
+    /// The most admitted in any window of 1 s, and the mean admitted per second after the
+    /// first second (whole run).
+    fn figures(&self) -> (usize, f64) {
+        let most = most_in_any_window(&self.admitted, Duration::from_secs(1));
+        let from = self.start + Duration::from_secs(1);
+        let steady = self.admitted.iter().filter(|&&t| t >= from).count();
+        let secs = self.end.duration_since(from).as_secs_f64();
+        (most, steady as f64 / secs)
+    }
+
+    /// Admissions per 100 ms slot from the start (for failure messages).
+    fn profile(&self) -> Vec<usize> {
+        let slots = (self.end.duration_since(self.start).as_millis() / 100) as usize + 1;
+        let mut v = vec![0; slots];
+        for t in &self.admitted {
+            v[(t.duration_since(self.start).as_millis() / 100) as usize] += 1;
+        }
+        v
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_at_five_times_the_rate_share_one_limit() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let c = 200.0;
+    let load = shared_load(&server, "four", 4, c, &[c * 5.0 / 4.0; 4], 6.0).await;
+    let (most, mean) = load.figures();
+    eprintln!(
+        "4 instances, C = {c}, 5x load: most in any 1 s window {most} ({:.3} C), mean {mean:.1}/s ({:.3} C); per 100 ms: {:?}",
+        most as f64 / c,
+        mean / c,
+        load.profile()
+    );
+    for rl in &load.instances {
+        rl.hybrid().flush().await.expect("sync");
+        eprintln!("{:?}", rl.hybrid().status());
+    }
+    assert!(most as f64 <= c * 1.01 + 1.0, "most in a window {most}");
+    assert!(mean >= 0.97 * c, "mean admitted per window {mean}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_one_limit_at_every_load_and_skew() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    // (name, C per second, offered per instance)
+    let runs: [(&str, f64, [f64; 4]); 4] = [
+        ("1.1x", 200.0, [55.0; 4]),
+        ("2x", 200.0, [100.0; 4]),
+        (
+            "skewed 80 % on one instance, 2x",
+            200.0,
+            [320.0, 26.7, 26.7, 26.6],
+        ),
+        ("small C = 10, 5x", 10.0, [12.5; 4]),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, c, offered)) in runs.iter().enumerate() {
+        let load = shared_load(&server, &format!("mix{i}"), 4, *c, offered, 4.0).await;
+        let (most, mean) = load.figures();
+        let total_offered: f64 = offered.iter().sum();
+        // an exact limiter admits min(offered, C) per window
+        let expected = total_offered.min(*c);
+        eprintln!(
+            "{name}: most in any 1 s window {most} ({:.3} C), mean {mean:.1}/s ({:.3} of min(offered, C))",
+            most as f64 / c,
+            mean / expected
+        );
+        if most as f64 > (c * 1.01).max(c + 1.0) {
+            failures.push(format!(
+                "{name}: {most} in one window; {:?}",
+                load.profile()
+            ));
+        }
+        // (small limits: only the bound is published)
+        if *c >= 100.0 && mean < 0.97 * expected {
+            failures.push(format!("{name}: mean {mean:.1}/s; {:?}", load.profile()));
+        }
+        for rl in &load.instances {
+            rl.hybrid().shutdown().await.expect("shutdown");
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_reply_was_lost_is_counted_once() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let proxy = support::proxy::Proxy::start(server.port);
+    // Only flushes sync, so the test knows which call carries the key.
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(10))
+        .sync_interval(Duration::from_secs(3600))
+        .redis_url(proxy.url())
+        .prefix("lost")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(100.0);
+    let abs = rl.hybrid().absolute();
+    for _ in 0..5 {
+        assert!(abs.inc("k", &r, 1).is_allowed());
+    }
+    // registry + one key with one part: 6 doubles
+    proxy.lose_next_reply(b"$48\r\n");
+    let lost = rl.hybrid().flush().await;
+    assert_eq!(
+        proxy.lost(),
+        1,
+        "the reply was lost after the server ran the sync"
+    );
+    assert!(lost.is_err(), "a lost reply is a failed sync: {lost:?}");
+    for _ in 0..3 {
+        assert!(abs.inc("k", &r, 1).is_allowed());
+    }
+    let mut synced = false;
+    for _ in 0..50 {
+        if rl.hybrid().flush().await.is_ok() {
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(synced, "sync resumes: {:?}", rl.hybrid().status());
+    assert_eq!(rl.hybrid().status().pending_parts, 0);
+    assert_eq!(
+        redis_totals(&server, "lost", "k").0,
+        8,
+        "the part whose reply was lost went out again and was applied once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_never_blocks_a_decision_and_nothing_is_lost_or_doubled() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    // W = 10 s: nothing leaves the window while the test runs, so Redis must end up holding
+    // exactly what the instances admitted.
+    let mut rls = Vec::new();
+    for _ in 0..2 {
+        let rl = RateLimiter::builder()
+            .window(Duration::from_secs(10))
+            .sync_interval(Duration::from_millis(10))
+            .redis_deadline(Duration::from_millis(100))
+            .redis_url(server.url())
+            .prefix("stall")
+            .sweeper(false)
+            .connect()
+            .await
+            .expect("connect");
+        rls.push(rl);
+    }
+    for _ in 0..2 {
+        for rl in &rls {
+            rl.hybrid().flush().await.expect("sync");
+        }
+    }
+    let r = rate(20.0); // C = 200 over 10 s; a share is 100
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = rls
+        .iter()
+        .map(|rl| {
+            let (rl, stop) = (rl.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut admitted, mut slowest, mut outage) = (0u64, Duration::ZERO, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let s = rl.hybrid().absolute().inc_stamped("k", &r, 1);
+                    slowest = slowest.max(t.elapsed());
+                    admitted += u64::from(s.decision.is_allowed());
+                    outage += u64::from(s.source == Source::HybridOutage);
+                    std::thread::sleep(Duration::from_millis(8));
+                }
+                (admitted, slowest, outage)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.pause();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.resume();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(u64, Duration, u64)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for rl in &rls {
+        let mut ok = false;
+        for _ in 0..100 {
+            if rl.hybrid().shutdown().await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            ok,
+            "sync resumes after the stall: {:?}",
+            rl.hybrid().status()
+        );
+    }
+    let admitted: u64 = results.iter().map(|r| r.0).sum();
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    let outage: u64 = results.iter().map(|r| r.2).sum();
+    eprintln!("admitted {admitted}, slowest decision {slowest:?}, outage decisions {outage}");
+    assert!(outage > 0, "the stall was seen as an outage");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a decision waited on the stalled server: {slowest:?}"
+    );
+    let (buckets, reserves) = redis_totals(&server, "stall", "k");
+    assert_eq!(reserves, 0, "shutdown gave every reserve back");
+    assert_eq!(buckets, admitted, "Redis holds every admission once");
+    assert!(
+        admitted <= 210,
+        "local shares kept the outage within 5 %: {admitted}"
+    );
+}
