@@ -73,6 +73,15 @@ pub(crate) trait Strategy: Send + 'static {
         Source::Local
     }
 
+    /// Whether values ask to be listed for a later visit ([`ShardActor::drain_marked`]).
+    const MARKS: bool = false;
+
+    /// After a decision: whether `value` now asks to be listed (and was not yet).
+    #[inline(always)]
+    fn mark(_value: &mut Self::Value) -> bool {
+        false
+    }
+
     /// Makes a write `decide` left for later.
     fn apply(value: &mut Self::Value, later: Self::Later);
 
@@ -308,6 +317,10 @@ pub(crate) struct ShardActor<S: Strategy> {
     ctx: Arc<S::Ctx>,
     /// What the last decision was based on.
     last_source: Source,
+    /// Entries whose values asked to be visited (`S::MARKS`), valid while the store's removal
+    /// count is `marked_removals` (a removal may move an entry).
+    marked: Vec<u32>,
+    marked_removals: u64,
 }
 
 /// A lease the shard granted (its actor-side record).
@@ -334,6 +347,8 @@ impl<S: Strategy> ShardActor<S> {
         Self {
             ctx,
             last_source: Source::Local,
+            marked: Vec::new(),
+            marked_removals: 0,
             stamps: stamps.filter(|_| S::STAMPED),
             leases: leases.filter(|_| S::STAMPED),
             granted: [None; leases::SLOTS],
@@ -357,10 +372,31 @@ impl<S: Strategy> ShardActor<S> {
         &self.ctx
     }
 
-    /// Calls `f(key, hash, value)` for every key of the shard.
+    /// Visits the values that asked for it since the last drain (all values if an entry was
+    /// removed meanwhile, as indices may have moved): `f(key, hash, value)` returns whether the
+    /// value stays listed for the next drain.
     #[cfg(feature = "redis")]
-    pub(crate) fn for_each_entry(&mut self, f: impl FnMut(&[u8], u64, &mut S::Value)) {
-        self.store().for_each_mut(f);
+    pub(crate) fn drain_marked(&mut self, mut f: impl FnMut(&[u8], u64, &mut S::Value) -> bool) {
+        self.make_later_write();
+        let listed = std::mem::take(&mut self.marked);
+        let mut keep = Vec::new();
+        if self.store.removals() != self.marked_removals {
+            self.store.for_each_mut(|idx, key, hash, v| {
+                if f(key, hash, v) {
+                    keep.push(idx as u32);
+                }
+            });
+        } else {
+            for idx in listed {
+                if let Some((key, hash, v)) = self.store.entry_mut(idx as usize) {
+                    if f(key, hash, v) {
+                        keep.push(idx);
+                    }
+                }
+            }
+        }
+        self.marked = keep;
+        self.marked_removals = self.store.removals();
     }
 
     /// The value of `key` (hash `hash`), if the shard holds it.
@@ -539,6 +575,9 @@ impl<S: Strategy> ShardActor<S> {
         let value = self.store.value_mut(idx);
         let d = S::decide(value, now, g, req, &mut *self.rng, &mut later, &self.ctx);
         self.last_source = S::source(value);
+        if S::MARKS && S::mark(value) {
+            self.marked.push(idx as u32);
+        }
         self.later = later.map(|l| (idx as u32, l));
         d
     }
@@ -632,8 +671,12 @@ impl<S: Strategy> ShardActor<S> {
         if !self.admit_new_key(now) {
             return (RateLimitDecision::KeyCapacityExceeded, None);
         }
+        let marked = S::MARKS && S::mark(&mut value);
         // Eviction above may have moved entries; the index returned here is final.
         let idx = self.store().insert(hash, key, value);
+        if marked {
+            self.marked.push(idx as u32);
+        }
         (decision, Some(idx))
     }
 

@@ -403,3 +403,51 @@ async fn a_stalled_server_never_blocks_a_decision_and_nothing_is_lost_or_doubled
         "local shares kept the outage within 5 %: {admitted}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_changed_key_reaches_redis_even_when_evictions_move_entries() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_millis(100))
+        .bucket(Duration::from_millis(10))
+        .stale_after(Duration::from_millis(1))
+        .sync_interval(Duration::from_secs(3600))
+        .shards(1)
+        .redis_url(server.url())
+        .prefix("moves")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    let r = rate(1000.0);
+    let abs = rl.hybrid().absolute();
+    for i in 0..300 {
+        assert!(abs.inc(&format!("old{i}"), &r, 1).is_allowed());
+    }
+    rl.hybrid().flush().await.expect("sync");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // new keys land after the old ones in the slab; evicting the old ones moves them
+    for i in 0..300 {
+        assert!(abs.inc(&format!("new{i}"), &r, 2).is_allowed());
+    }
+    let evicted = rl.sweep();
+    assert!(
+        evicted >= 100,
+        "old keys expired and were evicted: {evicted}"
+    );
+    rl.hybrid().flush().await.expect("sync");
+    let mut c = server.conn();
+    for i in 0..300 {
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(format!("moves:h:{{new{i}}}"))
+            .query(&mut c)
+            .expect("HGETALL");
+        let total: f64 = fields
+            .iter()
+            .filter(|(f, _)| f.starts_with('b'))
+            .map(|(_, v)| v.parse::<f64>().expect("count"))
+            .sum();
+        assert_eq!(total, 2.0, "key new{i} reached Redis once: {fields:?}");
+    }
+}

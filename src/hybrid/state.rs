@@ -142,6 +142,8 @@ pub(crate) struct HybridKey {
     unreserved: u64,
     /// Collects in a row that found no demand (a reserve is given back after [`KEEP_IDLE`]).
     idle_collects: u8,
+    /// Whether the shard lists this key for the next collect.
+    listed: bool,
     source: SourceCode,
 }
 
@@ -309,6 +311,11 @@ impl HybridKey {
         d
     }
 
+    /// Whether the next sync has something to say about this key.
+    fn has_news(&self) -> bool {
+        !self.pending.is_empty() || self.used > 0 || self.reserve > 0 || self.demand > 0
+    }
+
     /// This instance's live admissions (local clock).
     pub(crate) fn own_live(&self, now: u64) -> u64 {
         self.window.live_untrimmed(now, self.window.span_ms())
@@ -351,6 +358,17 @@ impl Strategy for HybridRules {
             SourceCode::Provisional => Source::HybridProvisional,
             SourceCode::Outage => Source::HybridOutage,
         }
+    }
+
+    const MARKS: bool = true;
+
+    #[inline]
+    fn mark(value: &mut HybridKey) -> bool {
+        if value.listed || !value.has_news() {
+            return false;
+        }
+        value.listed = true;
+        true
     }
 
     fn apply(_: &mut HybridKey, later: std::convert::Infallible) {
@@ -442,9 +460,14 @@ impl Message<ShardActor<HybridRules>> for Collect {
     fn handle(self, shard: &mut ShardActor<HybridRules>) -> Vec<Report> {
         let solo = shard.ctx().instances() <= 1;
         let mut out = Vec::new();
-        shard.for_each_entry(|key, hash, v| {
-            if v.pending.is_empty() && v.used == 0 && v.reserve == 0 && v.demand == 0 {
-                return;
+        // Only keys that changed since the last collect, or hold a reserve, are listed.
+        shard.drain_marked(|key, hash, v| {
+            if !v.listed {
+                return false;
+            }
+            if !v.has_news() {
+                v.listed = false;
+                return false;
             }
             if v.demand == 0 {
                 v.idle_collects = v.idle_collects.saturating_add(1);
@@ -476,6 +499,10 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 deltas: std::mem::take(&mut v.pending),
             });
             v.demand = 0;
+            // A key that holds or asked for a reserve is visited again next time (to refresh,
+            // spend or give it back).
+            v.listed = v.reserve > 0 || want > 0;
+            v.listed
         });
         out
     }

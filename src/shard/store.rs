@@ -192,6 +192,8 @@ pub(crate) struct Store<V: Slot> {
     long_dead: usize,
     /// Where the next incremental sweep resumes (narrow entries first, then wide ones).
     cursor: usize,
+    /// Removals so far (each may move an entry to another index).
+    removals: u64,
     /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
     hasher: ahash::RandomState,
 }
@@ -215,6 +217,7 @@ impl<V: Slot> Store<V> {
             long_keys: Vec::new(),
             long_dead: 0,
             cursor: 0,
+            removals: 0,
             hasher,
         }
     }
@@ -387,6 +390,7 @@ impl<V: Slot> Store<V> {
                 Self::hash_at(narrow, wide, long_keys, hasher, At::of(i as usize))
             });
         }
+        self.removals += 1;
         Some(value)
     }
 
@@ -444,29 +448,61 @@ impl<V: Slot> Store<V> {
         removed
     }
 
-    /// Calls `f(key, hash, value)` for every key, in slab order.
+    /// Removals so far: an index taken before a removal may since point elsewhere.
     #[cfg(feature = "redis")]
-    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&[u8], u64, &mut V)) {
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals
+    }
+
+    /// Calls `f(index, key, hash, value)` for every key, in slab order.
+    #[cfg(feature = "redis")]
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(usize, &[u8], u64, &mut V)) {
         let hasher = &self.hasher;
         let hash = |k: &[u8]| match std::str::from_utf8(k) {
             Ok(s) => hasher.hash_one(s),
             Err(_) => hasher.hash_one(k),
         };
-        for e in self.narrow.iter_mut() {
+        for (i, e) in self.narrow.iter_mut().enumerate() {
             let key = match e.key.get() {
                 Ok(b) => b,
                 Err(range) => self.long_keys.get(range).unwrap_or(&[]),
             };
-            f(key, hash(key), &mut e.value);
+            f(At::Narrow(i).index(), key, hash(key), &mut e.value);
         }
-        for e in self.wide.iter_mut() {
+        for (i, e) in self.wide.iter_mut().enumerate() {
             let key = e.key.get();
-            f(key, hash(key), &mut e.value);
+            f(At::Wide(i).index(), key, hash(key), &mut e.value);
         }
+    }
+
+    /// The key, its hash and the value at `idx`, if there is an entry there.
+    #[cfg(feature = "redis")]
+    pub(crate) fn entry_mut(&mut self, idx: usize) -> Option<(&[u8], u64, &mut V)> {
+        let hasher = &self.hasher;
+        let (key, value) = match At::of(idx) {
+            At::Narrow(i) => {
+                let e = self.narrow.get_mut(i)?;
+                let key = match e.key.get() {
+                    Ok(b) => b,
+                    Err(range) => self.long_keys.get(range).unwrap_or(&[]),
+                };
+                (key, &mut e.value)
+            }
+            At::Wide(i) => {
+                let e = self.wide.get_mut(i)?;
+                (e.key.get(), &mut e.value)
+            }
+        };
+        let hash = match std::str::from_utf8(key) {
+            Ok(s) => hasher.hash_one(s),
+            Err(_) => hasher.hash_one(key),
+        };
+        Some((key, hash, value))
     }
 
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
+        self.removals += 1;
         self.table.clear();
         self.narrow.clear();
         self.wide.clear();
