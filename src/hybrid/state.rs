@@ -120,6 +120,25 @@ impl HybridCtx {
 pub(crate) struct HybridKey {
     /// This instance's admissions (local clock): the solo and outage rules decide from it.
     window: Window<Count>,
+    /// What a key in use carries between syncs; `None` for an idle key (most keys of a large
+    /// key space), which keeps it within twice the local provider's bytes per key.
+    flight: Option<Box<Flight>>,
+    /// `C` of the last recording call (the sync reports under it).
+    capacity: u64,
+    /// Everything live in Redis at the last settle (buckets and all reserves).
+    global_live: u64,
+    /// Local ms of the last settle (0: never).
+    settled_at: u64,
+    /// `W_eff` of the last recording call (below 2^32 ms, as every effective window).
+    window_ms: u32,
+    /// Whether the shard lists this key for the next collect.
+    listed: bool,
+    source: SourceCode,
+}
+
+/// The state of a key between syncs.
+#[derive(Debug, Default)]
+struct Flight {
     /// Admitted since the last collect, by server bucket index `k` (`[k·G, (k+1)·G)` in server
     /// time), merged per bucket.
     pending: Vec<(u64, u64)>,
@@ -131,20 +150,22 @@ pub(crate) struct HybridKey {
     used: u64,
     /// Weight asked by recording calls since the last collect (admitted or not).
     demand: u64,
-    /// `W_eff` and `C` of the last recording call (the sync reports under them).
-    window_ms: u64,
-    capacity: u64,
-    /// Everything live in Redis at the last settle (buckets and all reserves).
-    global_live: u64,
-    /// Local ms of the last settle (0: never).
-    settled_at: u64,
     /// Weight admitted outside a reserve since the last settle.
     unreserved: u64,
     /// Collects in a row that found no demand (a reserve is given back after [`KEEP_IDLE`]).
     idle_collects: u8,
-    /// Whether the shard lists this key for the next collect.
-    listed: bool,
-    source: SourceCode,
+}
+
+impl Flight {
+    /// Whether the next sync has something to say about this key.
+    fn has_news(&self) -> bool {
+        !self.pending.is_empty() || self.used > 0 || self.reserve > 0 || self.demand > 0
+    }
+
+    /// Whether nothing is left that a later sync or decision needs.
+    fn is_spent(&self) -> bool {
+        !self.has_news() && self.unreserved == 0 && self.reserve_until == 0
+    }
 }
 
 /// Collects without demand after which a key gives its reserve back: a key used every few
@@ -194,9 +215,11 @@ impl HybridKey {
         }
         if n <= 1 {
             Mode::Local(SourceCode::Solo)
-        } else if now < self.reserve_until {
+        } else if self.flight.as_ref().is_some_and(|f| now < f.reserve_until) {
             Mode::Reserve
-        } else if self.settled_at > 0 && now.saturating_sub(self.settled_at) < self.window_ms {
+        } else if self.settled_at > 0
+            && now.saturating_sub(self.settled_at) < u64::from(self.window_ms)
+        {
             // Known to Redis within a window: a share of the room it had then, if the key was
             // at most half full. Nearer its limit a key waits for a reserve: Redis may hand
             // the same room to another instance before it hears of these admissions.
@@ -249,8 +272,9 @@ impl HybridKey {
         let Request { limits, n, record } = req;
         let recording = record && n > 0;
         if recording {
-            self.demand = self.demand.saturating_add(n);
-            self.window_ms = limits.window_ms;
+            let f = self.flight.get_or_insert_with(Box::default);
+            f.demand = f.demand.saturating_add(n);
+            self.window_ms = u32::try_from(limits.window_ms).unwrap_or(u32::MAX);
             self.capacity = limits.capacity;
         }
         if n > limits.capacity {
@@ -274,7 +298,8 @@ impl HybridKey {
             }
             Mode::Room(room) => {
                 self.source = SourceCode::Provisional;
-                if self.unreserved.saturating_add(need) > room {
+                let unreserved = self.flight.as_ref().map_or(0, |f| f.unreserved);
+                if unreserved.saturating_add(need) > room {
                     self.wait_for_sync(now, &req, ctx)
                 } else {
                     self.local(now, g, req, limits.capacity)
@@ -282,13 +307,14 @@ impl HybridKey {
             }
             Mode::Reserve => {
                 self.source = SourceCode::Reserve;
-                if self.reserve < need {
+                if self.flight.as_ref().map_or(0, |f| f.reserve) < need {
                     self.wait_for_sync(now, &req, ctx)
                 } else {
                     let d = self.local(now, g, req, limits.capacity);
                     if d.is_allowed() && recording {
-                        self.reserve -= n;
-                        self.used = self.used.saturating_add(n);
+                        let f = self.flight.get_or_insert_with(Box::default);
+                        f.reserve -= n;
+                        f.used = f.used.saturating_add(n);
                     }
                     d
                 }
@@ -299,13 +325,14 @@ impl HybridKey {
             }
         };
         if recording && d.is_allowed() {
+            let f = self.flight.get_or_insert_with(Box::default);
             if !matches!(mode, Mode::Reserve) {
-                self.unreserved = self.unreserved.saturating_add(n);
+                f.unreserved = f.unreserved.saturating_add(n);
             }
             let k = ctx.server_ms(now) / g.max(1);
-            match self.pending.last_mut() {
+            match f.pending.last_mut() {
                 Some((last, w)) if *last == k => *w = w.saturating_add(n),
-                _ => self.pending.push((k, n)),
+                _ => f.pending.push((k, n)),
             }
         }
         d
@@ -313,7 +340,7 @@ impl HybridKey {
 
     /// Whether the next sync has something to say about this key.
     fn has_news(&self) -> bool {
-        !self.pending.is_empty() || self.used > 0 || self.reserve > 0 || self.demand > 0
+        self.flight.as_ref().is_some_and(|f| f.has_news())
     }
 
     /// This instance's live admissions (local clock).
@@ -384,15 +411,11 @@ impl Strategy for HybridRules {
 
     fn window_is_empty(value: &HybridKey) -> bool {
         // A key with something to report or a reserve to give back is not empty.
-        value.window.is_empty()
-            && value.pending.is_empty()
-            && value.reserve == 0
-            && value.used == 0
-            && value.demand == 0
+        value.window.is_empty() && !value.has_news()
     }
 
     fn activity(value: &HybridKey, now: u64) -> (Option<u64>, bool) {
-        let busy = !value.pending.is_empty() || value.reserve > 0 || value.used > 0;
+        let busy = value.has_news();
         (
             value.window.newest_start(),
             busy || value.window.may_be_live(now),
@@ -469,39 +492,46 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 v.listed = false;
                 return false;
             }
-            if v.demand == 0 {
-                v.idle_collects = v.idle_collects.saturating_add(1);
+            let Some(f) = v.flight.as_mut() else {
+                v.listed = false;
+                return false;
+            };
+            if f.demand == 0 {
+                f.idle_collects = f.idle_collects.saturating_add(1);
             } else {
-                v.idle_collects = 0;
+                f.idle_collects = 0;
             }
-            let give_back = self.release_all || solo || v.idle_collects >= KEEP_IDLE;
+            let give_back = self.release_all || solo || f.idle_collects >= KEEP_IDLE;
             // Twice the demand of the last interval; a key idle for a moment keeps what it has
             // (asking for no more).
             let want = if give_back {
                 0
             } else {
-                v.demand.saturating_mul(2).min(v.capacity)
+                f.demand.saturating_mul(2).min(v.capacity)
             };
-            let release = if give_back { v.reserve } else { 0 };
-            v.reserve -= release;
-            if release > 0 && v.reserve == 0 {
-                v.reserve_until = 0;
+            let release = if give_back { f.reserve } else { 0 };
+            f.reserve -= release;
+            if release > 0 && f.reserve == 0 {
+                f.reserve_until = 0;
             }
             let key = String::from_utf8_lossy(key).into_owned();
             out.push(Report {
                 key,
                 hash,
-                window_ms: v.window_ms.max(1),
+                window_ms: u64::from(v.window_ms.max(1)),
                 capacity: v.capacity,
-                used: std::mem::take(&mut v.used),
+                used: std::mem::take(&mut f.used),
                 release,
                 want,
-                deltas: std::mem::take(&mut v.pending),
+                deltas: std::mem::take(&mut f.pending),
             });
-            v.demand = 0;
+            f.demand = 0;
             // A key that holds or asked for a reserve is visited again next time (to refresh,
             // spend or give it back).
-            v.listed = v.reserve > 0 || want > 0;
+            v.listed = f.reserve > 0 || want > 0;
+            if !v.listed && f.is_spent() {
+                v.flight = None;
+            }
             v.listed
         });
         out
@@ -549,16 +579,23 @@ impl Message<ShardActor<HybridRules>> for Settle {
     fn handle(self, shard: &mut ShardActor<HybridRules>) {
         for (key, a) in self.answers {
             if let Some(v) = shard.value_of(&key, a.hash) {
+                v.global_live = a.live;
+                v.settled_at = self.settled_at;
+                if a.reserve == 0 && !a.wanted && v.flight.is_none() {
+                    continue;
+                }
+                let f = v.flight.get_or_insert_with(Box::default);
                 // Units spent since the collect were taken out of this reserve.
-                v.reserve = a.reserve.saturating_sub(v.used);
-                v.reserve_until = if a.reserve > 0 || a.wanted {
+                f.reserve = a.reserve.saturating_sub(f.used);
+                f.reserve_until = if a.reserve > 0 || a.wanted {
                     self.reserve_until
                 } else {
                     0
                 };
-                v.global_live = a.live;
-                v.settled_at = self.settled_at;
-                v.unreserved = 0;
+                f.unreserved = 0;
+                if f.is_spent() {
+                    v.flight = None;
+                }
             }
         }
     }
@@ -596,6 +633,22 @@ mod tests {
         ctx
     }
 
+    /// A key holding `reserve` units until `until`.
+    fn reserved(reserve: u64, until: u64) -> HybridKey {
+        HybridKey {
+            flight: Some(Box::new(Flight {
+                reserve,
+                reserve_until: until,
+                ..Flight::default()
+            })),
+            ..HybridKey::default()
+        }
+    }
+
+    fn fl(k: &HybridKey) -> &Flight {
+        k.flight.as_deref().expect("a key in use has a flight")
+    }
+
     fn admitted(k: &mut HybridKey, now: u64, r: Request, ctx: &HybridCtx, tries: u64) -> u64 {
         (0..tries)
             .map(|_| u64::from(k.decide(now, G, r, ctx).is_allowed()))
@@ -608,22 +661,19 @@ mod tests {
         let mut k = HybridKey::default();
         assert_eq!(admitted(&mut k, 5, req(10.0, 1), &ctx, 30), 10);
         assert_eq!(k.source, SourceCode::Solo);
-        assert_eq!(k.pending, vec![(0, 10)], "reported by server bucket");
+        assert_eq!(fl(&k).pending, vec![(0, 10)], "reported by server bucket");
     }
 
     #[test]
     fn a_reserve_admits_exactly_its_units_then_waits_for_the_next_sync() {
         let ctx = healthy(4, 100);
         ctx.set_offset(5_000);
-        let mut k = HybridKey {
-            reserve: 7,
-            reserve_until: 120,
-            ..HybridKey::default()
-        };
+        let mut k = reserved(7, 120);
         assert_eq!(admitted(&mut k, 105, req(100.0, 1), &ctx, 20), 7);
-        assert_eq!((k.reserve, k.used, k.unreserved), (0, 7, 0));
+        let f = fl(&k);
+        assert_eq!((f.reserve, f.used, f.unreserved), (0, 7, 0));
         assert_eq!(
-            k.pending,
+            f.pending,
             vec![(510, 7)],
             "server time 5105 ms is bucket 510"
         );
@@ -633,7 +683,7 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
-        assert_eq!(k.demand, 21, "rejected weight is demand too");
+        assert_eq!(fl(&k).demand, 21, "rejected weight is demand too");
     }
 
     #[test]
@@ -681,18 +731,14 @@ mod tests {
             ctx.set_instances(4);
             // healthy until 40; deciding at 50 with a reserve that is still "valid" locally
             ctx.set_healthy_until(40);
-            let mut k = HybridKey {
-                reserve: 1000,
-                reserve_until: 60,
-                ..HybridKey::default()
-            };
+            let mut k = reserved(1000, 60);
             assert_eq!(
                 admitted(&mut k, 50, req(100.0, 1), &ctx, 200),
                 want,
                 "{policy:?}"
             );
             assert_eq!(k.source, SourceCode::Outage);
-            assert_eq!(k.reserve, 1000, "an outage never spends a reserve");
+            assert_eq!(fl(&k).reserve, 1000, "an outage never spends a reserve");
         }
     }
 }

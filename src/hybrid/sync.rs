@@ -292,6 +292,10 @@ impl SyncActor {
                 Err(e) => result = Err(e),
             }
         }
+        // After a burst of keys, do not keep a map sized for it.
+        if self.unacked.capacity() > 4 * self.unacked.len().max(64) {
+            self.unacked.shrink_to_fit();
+        }
         self.counters.pending_parts.store(
             self.unacked.values().map(|k| k.parts.len() as u64).sum(),
             Ordering::Relaxed,
