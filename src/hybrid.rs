@@ -58,6 +58,8 @@ use std::time::Duration;
 pub use state::OutagePolicy;
 pub use sync::HybridStatus;
 
+#[cfg(eyelet_loom)]
+pub(crate) use state::{Answer, Collect, Settle};
 pub(crate) use state::{HybridCtx, HybridRules};
 pub(crate) use sync::{Counters, SyncConfig, SyncHandle};
 

@@ -281,3 +281,136 @@ impl Leases {
             .is_some()
     }
 }
+
+/// A real hybrid shard on a manual clock (feature `redis`): decisions, and the sync actor's two
+/// messages (`Collect`, `Settle`), through the shard's mailbox.
+#[cfg(feature = "redis")]
+pub struct HybridShard {
+    cell: ActorCell<ShardActor<crate::hybrid::HybridRules>>,
+    hasher: ahash::RandomState,
+}
+
+/// What one collect reported for the model's key.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// Weight admitted since the previous collect (the deltas).
+    pub admitted: u64,
+    /// Of it, reserve units spent.
+    pub used: u64,
+    /// Reserve units given back.
+    pub released: u64,
+    /// Reserve asked for.
+    pub want: u64,
+}
+
+#[cfg(feature = "redis")]
+impl HybridShard {
+    /// A shard whose last sync saw `instances` live instances and stays valid (no outage), at
+    /// W = 1 s, G = 1 ms.
+    pub fn new(instances: u64) -> Self {
+        let clock = ManualClock::new();
+        clock.set_ms(1);
+        let shared = StdArc::new(Shared {
+            window_ms: 1000,
+            bucket_ms: 1,
+            hard_limit_factor: 1.0,
+            stale_after_ms: 1000,
+            max_keys: usize::MAX,
+            live_keys: AtomicUsize::new(0),
+            clock: ClockSource::Custom(StdArc::new(clock)),
+        });
+        let ctx = crate::hybrid::HybridCtx::new(crate::hybrid::OutagePolicy::FailClosed);
+        ctx.set_instances(instances);
+        ctx.set_healthy_until(u64::MAX);
+        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        Self {
+            cell: ActorCell::new(ShardActor::new(
+                shared,
+                Box::new(SplitMix64::new(1)),
+                hasher.clone(),
+                None,
+                None,
+                StdArc::new(ctx),
+            )),
+            hasher,
+        }
+    }
+
+    fn key(&self, key: &str) -> KeyRef<'static> {
+        KeyRef {
+            key: key.to_string().into(),
+            hash: self.hasher.hash_one(key),
+        }
+    }
+
+    /// `inc(key, rate, n)`; whether it was admitted.
+    pub fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
+        let Ok(rate) = RateLimit::per_second(per_second) else {
+            return false;
+        };
+        let d = self.cell.call(Inc {
+            key: self.key(key),
+            rate,
+            n,
+            record: true,
+        });
+        d.decision == RateLimitDecision::Allowed
+    }
+
+    /// One `Collect`: what it reported for `key` (zeros if nothing), and the shard's own
+    /// admissions and still-unreported weight for it, read in the same turn.
+    pub fn collect(&self, key: &str) -> (Reported, u64, u64) {
+        let reports = self
+            .cell
+            .call(crate::hybrid::Collect { release_all: false });
+        let mut r = Reported::default();
+        for rep in reports.iter().filter(|rep| rep.key == key) {
+            r.admitted += rep.deltas.iter().map(|d| d.1).sum::<u64>();
+            r.used += rep.used;
+            r.released += rep.release;
+            r.want += rep.want;
+        }
+        let (own, pending) = self.own_and_pending(key);
+        (r, own, pending)
+    }
+
+    /// The shard's own admissions for `key` and the weight not yet reported.
+    pub fn own_and_pending(&self, key: &str) -> (u64, u64) {
+        let k = self.key(key);
+        self.cell.call(FnMsg(
+            move |s: &mut ShardActor<crate::hybrid::HybridRules>| {
+                s.value_of(&k.key, k.hash)
+                    .map_or((0, 0), |v| v.own_and_pending())
+            },
+        ))
+    }
+
+    /// Units of `key`'s reserve left to spend.
+    pub fn reserve(&self, key: &str) -> u64 {
+        let k = self.key(key);
+        self.cell.call(FnMsg(
+            move |s: &mut ShardActor<crate::hybrid::HybridRules>| {
+                s.value_of(&k.key, k.hash).map_or(0, |v| v.reserve_left())
+            },
+        ))
+    }
+
+    /// One `Settle`: Redis answered that this instance now holds `reserve` units of `key`.
+    pub fn settle(&self, key: &str, reserve: u64) {
+        let k = self.key(key);
+        self.cell.call(crate::hybrid::Settle {
+            answers: vec![(
+                key.to_string(),
+                crate::hybrid::Answer {
+                    hash: k.hash,
+                    reserve,
+                    live: 0,
+                    wanted: true,
+                },
+            )],
+            reserve_until: u64::MAX,
+            settled_at: 1,
+        });
+    }
+}

@@ -343,6 +343,22 @@ impl HybridKey {
         self.flight.as_ref().is_some_and(|f| f.has_news())
     }
 
+    /// This instance's admissions held (nothing trimmed) and the weight not yet reported.
+    #[cfg(eyelet_loom)]
+    pub(crate) fn own_and_pending(&self) -> (u64, u64) {
+        let pending = self
+            .flight
+            .as_ref()
+            .map_or(0, |f| f.pending.iter().map(|p| p.1).sum());
+        (self.window.total_held(), pending)
+    }
+
+    /// Reserve units left to spend.
+    #[cfg(eyelet_loom)]
+    pub(crate) fn reserve_left(&self) -> u64 {
+        self.flight.as_ref().map_or(0, |f| f.reserve)
+    }
+
     /// This instance's live admissions (local clock).
     pub(crate) fn own_live(&self, now: u64) -> u64 {
         self.window.live_untrimmed(now, self.window.span_ms())

@@ -1,0 +1,94 @@
+//! Loom models of the hybrid provider's shard ↔ sync hand-off (`src/hybrid/state.rs`): the
+//! sync actor's `Collect` and `Settle` messages race a caller's decisions through the shard's
+//! mailbox.
+//!
+//! Run as `.ci/run` does: `RUSTFLAGS="--cfg eyelet_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release -p eyelet-loom-tests`.
+#![cfg(eyelet_loom)]
+
+mod support;
+
+use eyelet::loom_support::HybridShard;
+use loom::sync::Arc;
+use loom::thread;
+use support::model_capped;
+
+/// A sync collecting while a caller decides: at every collect, what was reported so far plus
+/// what is pending equals what the shard admitted; after a final collect every admission was
+/// reported exactly once (none lost in the hand-off, none reported twice).
+#[test]
+fn a_sync_racing_decisions_loses_and_doubles_nothing() {
+    model_capped(3, || {
+        // the only live instance: decisions are the local rule, every admission a delta
+        let shard = Arc::new(HybridShard::new(1));
+        let caller = {
+            let shard = shard.clone();
+            thread::spawn(move || {
+                u64::from(shard.inc("k", 100.0, 1)) + 2 * u64::from(shard.inc("k", 100.0, 2))
+            })
+        };
+        let (first, own, pending) = shard.collect("k");
+        assert_eq!(
+            first.admitted + pending,
+            own,
+            "reported {first:?} + pending {pending} != admitted {own}"
+        );
+        let admitted = caller.join().unwrap_or(0);
+        let (second, own, pending) = shard.collect("k");
+        assert_eq!(pending, 0);
+        assert_eq!(own, admitted);
+        assert_eq!(
+            first.admitted + second.admitted,
+            admitted,
+            "every admission reported exactly once: {first:?} {second:?}"
+        );
+    });
+}
+
+/// Several instances: decisions spend a reserve while the sync reports what was spent and
+/// Redis tops the reserve up. Whatever the order, the shard never admits more than Redis
+/// granted in all, and every spent unit is reported as used exactly once.
+#[test]
+fn a_reserve_refill_racing_spending_never_admits_past_the_budget() {
+    model_capped(3, || {
+        let shard = Arc::new(HybridShard::new(2));
+        // the key's first use is provisional (no reserve yet); its first sync reports it and
+        // Redis grants 2 units
+        assert!(shard.inc("k", 100.0, 1));
+        let (start, _, _) = shard.collect("k");
+        assert_eq!((start.admitted, start.used), (1, 0));
+        shard.settle("k", 2);
+        assert_eq!(shard.reserve("k"), 2);
+        let mut granted = 2;
+        let caller = {
+            let shard = shard.clone();
+            thread::spawn(move || {
+                (0..4)
+                    .map(|_| u64::from(shard.inc("k", 100.0, 1)))
+                    .sum::<u64>()
+            })
+        };
+        // the sync: reports what was spent, Redis takes it off the reserve and adds 1 unit
+        let (first, _, _) = shard.collect("k");
+        let redis_reserve = 2 - first.used - first.released + 1;
+        granted += 1;
+        shard.settle("k", redis_reserve);
+        let admitted = caller.join().unwrap_or(0);
+        let (second, own, _) = shard.collect("k");
+        assert!(
+            admitted <= granted,
+            "admitted {admitted} of {granted} granted"
+        );
+        assert_eq!(own, admitted + 1, "the provisional one and the caller's");
+        assert_eq!(
+            first.used + second.used,
+            admitted,
+            "every unit spent reported once: {first:?} {second:?}"
+        );
+        assert_eq!(
+            admitted + shard.reserve("k"),
+            granted - first.released - second.released,
+            "reserve left + spent = granted - given back"
+        );
+    });
+}
