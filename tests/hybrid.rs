@@ -451,3 +451,127 @@ async fn every_changed_key_reaches_redis_even_when_evictions_move_entries() {
         assert_eq!(total, 2.0, "key new{i} reached Redis once: {fields:?}");
     }
 }
+
+/// Waits until `rl`'s last fully successful sync started after `after` (limiter clock).
+async fn synced_after(rl: &Arc<RateLimiter>, after: u64, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if rl.hybrid().status().last_ok_ms.is_some_and(|t| t > after) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_resumes_after_a_restart_and_a_flushed_script_cache() {
+    let _serial = SERIAL.lock().await;
+    let mut server = RedisServer::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(1))
+        .sync_interval(Duration::from_millis(10))
+        .redis_deadline(Duration::from_millis(200))
+        .redis_url(server.url())
+        .prefix("restart")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    let r = rate(1000.0);
+    rl.hybrid().flush().await.expect("sync");
+    // SCRIPT FLUSH: the next sync gets NOSCRIPT and sends the body (counted once)
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .expect("SCRIPT FLUSH");
+    for _ in 0..5 {
+        assert!(rl.hybrid().absolute().inc("k", &r, 1).is_allowed());
+    }
+    rl.hybrid()
+        .flush()
+        .await
+        .expect("a sync after SCRIPT FLUSH");
+    assert_eq!(redis_totals(&server, "restart", "k").0, 5);
+    // kill and restart: Redis state is lost (documented); decisions never fail meanwhile, and
+    // the sync resumes within a second of the server being back
+    server.kill();
+    for _ in 0..20 {
+        let s = rl.hybrid().absolute().inc_stamped("k", &r, 1);
+        assert!(s.decision.is_allowed() || s.source == Source::HybridOutage);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.restart();
+    let back = rl.now_ms();
+    assert!(
+        synced_after(&rl, back, Duration::from_secs(1)).await,
+        "sync resumed within 1 s: {:?}",
+        rl.hybrid().status()
+    );
+    for _ in 0..3 {
+        assert!(rl.hybrid().absolute().inc("k", &r, 1).is_allowed());
+    }
+    rl.hybrid().flush().await.expect("sync");
+    let (buckets, _) = redis_totals(&server, "restart", "k");
+    assert!(
+        buckets >= 3,
+        "admissions after the restart reach the new server: {buckets}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_dropped_without_shutdown_stops_counting_against_the_others() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let a = instance(&server, "dropped").await;
+    // b runs on a runtime of its own, which is then torn down: its sync actor dies without a
+    // last sync and without leaving the registry, as in a crashed process
+    let url = server.url();
+    let (b_rt, b) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let b = rt.block_on(async {
+            let b = RateLimiter::builder()
+                .sync_interval(Duration::from_millis(10))
+                .redis_url(url)
+                .prefix("dropped")
+                .sweeper(false)
+                .connect()
+                .await
+                .expect("connect");
+            b.hybrid().flush().await.expect("sync");
+            b
+        });
+        (rt, b)
+    })
+    .join()
+    .expect("instance b");
+    a.hybrid().flush().await.expect("sync");
+    assert_eq!(a.hybrid().status().instances, 2);
+    std::thread::spawn(move || b_rt.shutdown_background())
+        .join()
+        .expect("tear down");
+    std::mem::forget(b);
+    let start = Instant::now();
+    let mut alone = false;
+    while start.elapsed() < Duration::from_secs(2) {
+        a.hybrid().flush().await.expect("sync");
+        if a.hybrid().status().instances == 1 {
+            alone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        alone,
+        "the registry dropped the dead instance: {:?}",
+        a.hybrid().status()
+    );
+    eprintln!("dead instance gone after {:?}", start.elapsed());
+    // a alone decides as the only instance again
+    let s = a.hybrid().absolute().inc_stamped("k", &rate(10.0), 1);
+    assert_eq!(s.source, Source::HybridSolo);
+}
