@@ -44,9 +44,16 @@
 //! would locally, so a saturated key admits about `C · (1 − G / 2W)` per window.
 //!
 //! # Not done yet
-//! The suppressed strategy, `inc_many`, `reset` across instances, keys longer than
-//! [`MAX_KEY_LEN`](crate::redis::MAX_KEY_LEN) bytes (stored under a digest), Redis Cluster
-//! tests and the benchmark are the next steps; until then such keys are decided locally only.
+//! The suppressed strategy, `inc_many` and `reset` on the hybrid handle, a digest for very long
+//! keys (a key is stored under its full escaped name, as the Redis provider's keys are, without
+//! its 512-byte limit), and Redis Cluster tests (calls are grouped by slot, untested).
+//!
+//! # Redis state
+//! A key's global window lives in `<prefix>:h:{<escaped key>}` (a hash of buckets, reserves
+//! and per-instance sequence numbers) with a TTL past its last bucket; the registry of live
+//! instances in `<prefix>:instances`. A restarted or failed-over server loses what it held:
+//! reserves and buckets start again from what instances report next (up to a window's worth of
+//! over-admission per key, as with the Redis provider).
 
 mod state;
 mod sync;
