@@ -10,9 +10,11 @@
 -- ARGV[3]     lease time-to-live in milliseconds: a reservation not refreshed for this long is
 --             released (its instance died or lost Redis; the instance itself stops using it
 --             after half of it)
--- ARGV[4]     the parts, little-endian doubles: for each part a header of 8
---               key index (2-based into KEYS), seq, W ms, C, used, release, want, d
+-- ARGV[4]     the parts, little-endian doubles: for each part a header of 9
+--               key index (2-based into KEYS), seq, W ms, C, used, release, want, flags, d
 --             then d pairs (bucket index k, weight). Parts of one key come in increasing seq.
+--             flags: 1 = reset (forget every bucket and every instance's reserve of the key
+--             first; the instance's own sequence records stay)
 -- ARGV[5]     "1": refresh the registry (KEYS[1]) and count live instances; "0": don't
 -- ARGV[6]     registry time-to-live in milliseconds
 -- ARGV[7]     now in milliseconds, or "" for the server clock (TIME)
@@ -116,13 +118,24 @@ local function live_total(st, W)
   return total, free_at
 end
 
+-- Field writes and deletions of one key, the last one winning.
+local function put(st, f, v)
+  st.sets[f] = v
+  st.dels[f] = nil
+end
+
+local function del(st, f)
+  st.dels[f] = true
+  st.sets[f] = nil
+end
+
 local out = { now, live_instances }
 local ops = ARGV[4]
 local pos = 1
 local len = string.len(ops)
 while pos <= len do
-  local ki, seq, W, C, used, release, want, d
-  ki, seq, W, C, used, release, want, d, pos = sunpack('<dddddddd', ops, pos)
+  local ki, seq, W, C, used, release, want, flags, d
+  ki, seq, W, C, used, release, want, flags, d, pos = sunpack('<ddddddddd', ops, pos)
   local st = load(ki)
   st.touched = true
   if W > st.W then st.W = W end
@@ -131,7 +144,14 @@ while pos <= len do
   if last == nil or seq > last[1] then
     applied = 1
     st.seqs[inst] = { seq, now }
-    st.sets['s:' .. inst] = string.format('%.17g:%d', seq, now)
+    put(st, 's:' .. inst, string.format('%.17g:%d', seq, now))
+    if flags == 1 then
+      for k, _ in pairs(st.buckets) do del(st, 'b' .. string.format('%d', k)) end
+      st.buckets = {}
+      st.setb = {}
+      for id, _ in pairs(st.reserves) do del(st, 'r:' .. id) end
+      st.reserves = {}
+    end
     local mine = st.reserves[inst]
     local R = 0
     if mine and reserve_live(mine) then R = mine[1] end
@@ -143,6 +163,7 @@ while pos <= len do
       if w > 0 and bucket_live(k, W) then
         st.buckets[k] = sat(st.buckets[k] or 0, w)
         st.setb[k] = true
+        st.dels['b' .. string.format('%d', k)] = nil
       end
     end
     st.reserves[inst] = nil
@@ -157,9 +178,9 @@ while pos <= len do
     end
     if R > 0 then
       st.reserves[inst] = { R, now }
-      st.sets['r:' .. inst] = string.format('%.17g:%d', R, now)
+      put(st, 'r:' .. inst, string.format('%.17g:%d', R, now))
     else
-      st.dels['r:' .. inst] = true
+      del(st, 'r:' .. inst)
     end
   else
     pos = pos + d * 16
@@ -185,10 +206,8 @@ for _, st in pairs(states) do
       end
     end
     for f, v in pairs(st.sets) do
-      if not st.dels[f] then
-        fields[#fields + 1] = f
-        fields[#fields + 1] = v
-      end
+      fields[#fields + 1] = f
+      fields[#fields + 1] = v
     end
     local gone = {}
     for k, _ in pairs(st.buckets) do

@@ -13,6 +13,10 @@
 //!   instance's **reserve** up towards what it asked for, out of the limit minus everything
 //!   live (every instance's buckets and reserves).
 //! - It sends each shard the answers (one message per shard): the key's new reserve.
+//! - On a sole instance, a key far below its limit (under a quarter of `C`) reports every 10
+//!   intervals only: such keys are most of a large key space, and their reports most of a
+//!   sync's work. With other instances live every key reports at every sync (their shares
+//!   depend on what Redis knows). A [`flush`](HybridProvider::flush) reports every key.
 //!
 //! A decision on a key then runs in one of these modes, reported as its
 //! [`Source`](crate::Source) by `inc_stamped`:
@@ -44,7 +48,7 @@
 //! would locally, so a saturated key admits about `C · (1 − G / 2W)` per window.
 //!
 //! # Not done yet
-//! The suppressed strategy, `inc_many` and `reset` on the hybrid handle, a digest for very long
+//! The suppressed strategy, the async forms of `inc_many`, `get` and `reset`, a digest for very long
 //! keys (a key is stored under its full escaped name, as the Redis provider's keys are, without
 //! its 512-byte limit), and Redis Cluster tests (calls are grouped by slot, untested).
 //!
@@ -233,6 +237,40 @@ impl HybridAbsolute {
     /// What [`inc`](Self::inc) would answer now, recording nothing.
     pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
         self.inner.set.inc(key, rate, n, false).decision
+    }
+
+    /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order per key
+    /// (grouped per shard, in parts of at most 64 keys per shard turn).
+    pub fn inc_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        rate: &RateLimit,
+        n: u64,
+    ) -> Vec<RateLimitDecision> {
+        let mut out = Vec::with_capacity(keys.len());
+        self.inner.set.inc_many_into(keys, rate, n, true, &mut out);
+        out
+    }
+
+    /// [`inc_many`](Self::inc_many) into a reused buffer (cleared first).
+    pub fn inc_many_into<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        rate: &RateLimit,
+        n: u64,
+        out: &mut Vec<RateLimitDecision>,
+    ) {
+        self.inner.set.inc_many_into(keys, rate, n, true, out)
+    }
+
+    /// Forgets `key` on this instance now, and in Redis at the next sync (every instance's
+    /// buckets and reserves of it). Returns whether this instance had state for it. Other
+    /// instances keep their own recent admissions and report them at their next syncs; a
+    /// reserve they hold is refused at their next sync.
+    pub fn reset(&self, key: &str) -> bool {
+        let had = self.inner.set.reset(key);
+        self.inner.ctx.queue_reset(key);
+        had
     }
 
     /// `(this instance's live admissions, everything live in Redis at the last sync)`.

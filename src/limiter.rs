@@ -223,6 +223,7 @@ impl RateLimiter {
                         prefix: b.redis.prefix.clone(),
                         registry_key: crate::redis::hybrid_registry(&b.redis.prefix),
                         bucket_ms: shared.bucket_ms,
+                        window_ms: shared.window_ms,
                     };
                     let sync = crate::hybrid::SyncHandle::spawn(
                         set.clone(),

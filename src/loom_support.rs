@@ -359,11 +359,14 @@ impl HybridShard {
     }
 
     /// One `Collect`: what it reported for `key` (zeros if nothing), and the shard's own
-    /// admissions and still-unreported weight for it, read in the same turn.
-    pub fn collect(&self, key: &str) -> (Reported, u64, u64) {
-        let reports = self
-            .cell
-            .call(crate::hybrid::Collect { release_all: false });
+    /// admissions and still-unreported weight for it, read in the same turn. `everything`: as
+    /// a flush (no report deferred), else as a timer's sync (a key far below its limit may
+    /// report later).
+    pub fn collect(&self, key: &str, everything: bool) -> (Reported, u64, u64) {
+        let reports = self.cell.call(crate::hybrid::Collect {
+            release_all: false,
+            everything,
+        });
         let mut r = Reported::default();
         for rep in reports.iter().filter(|rep| rep.key == key) {
             r.admitted += rep.deltas.iter().map(|d| d.1).sum::<u64>();

@@ -57,6 +57,12 @@ impl<S: Strategy> ShardSet<S> {
         Self::build(count, shared, hasher, rng, S::STAMPED, ctx)
     }
 
+    /// The hash a key is routed and stored by.
+    #[cfg(feature = "redis")]
+    pub(crate) fn hash_of(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     /// Number of shards.
     #[cfg(feature = "redis")]
     pub(crate) fn shard_count(&self) -> usize {

@@ -575,3 +575,56 @@ async fn an_instance_dropped_without_shutdown_stops_counting_against_the_others(
     let s = a.hybrid().absolute().inc_stamped("k", &rate(10.0), 1);
     assert_eq!(s.source, Source::HybridSolo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inc_many_decides_like_local_and_reset_forgets_the_key_in_redis_too() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = instance(&server, "many").await;
+    rl.hybrid().flush().await.expect("sync");
+    let r = rate(3.0);
+    let keys = ["a", "b", "a", "a", "c", "a", "b"];
+    let hybrid = rl.hybrid().absolute().inc_many(&keys, &r, 1);
+    let local = rl.local().absolute().inc_many(&keys, &r, 1);
+    assert_eq!(
+        hybrid, local,
+        "a sole instance decides as the local provider"
+    );
+    rl.hybrid().flush().await.expect("sync");
+    assert_eq!(redis_totals(&server, "many", "a").0, 3);
+    assert!(rl.hybrid().absolute().reset("a"));
+    assert!(!rl.hybrid().absolute().reset("never-seen"));
+    rl.hybrid().flush().await.expect("sync");
+    assert_eq!(
+        redis_totals(&server, "many", "a"),
+        (0, 0),
+        "forgotten in Redis"
+    );
+    assert_eq!(redis_totals(&server, "many", "b").0, 2, "other keys kept");
+    assert!(rl.hybrid().absolute().inc("a", &r, 1).is_allowed());
+    rl.hybrid().flush().await.expect("sync");
+    assert_eq!(redis_totals(&server, "many", "a").0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_far_below_its_limit_on_a_sole_instance_reports_within_ten_intervals() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = instance(&server, "defer").await;
+    rl.hybrid().flush().await.expect("sync");
+    let r = rate(1000.0);
+    assert!(rl.hybrid().absolute().inc("far", &r, 1).is_allowed());
+    // no flush: only the timer's syncs (every 10 ms); the report may wait up to 10 of them
+    let start = Instant::now();
+    let mut reported = None;
+    while start.elapsed() < Duration::from_secs(2) {
+        if redis_totals(&server, "defer", "far").0 == 1 {
+            reported = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = reported.expect("the timer's syncs report the key");
+    eprintln!("reported after {after:?}");
+    assert!(after < Duration::from_secs(1), "{after:?}");
+}

@@ -27,14 +27,16 @@ fn a_sync_racing_decisions_loses_and_doubles_nothing() {
                 u64::from(shard.inc("k", 100.0, 1)) + 2 * u64::from(shard.inc("k", 100.0, 2))
             })
         };
-        let (first, own, pending) = shard.collect("k");
+        // a timer's sync (the key is far below its limit: it may defer its report)
+        let (first, own, pending) = shard.collect("k", false);
         assert_eq!(
             first.admitted + pending,
             own,
             "reported {first:?} + pending {pending} != admitted {own}"
         );
         let admitted = caller.join().unwrap_or(0);
-        let (second, own, pending) = shard.collect("k");
+        // a flush reports everything
+        let (second, own, pending) = shard.collect("k", true);
         assert_eq!(pending, 0);
         assert_eq!(own, admitted);
         assert_eq!(
@@ -55,7 +57,7 @@ fn a_reserve_refill_racing_spending_never_admits_past_the_budget() {
         // the key's first use is provisional (no reserve yet); its first sync reports it and
         // Redis grants 2 units
         assert!(shard.inc("k", 100.0, 1));
-        let (start, _, _) = shard.collect("k");
+        let (start, _, _) = shard.collect("k", true);
         assert_eq!((start.admitted, start.used), (1, 0));
         shard.settle("k", 2);
         assert_eq!(shard.reserve("k"), 2);
@@ -69,12 +71,12 @@ fn a_reserve_refill_racing_spending_never_admits_past_the_budget() {
             })
         };
         // the sync: reports what was spent, Redis takes it off the reserve and adds 1 unit
-        let (first, _, _) = shard.collect("k");
+        let (first, _, _) = shard.collect("k", false);
         let redis_reserve = 2 - first.used - first.released + 1;
         granted += 1;
         shard.settle("k", redis_reserve);
         let admitted = caller.join().unwrap_or(0);
-        let (second, own, _) = shard.collect("k");
+        let (second, own, _) = shard.collect("k", true);
         assert!(
             admitted <= granted,
             "admitted {admitted} of {granted} granted"

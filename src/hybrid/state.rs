@@ -45,6 +45,8 @@ pub(crate) struct HybridCtx {
     active: std::sync::atomic::AtomicBool,
     /// Wakes the dormant sync actor.
     pub(crate) activated: tokio::sync::Notify,
+    /// Keys reset on this instance since the last sync, to forget in Redis too.
+    resets: std::sync::Mutex<Vec<String>>,
 }
 
 impl HybridCtx {
@@ -57,6 +59,7 @@ impl HybridCtx {
             policy,
             active: std::sync::atomic::AtomicBool::new(false),
             activated: tokio::sync::Notify::new(),
+            resets: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -66,6 +69,17 @@ impl HybridCtx {
         if !self.active.load(Ordering::Relaxed) && !self.active.swap(true, Ordering::Relaxed) {
             self.activated.notify_one();
         }
+    }
+
+    /// Asks the next sync to forget `key` in Redis.
+    pub(crate) fn queue_reset(&self, key: &str) {
+        let mut r = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+        r.push(key.to_string());
+    }
+
+    /// The keys reset since the last call.
+    pub(crate) fn take_resets(&self) -> Vec<String> {
+        std::mem::take(&mut *self.resets.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn is_active(&self) -> bool {
@@ -154,6 +168,8 @@ struct Flight {
     unreserved: u64,
     /// Collects in a row that found no demand (a reserve is given back after [`KEEP_IDLE`]).
     idle_collects: u8,
+    /// Collects in a row that left this key's report for later (see [`DEFER_COLLECTS`]).
+    deferred: u8,
 }
 
 impl Flight {
@@ -172,6 +188,11 @@ impl Flight {
 /// intervals keeps a small reserve (it would otherwise wait for a sync at each use when near its
 /// limit), and one that went quiet stops holding capacity others could use.
 const KEEP_IDLE: u8 = 4;
+
+/// Collects a key far below its limit may let pass before it reports, on a sole instance (its
+/// admissions reach Redis at most this many sync intervals late; it decides by the local rule,
+/// which does not depend on what Redis has heard).
+const DEFER_COLLECTS: u8 = 9;
 
 /// [`Source`] in one byte.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -480,6 +501,8 @@ pub(crate) struct Report {
     pub(crate) want: u64,
     /// `(server bucket index, weight)` admitted since the last report.
     pub(crate) deltas: Vec<(u64, u64)>,
+    /// Forget the key in Redis first (every bucket, every instance's reserve).
+    pub(crate) reset: bool,
 }
 
 /// The sync actor's request to a shard: every key with something to report.
@@ -487,6 +510,8 @@ pub(crate) struct Report {
 pub(crate) struct Collect {
     /// Give every reserve back (shutdown).
     pub(crate) release_all: bool,
+    /// Report every key with news now, none deferred (flush, shutdown).
+    pub(crate) everything: bool,
 }
 
 impl Message<ShardActor<HybridRules>> for Collect {
@@ -508,10 +533,29 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 v.listed = false;
                 return false;
             }
+            let own = v.window.total_held();
             let Some(f) = v.flight.as_mut() else {
                 v.listed = false;
                 return false;
             };
+            // On a sole instance (which decides by the local rule, whatever Redis knows), a key
+            // far below its limit, all of whose demand was admitted and which holds no reserve,
+            // reports every few intervals only: most keys of a large key space are such keys,
+            // and their reports are most of a sync's work (and Redis's). With other instances
+            // live every report goes out at once: their provisional shares are computed from
+            // what Redis knows, and a late report would let them overshoot.
+            let admitted: u64 = f.pending.iter().map(|p| p.1).sum();
+            let far = !self.everything
+                && solo
+                && f.reserve == 0
+                && f.used == 0
+                && f.demand == admitted
+                && v.global_live.saturating_add(own).saturating_mul(4) <= v.capacity;
+            if far && f.deferred < DEFER_COLLECTS {
+                f.deferred += 1;
+                return true;
+            }
+            f.deferred = 0;
             if f.demand == 0 {
                 f.idle_collects = f.idle_collects.saturating_add(1);
             } else {
@@ -540,6 +584,7 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 release,
                 want,
                 deltas: std::mem::take(&mut f.pending),
+                reset: false,
             });
             f.demand = 0;
             // A key that holds or asked for a reserve is visited again next time (to refresh,

@@ -42,6 +42,8 @@ pub(crate) struct SyncConfig {
     pub(crate) prefix: String,
     pub(crate) registry_key: Vec<u8>,
     pub(crate) bucket_ms: u64,
+    /// The limiter's window `W` (how long a reset waits for Redis).
+    pub(crate) window_ms: u64,
 }
 
 /// What the sync actor has done (see [`HybridStatus`]).
@@ -204,20 +206,20 @@ impl SyncActor {
             tokio::select! {
                 _ = tick.tick() => {
                     if self.ctx.is_active() {
-                        let _ = self.cycle(false).await;
+                        let _ = self.cycle(false, false).await;
                     }
                 }
                 _ = self.ctx.activated.notified(), if !self.started => {
                     // first use: sync at once (register, learn the other instances)
-                    let _ = self.cycle(false).await;
+                    let _ = self.cycle(false, false).await;
                 }
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Flush(reply)) => {
-                        let r = self.cycle(false).await;
+                        let r = self.cycle(false, true).await;
                         let _ = reply.send(r);
                     }
                     Some(Command::Shutdown(reply)) => {
-                        let r = self.cycle(true).await;
+                        let r = self.cycle(true, true).await;
                         let left = self.leave().await;
                         let _ = reply.send(r.and(left));
                         return;
@@ -225,7 +227,7 @@ impl SyncActor {
                     None => {
                         // The limiter was dropped without a shutdown: give the reserves back.
                         if self.ctx.is_active() {
-                            let _ = self.cycle(true).await;
+                            let _ = self.cycle(true, true).await;
                             let _ = self.leave().await;
                         }
                         return;
@@ -240,7 +242,7 @@ impl SyncActor {
     }
 
     /// One sync: collect, send, settle.
-    async fn cycle(&mut self, release_all: bool) -> Result<(), RedisError> {
+    async fn cycle(&mut self, release_all: bool, everything: bool) -> Result<(), RedisError> {
         self.started = true;
         let t0 = self.clock.now_ms();
         let interval_ms = self.config.interval.as_millis() as u64;
@@ -248,8 +250,32 @@ impl SyncActor {
         self.seq += 1;
         let seq = self.seq;
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        let reports = self.set.each_shard_async(|_| Collect { release_all }).await;
-        for report in reports.into_iter().flatten() {
+        // Resets first: a key reset and used again within one interval reports its new use
+        // after the reset.
+        let resets: Vec<Report> = self
+            .ctx
+            .take_resets()
+            .into_iter()
+            .map(|key| Report {
+                hash: self.set.hash_of(&key),
+                key,
+                window_ms: self.config.window_ms,
+                capacity: 0,
+                used: 0,
+                release: 0,
+                want: 0,
+                deltas: Vec::new(),
+                reset: true,
+            })
+            .collect();
+        let reports = self
+            .set
+            .each_shard_async(|_| Collect {
+                release_all,
+                everything,
+            })
+            .await;
+        for report in resets.into_iter().chain(reports.into_iter().flatten()) {
             let entry = self
                 .unacked
                 .entry(report.key.clone())
@@ -366,6 +392,7 @@ impl SyncActor {
                     r.used as f64,
                     r.release as f64,
                     r.want as f64,
+                    f64::from(u8::from(r.reset)),
                     r.deltas.len() as f64,
                 ] {
                     ops.extend_from_slice(&x.to_le_bytes());

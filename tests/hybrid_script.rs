@@ -1,0 +1,155 @@
+//! `lua/hybrid_sync.lua` called directly on a real server, with parts crafted as the sync
+//! actor packs them: the cases a running limiter reaches only through failures (several parts
+//! of one key in one call after lost replies) or rarely (a reset between reports).
+#![cfg(feature = "redis")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+mod support;
+
+use support::redis_server::RedisServer;
+
+const SCRIPT: &str = include_str!("../lua/hybrid_sync.lua");
+const G: u64 = 10;
+const LEASE_TTL: u64 = 80;
+
+/// One part: `(seq, W, C, used, release, want, reset, deltas)`.
+struct Part {
+    seq: u64,
+    w: u64,
+    c: u64,
+    used: u64,
+    release: u64,
+    want: u64,
+    reset: bool,
+    deltas: Vec<(u64, u64)>,
+}
+
+fn part(seq: u64) -> Part {
+    Part {
+        seq,
+        w: 1000,
+        c: 100,
+        used: 0,
+        release: 0,
+        want: 0,
+        reset: false,
+        deltas: Vec::new(),
+    }
+}
+
+/// Runs one call for key `hk` at server time `now`; returns the reply's doubles.
+fn call(c: &mut redis::Connection, inst: &str, now: u64, parts: &[Part]) -> Vec<f64> {
+    let mut ops = Vec::new();
+    for p in parts {
+        for x in [
+            2.0,
+            p.seq as f64,
+            p.w as f64,
+            p.c as f64,
+            p.used as f64,
+            p.release as f64,
+            p.want as f64,
+            f64::from(u8::from(p.reset)),
+            p.deltas.len() as f64,
+        ] {
+            ops.extend_from_slice(&x.to_le_bytes());
+        }
+        for &(k, w) in &p.deltas {
+            ops.extend_from_slice(&(k as f64).to_le_bytes());
+            ops.extend_from_slice(&(w as f64).to_le_bytes());
+        }
+    }
+    let reply: Vec<u8> = redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(2)
+        .arg("reg")
+        .arg("hk")
+        .arg(inst)
+        .arg(G)
+        .arg(LEASE_TTL)
+        .arg(ops)
+        .arg("1")
+        .arg(LEASE_TTL)
+        .arg(now)
+        .query(c)
+        .expect("EVAL");
+    reply
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn field(c: &mut redis::Connection, f: &str) -> Option<String> {
+    redis::cmd("HGET").arg("hk").arg(f).query(c).expect("HGET")
+}
+
+/// Parts sent again after lost replies arrive together: one that gives the reserve back and a
+/// later one that asks for a new one. The new reserve must be stored (it counts against every
+/// other instance), not dropped because an earlier part of the same call deleted the record.
+#[test]
+fn a_reserve_given_back_and_taken_again_in_one_call_is_stored() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 1_000_000;
+    let first = Part { want: 5, ..part(1) };
+    assert_eq!(call(&mut c, "a", now, &[first])[3], 5.0, "reserve granted");
+    let give_back = Part {
+        release: 5,
+        ..part(2)
+    };
+    let take_again = Part { want: 3, ..part(3) };
+    let reply = call(&mut c, "a", now + 1, &[give_back, take_again]);
+    assert_eq!(reply[3], 0.0, "part 2: reserve given back");
+    assert_eq!(reply[7], 3.0, "part 3: reserve of 3");
+    let stored = field(&mut c, "r:a").expect("the reserve of part 3 is stored");
+    assert!(stored.starts_with("3:"), "{stored}");
+    // and it counts for another instance
+    let other = Part {
+        want: 100,
+        ..part(1)
+    };
+    assert_eq!(call(&mut c, "b", now + 2, &[other])[3], 97.0);
+}
+
+/// A reset forgets every bucket and every instance's reserve of the key, and what the same
+/// call reports after it counts again.
+#[test]
+fn a_reset_forgets_buckets_and_reserves_and_later_parts_count() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 2_000_000;
+    let k = now / G;
+    let a = Part {
+        want: 10,
+        deltas: vec![(k, 7)],
+        ..part(1)
+    };
+    assert_eq!(
+        call(&mut c, "a", now, &[a])[4],
+        17.0,
+        "7 admitted + 10 reserved"
+    );
+    let b = Part {
+        want: 20,
+        ..part(1)
+    };
+    assert_eq!(call(&mut c, "b", now + 1, &[b])[4], 37.0);
+    let reset = Part {
+        reset: true,
+        ..part(2)
+    };
+    let after = Part {
+        deltas: vec![(k, 2)],
+        ..part(3)
+    };
+    let reply = call(&mut c, "a", now + 2, &[reset, after]);
+    assert_eq!(reply[4], 0.0, "nothing live right after the reset");
+    assert_eq!(reply[8], 2.0, "the later report counts");
+    assert_eq!(field(&mut c, "r:b"), None, "b's reserve is gone");
+    assert_eq!(field(&mut c, &format!("b{k}")).as_deref(), Some("2"));
+}
