@@ -67,6 +67,12 @@ pub(crate) trait Strategy: Send + 'static {
         ctx: &Self::Ctx,
     ) -> RateLimitDecision;
 
+    /// Whether decisions have other sources than [`Source::Local`] (then [`source`] is asked
+    /// after each; the local strategies skip that write on their hot path).
+    ///
+    /// [`source`]: Strategy::source
+    const SOURCED: bool = false;
+
     /// What the last decision on `value` was based on.
     #[inline(always)]
     fn source(_value: &Self::Value) -> Source {
@@ -574,7 +580,9 @@ impl<S: Strategy> ShardActor<S> {
         self.make_later_write();
         let value = self.store.value_mut(idx);
         let d = S::decide(value, now, g, req, &mut *self.rng, &mut later, &self.ctx);
-        self.last_source = S::source(value);
+        if S::SOURCED {
+            self.last_source = S::source(value);
+        }
         if S::MARKS && S::mark(value) {
             self.marked.push(idx as u32);
         }
@@ -660,7 +668,9 @@ impl<S: Strategy> ShardActor<S> {
             &mut later,
             &self.ctx,
         );
-        self.last_source = S::source(&value);
+        if S::SOURCED {
+            self.last_source = S::source(&value);
+        }
         if let Some(l) = later {
             S::apply(&mut value, l);
         }
@@ -761,7 +771,12 @@ impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
             self.record,
             now,
         );
-        Stamped::new(decision, now, shard.last_source)
+        let source = if S::SOURCED {
+            shard.last_source
+        } else {
+            Source::Local
+        };
+        Stamped::new(decision, now, source)
     }
 }
 

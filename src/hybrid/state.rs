@@ -415,6 +415,8 @@ impl Strategy for HybridRules {
         value.decide(now, bucket_ms, req, ctx)
     }
 
+    const SOURCED: bool = true;
+
     fn source(value: &HybridKey) -> Source {
         match value.source {
             SourceCode::Solo => Source::HybridSolo,
