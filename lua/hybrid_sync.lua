@@ -25,8 +25,9 @@
 --   "b<k>"     weight admitted in bucket k, which covers [k*G, (k+1)*G) in server time; it
 --              counts while (k+1)*G + W > now: one bucket longer than an exact window, so a
 --              request counts at least W after it was admitted, whatever its offset in k.
---   "r:<id>"   "R:at": units instance <id> holds in reserve (counted as live until released,
---              spent or expired), refreshed at `at`.
+--   "r:<id>"   "R:at": units instance <id> holds in reserve (counted as live until released or
+--              spent), refreshed at `at`; not refreshed for the lease time-to-live, it becomes
+--              weight admitted in the bucket of its expiry (its instance may have spent it).
 --   "s:<id>"   "seq:at": the last part of <id> applied to this key (idempotency: a part whose
 --              reply was lost is sent again with its seq and applied at most once; instances
 --              never send a part again once it is older than W, and records are kept longer).
@@ -88,6 +89,20 @@ local function load(i)
     elseif c == 's' then
       local s, at = string.match(v, '^([%d%.e%+]+):(%d+)$')
       if s then st.seqs[string.sub(f, 3)] = { tonumber(s), tonumber(at) } end
+    end
+  end
+  -- A reserve its instance stopped refreshing (dead, or cut off from Redis) may have been
+  -- spent in part before the instance lost touch; those units reach Redis only when it
+  -- reconnects. Until then count the whole reserve as admitted at its expiry: never less than
+  -- what was spent (at worst a reserve counts twice for a window, never zero times).
+  for id, r in pairs(st.reserves) do
+    if r[2] + LEASE_TTL <= now then
+      local k = floor((r[2] + LEASE_TTL) / G)
+      st.buckets[k] = sat(st.buckets[k] or 0, r[1])
+      st.setb[k] = true
+      st.dels['r:' .. id] = true
+      st.reserves[id] = nil
+      st.touched = true
     end
   end
   states[i] = st
@@ -184,6 +199,12 @@ while pos <= len do
     end
   else
     pos = pos + d * 16
+    -- a part sent again: the instance holds its reserve from now on (as after the first copy)
+    local mine = st.reserves[inst]
+    if mine and reserve_live(mine) then
+      mine[2] = now
+      put(st, 'r:' .. inst, string.format('%.17g:%d', mine[1], now))
+    end
   end
   local total, free_at = live_total(st, W)
   local mine = st.reserves[inst]

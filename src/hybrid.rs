@@ -21,8 +21,9 @@
 //! A decision on a key then runs in one of these modes, reported as its
 //! [`Source`](crate::Source) by `inc_stamped`:
 //! - [`HybridSolo`](crate::Source::HybridSolo): the instance was the only live one at the last
-//!   sync (the registry of instances lives in Redis): it decides exactly as the local provider
-//!   does and reports what it admitted.
+//!   sync, and for a window before it (the registry of instances lives in Redis; another
+//!   instance's admissions may count for a window after it left): it decides exactly as the
+//!   local provider does and reports what it admitted.
 //! - [`HybridReserve`](crate::Source::HybridReserve): several instances are live and the key
 //!   holds a reserve: a request is admitted iff the reserve covers its weight. Reserved units
 //!   count against the limit in Redis from the moment they are granted, and a spent unit moves
@@ -36,16 +37,19 @@
 //!   Redis answers again, into the buckets they belong to.
 //!
 //! # The bound
-//! With `N` live instances, steady traffic and Redis healthy, every admission comes out of a
-//! reserve, so the most admitted in any window of length `W` is `C` (server time; each
-//! instance maps its clock to the server's at every sync, and the extra bucket Redis counts
-//! absorbs an offset error below `G`). The excess comes only from provisional shares (a key
-//! first used on several instances within one sync interval: up to `C / N` per instance per
-//! interval before their first sync), from instances joining or leaving (shares computed with a
-//! stale `N`), and from outages under [`OutagePolicy::LocalShare`] or
-//! [`OutagePolicy::FailOpen`]. Throughput: reserved units that are not spent are held until the
-//! next sync (at most one interval), and a spent unit counts up to one bucket `G` longer than it
-//! would locally, so a saturated key admits about `C · (1 − G / 2W)` per window.
+//! With `N` live instances, steady traffic and Redis healthy, every admission on a key near its
+//! limit comes out of a reserve, so the most admitted in any window of length `W` is `C`
+//! (server time; each instance maps its clock to the server's from round trips shorter than
+//! `G`, and the extra bucket Redis counts absorbs that error). A reserve its instance stops
+//! refreshing (dead, or cut off) counts as admitted at its expiry, for a window. The excess
+//! comes only from provisional shares (a key this instance holds no reserve for and Redis
+//! last reported below half its limit, or never: up to `C / N` per instance before the key's
+//! first sync, or a share of the room Redis reported), from instances joining (shares computed
+//! with a stale `N`), and from outages under [`OutagePolicy::LocalShare`] or
+//! [`OutagePolicy::FailOpen`]. Throughput: reserved units that are not spent are held until
+//! given back (a key idle for 4 intervals gives its reserve back; a dead instance's reserve
+//! counts for a window), and a spent unit counts up to one bucket `G` longer than it would
+//! locally.
 //!
 //! # Not done yet
 //! The suppressed strategy, the async forms of `inc_many`, `get` and `reset`, a digest for very long
@@ -268,9 +272,10 @@ impl HybridAbsolute {
     /// instances keep their own recent admissions and report them at their next syncs; a
     /// reserve they hold is refused at their next sync.
     pub fn reset(&self, key: &str) -> bool {
-        let had = self.inner.set.reset(key);
+        // queued first: a sync between the two steps must not carry new use of the key to
+        // Redis ahead of its reset
         self.inner.ctx.queue_reset(key);
-        had
+        self.inner.set.reset(key)
     }
 
     /// `(this instance's live admissions, everything live in Redis at the last sync)`.
@@ -297,7 +302,7 @@ pub(crate) fn build(
     hasher: ahash::RandomState,
     policy: OutagePolicy,
 ) -> (Arc<ShardSet<HybridRules>>, Arc<HybridCtx>, Arc<Counters>) {
-    let ctx = Arc::new(HybridCtx::new(policy));
+    let ctx = Arc::new(HybridCtx::new(policy, shared.window_ms));
     let set = Arc::new(ShardSet::with_ctx(
         shards,
         shared,

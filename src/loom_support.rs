@@ -320,8 +320,9 @@ impl HybridShard {
             live_keys: AtomicUsize::new(0),
             clock: ClockSource::Custom(StdArc::new(clock)),
         });
-        let ctx = crate::hybrid::HybridCtx::new(crate::hybrid::OutagePolicy::FailClosed);
-        ctx.set_instances(instances);
+        let ctx = crate::hybrid::HybridCtx::new(crate::hybrid::OutagePolicy::FailClosed, 1000);
+        ctx.set_instances(instances, 1);
+        ctx.set_reporting(true);
         ctx.set_healthy_until(u64::MAX);
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         Self {

@@ -405,6 +405,16 @@ impl<S: Strategy> ShardActor<S> {
         self.marked_removals = self.store.removals();
     }
 
+    /// Lists `key` for the next drain if its value asks for it ([`Strategy::mark`]).
+    #[cfg(feature = "redis")]
+    pub(crate) fn mark_key(&mut self, key: &str, hash: u64) {
+        if let Some(idx) = self.store().find(hash, key.as_bytes()) {
+            if S::mark(self.store.value_mut(idx)) {
+                self.marked.push(idx as u32);
+            }
+        }
+    }
+
     /// The value of `key` (hash `hash`), if the shard holds it.
     #[cfg(feature = "redis")]
     pub(crate) fn value_of(&mut self, key: &str, hash: u64) -> Option<&mut S::Value> {

@@ -153,3 +153,24 @@ fn a_reset_forgets_buckets_and_reserves_and_later_parts_count() {
     assert_eq!(field(&mut c, "r:b"), None, "b's reserve is gone");
     assert_eq!(field(&mut c, &format!("b{k}")).as_deref(), Some("2"));
 }
+
+/// A reserve its instance stopped refreshing (dead or cut off) counts as admitted at its
+/// expiry, not as nothing: the instance may have spent it before it lost touch.
+#[test]
+fn an_expired_reserve_counts_as_admitted_until_its_window_ends() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 3_000_000;
+    let a = Part { want: 5, ..part(1) };
+    assert_eq!(call(&mut c, "a", now, &[a])[3], 5.0);
+    // a goes silent; after the lease time-to-live b asks for everything
+    let b = Part {
+        want: 100,
+        ..part(1)
+    };
+    let reply = call(&mut c, "b", now + LEASE_TTL + 1, &[b]);
+    assert_eq!(reply[3], 95.0, "a's 5 units still count");
+    assert_eq!(field(&mut c, "r:a"), None, "the reserve record is gone");
+    let k = (now + LEASE_TTL) / G;
+    assert_eq!(field(&mut c, &format!("b{k}")).as_deref(), Some("5"));
+}

@@ -47,10 +47,17 @@ pub(crate) struct HybridCtx {
     pub(crate) activated: tokio::sync::Notify,
     /// Keys reset on this instance since the last sync, to forget in Redis too.
     resets: std::sync::Mutex<Vec<String>>,
+    /// Local ms at which several live instances were last seen (0: never).
+    multi_seen_at: AtomicU64,
+    /// The limiter's window `W`: a sole instance decides alone only a window after it last saw
+    /// another (whose admissions may still count).
+    window_ms: u64,
+    /// Whether a sync actor runs (without one nothing is recorded for a sync).
+    reporting: std::sync::atomic::AtomicBool,
 }
 
 impl HybridCtx {
-    pub(crate) fn new(policy: OutagePolicy) -> Self {
+    pub(crate) fn new(policy: OutagePolicy, window_ms: u64) -> Self {
         Self {
             instances: AtomicU64::new(1),
             healthy_until: AtomicU64::new(0),
@@ -60,6 +67,9 @@ impl HybridCtx {
             active: std::sync::atomic::AtomicBool::new(false),
             activated: tokio::sync::Notify::new(),
             resets: std::sync::Mutex::new(Vec::new()),
+            multi_seen_at: AtomicU64::new(0),
+            window_ms,
+            reporting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -73,6 +83,9 @@ impl HybridCtx {
 
     /// Asks the next sync to forget `key` in Redis.
     pub(crate) fn queue_reset(&self, key: &str) {
+        if !self.reporting() {
+            return;
+        }
         let mut r = self.resets.lock().unwrap_or_else(|e| e.into_inner());
         r.push(key.to_string());
     }
@@ -90,8 +103,29 @@ impl HybridCtx {
         self.instances.load(Ordering::Relaxed).max(1)
     }
 
-    pub(crate) fn set_instances(&self, n: u64) {
+    /// Records the registry's count at local time `now`.
+    pub(crate) fn set_instances(&self, n: u64, now: u64) {
+        if n >= 2 {
+            self.multi_seen_at.fetch_max(now.max(1), Ordering::Relaxed);
+        }
         self.instances.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether this instance decides alone at `now`: the only live one, and for a window
+    /// (another instance's admissions, counted in Redis, have all expired; until then
+    /// decisions go through Redis's count).
+    fn solo(&self, now: u64) -> bool {
+        let seen = self.multi_seen_at.load(Ordering::Relaxed);
+        self.instances() <= 1 && (seen == 0 || now >= seen.saturating_add(self.window_ms))
+    }
+
+    pub(crate) fn set_reporting(&self, on: bool) {
+        self.reporting.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a sync actor will collect what decisions record.
+    fn reporting(&self) -> bool {
+        self.reporting.load(Ordering::Relaxed)
     }
 
     pub(crate) fn healthy_until(&self) -> u64 {
@@ -166,6 +200,8 @@ struct Flight {
     demand: u64,
     /// Weight admitted outside a reserve since the last settle.
     unreserved: u64,
+    /// `unreserved` at the last collect: what the next settle's answer includes.
+    collected_unreserved: u64,
     /// Collects in a row that found no demand (a reserve is given back after [`KEEP_IDLE`]).
     idle_collects: u8,
     /// Collects in a row that left this key's report for later (see [`DEFER_COLLECTS`]).
@@ -234,7 +270,7 @@ impl HybridKey {
                 OutagePolicy::FailClosed => Mode::Closed,
             };
         }
-        if n <= 1 {
+        if ctx.solo(now) {
             Mode::Local(SourceCode::Solo)
         } else if self.flight.as_ref().is_some_and(|f| now < f.reserve_until) {
             Mode::Reserve
@@ -291,16 +327,22 @@ impl HybridKey {
         ctx: &HybridCtx,
     ) -> RateLimitDecision {
         let Request { limits, n, record } = req;
-        let recording = record && n > 0;
-        if recording {
-            let f = self.flight.get_or_insert_with(Box::default);
-            f.demand = f.demand.saturating_add(n);
+        if n > limits.capacity {
+            // never admissible: not demand (it would ask Redis for the whole limit)
+            return never_admissible(limits.capacity, limits.window_ms);
+        }
+        // Without a sync actor (a limiter without Redis, or after shutdown) nothing is kept
+        // for reports: decisions still record in the key's own window.
+        let reports = record && n > 0 && ctx.reporting();
+        if record && n > 0 {
             self.window_ms = u32::try_from(limits.window_ms).unwrap_or(u32::MAX);
             self.capacity = limits.capacity;
         }
-        if n > limits.capacity {
-            return never_admissible(limits.capacity, limits.window_ms);
+        if reports {
+            let f = self.flight.get_or_insert_with(Box::default);
+            f.demand = f.demand.saturating_add(n);
         }
+        let recording = record && n > 0;
         let need = n.max(1);
         let mode = self.mode(now, limits.capacity, ctx);
         let d = match mode {
@@ -345,7 +387,7 @@ impl HybridKey {
                 self.wait_for_sync(now, &req, ctx)
             }
         };
-        if recording && d.is_allowed() {
+        if reports && d.is_allowed() {
             let f = self.flight.get_or_insert_with(Box::default);
             if !matches!(mode, Mode::Reserve) {
                 f.unreserved = f.unreserved.saturating_add(n);
@@ -524,7 +566,8 @@ impl Message<ShardActor<HybridRules>> for Collect {
     }
 
     fn handle(self, shard: &mut ShardActor<HybridRules>) -> Vec<Report> {
-        let solo = shard.ctx().instances() <= 1;
+        let now = shard.now();
+        let solo = shard.ctx().solo(now);
         let mut out = Vec::new();
         // Only keys that changed since the last collect, or hold a reserve, are listed.
         shard.drain_marked(|key, hash, v| {
@@ -558,6 +601,7 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 return true;
             }
             f.deferred = 0;
+            f.collected_unreserved = f.unreserved;
             if f.demand == 0 {
                 f.idle_collects = f.idle_collects.saturating_add(1);
             } else {
@@ -655,10 +699,15 @@ impl Message<ShardActor<HybridRules>> for Settle {
                 } else {
                     0
                 };
-                f.unreserved = 0;
+                // What Redis counted: up to the collect; later admissions still count here.
+                f.unreserved = f.unreserved.saturating_sub(f.collected_unreserved);
+                f.collected_unreserved = 0;
                 if f.is_spent() {
                     v.flight = None;
                 }
+                // an answer may hand a reserve to a key the last collect let go: list it, so
+                // the next sync refreshes or returns it
+                shard.mark_key(&key, a.hash);
             }
         }
     }
@@ -689,8 +738,9 @@ mod tests {
 
     /// A context as after a successful sync at `t` that saw `instances`.
     fn healthy(instances: u64, t: u64) -> HybridCtx {
-        let ctx = HybridCtx::new(OutagePolicy::LocalShare);
-        ctx.set_instances(instances);
+        let ctx = HybridCtx::new(OutagePolicy::LocalShare, 1000);
+        ctx.set_instances(instances, t);
+        ctx.set_reporting(true);
         ctx.set_healthy_until(t + 40);
         ctx.set_next_sync_at(t + 10);
         ctx
@@ -783,6 +833,34 @@ mod tests {
     }
 
     #[test]
+    fn a_never_admissible_weight_is_not_demand_and_nothing_is_kept_without_a_sync_actor() {
+        let ctx = healthy(4, 0);
+        let mut k = HybridKey::default();
+        assert!(!k.decide(1, G, req(100.0, 101), &ctx).is_allowed());
+        assert!(k.flight.is_none(), "n > C asks Redis for nothing");
+        let quiet = HybridCtx::new(OutagePolicy::LocalShare, 1000);
+        let mut k = HybridKey::default();
+        assert_eq!(admitted(&mut k, 1, req(100.0, 1), &quiet, 200), 100);
+        assert!(k.flight.is_none(), "no sync actor: no pending reports");
+    }
+
+    #[test]
+    fn a_sole_instance_decides_alone_only_a_window_after_it_last_saw_another() {
+        let ctx = healthy(2, 100);
+        ctx.set_instances(1, 150);
+        let mut k = HybridKey::default();
+        k.decide(200, G, req(100.0, 1), &ctx);
+        assert_ne!(
+            k.source,
+            SourceCode::Solo,
+            "another instance's admissions may still count"
+        );
+        ctx.set_healthy_until(2000);
+        k.decide(1101, G, req(100.0, 1), &ctx);
+        assert_eq!(k.source, SourceCode::Solo);
+    }
+
+    #[test]
     fn outage_policies() {
         let cases = [
             (OutagePolicy::LocalShare, 25),
@@ -790,8 +868,9 @@ mod tests {
             (OutagePolicy::FailClosed, 0),
         ];
         for (policy, want) in cases {
-            let ctx = HybridCtx::new(policy);
-            ctx.set_instances(4);
+            let ctx = HybridCtx::new(policy, 1000);
+            ctx.set_instances(4, 0);
+            ctx.set_reporting(true);
             // healthy until 40; deciding at 50 with a reserve that is still "valid" locally
             ctx.set_healthy_until(40);
             let mut k = reserved(1000, 60);

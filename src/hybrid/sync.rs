@@ -131,7 +131,9 @@ impl SyncHandle {
             unacked: HashMap::new(),
             rx,
             started: false,
+            offset_known: false,
         };
+        actor.ctx.set_reporting(true);
         tokio::spawn(actor.run());
         Self { tx }
     }
@@ -186,6 +188,8 @@ struct SyncActor {
     rx: mpsc::Receiver<Command>,
     /// Whether the first-use sync ran.
     started: bool,
+    /// Whether a clock offset was taken.
+    offset_known: bool,
 }
 
 /// What one call answered for one key: the answer to its last part.
@@ -219,12 +223,14 @@ impl SyncActor {
                         let _ = reply.send(r);
                     }
                     Some(Command::Shutdown(reply)) => {
+                        self.ctx.set_reporting(false);
                         let r = self.cycle(true, true).await;
                         let left = self.leave().await;
                         let _ = reply.send(r.and(left));
                         return;
                     }
                     None => {
+                        self.ctx.set_reporting(false);
                         // The limiter was dropped without a shutdown: give the reserves back.
                         if self.ctx.is_active() {
                             let _ = self.cycle(true, true).await;
@@ -247,9 +253,14 @@ impl SyncActor {
         let t0 = self.clock.now_ms();
         let interval_ms = self.config.interval.as_millis() as u64;
         self.ctx.set_next_sync_at(t0.saturating_add(interval_ms));
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        // Resets and reports get a sequence number each: a key reset and used again within one
+        // interval has a reset part and then a report, and the script applies a part only
+        // above the last number applied.
+        self.seq += 1;
+        let reset_seq = self.seq;
         self.seq += 1;
         let seq = self.seq;
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         // Resets first: a key reset and used again within one interval reports its new use
         // after the reset.
         let resets: Vec<Report> = self
@@ -275,7 +286,11 @@ impl SyncActor {
                 everything,
             })
             .await;
-        for report in resets.into_iter().chain(reports.into_iter().flatten()) {
+        let parts = resets
+            .into_iter()
+            .map(|r| (reset_seq, r))
+            .chain(reports.into_iter().flatten().map(|r| (seq, r)));
+        for (seq, report) in parts {
             let entry = self
                 .unacked
                 .entry(report.key.clone())
@@ -451,10 +466,16 @@ impl SyncActor {
             Some(&[t, n]) => (t, n),
             _ => return Err(RedisError::Protocol("short hybrid sync reply".into())),
         };
-        let mid = sent / 2 + received / 2;
-        self.ctx.set_offset(server_now as i64 - mid as i64);
+        // The offset maps bucket starts to server time; only a quick round trip bounds its
+        // error (by half the round trip), so slower samples are not taken unless none was.
+        let rtt = received.saturating_sub(sent);
+        if rtt <= self.config.bucket_ms || !self.offset_known {
+            let mid = sent / 2 + received / 2;
+            self.ctx.set_offset(server_now as i64 - mid as i64);
+            self.offset_known = true;
+        }
         if instances >= 1.0 {
-            self.ctx.set_instances(instances as u64);
+            self.ctx.set_instances(instances as u64, received);
         }
         let mut out = Vec::with_capacity(last_part.len());
         let mut at = 2;
