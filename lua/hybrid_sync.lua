@@ -14,17 +14,22 @@
 --               key index (2-based into KEYS), seq, W ms, C, used, release, want, flags, d
 --             then d pairs (bucket index k, weight). Parts of one key come in increasing seq.
 --             flags: 1 = reset (forget every bucket and every instance's reserve of the key
---             first; the instance's own sequence records stay)
+--             first; the instance's own sequence records stay); 2 = a suppressed key: its d
+--             deltas are triples (k, accepted weight, declined weight)
 -- ARGV[5]     "1": refresh the registry (KEYS[1]) and count live instances; "0": don't
 -- ARGV[6]     registry time-to-live in milliseconds
 -- ARGV[7]     now in milliseconds, or "" for the server clock (TIME)
 -- Reply       little-endian doubles: now_ms, live instances (0 when not counted), then for each
---             part: applied (1, or 0 when its seq was applied before), R, live, free_at
+--             part: applied (1, or 0 when its seq was applied before), R, live, free_at, and
+--             for a suppressed part also: accepted (buckets only), declined, and the start (ms)
+--             of the oldest live bucket (0: none)
 --
 -- Model (the Rust side is src/hybrid/): a key is a hash.
 --   "b<k>"     weight admitted in bucket k, which covers [k*G, (k+1)*G) in server time; it
 --              counts while (k+1)*G + W > now: one bucket longer than an exact window, so a
 --              request counts at least W after it was admitted, whatever its offset in k.
+--   "x<k>"     suppressed keys: weight declined in bucket k (attempts count too: the
+--              suppression factor comes from the attempted rate), live as "b<k>".
 --   "r:<id>"   "R:at": units instance <id> holds in reserve (counted as live until released or
 --              spent), refreshed at `at`; not refreshed for the lease time-to-live, it becomes
 --              weight admitted in the bucket of its expiry (its instance may have spent it).
@@ -76,13 +81,16 @@ local function load(i)
   if st then return st end
   local raw = redis.call('HGETALL', KEYS[i])
   st = { key = KEYS[i], buckets = {}, reserves = {}, seqs = {}, touched = false, W = 0,
-    setb = {}, sets = {}, dels = {} }
+    setb = {}, sets = {}, dels = {}, declined = {}, setx = {} }
   for j = 1, #raw, 2 do
     local f, v = raw[j], raw[j + 1]
     local c = string.sub(f, 1, 1)
     if c == 'b' then
       local k = tonumber(string.sub(f, 2))
       if k then st.buckets[k] = tonumber(v) or 0 end
+    elseif c == 'x' then
+      local k = tonumber(string.sub(f, 2))
+      if k then st.declined[k] = tonumber(v) or 0 end
     elseif c == 'r' then
       local r, at = string.match(v, '^([%d%.e%+]+):(%d+)$')
       if r then st.reserves[string.sub(f, 3)] = { tonumber(r), tonumber(at) } end
@@ -133,6 +141,20 @@ local function live_total(st, W)
   return total, free_at
 end
 
+-- Suppressed keys: declined weight live, and the start of the oldest live bucket (0: none).
+local function attempts(st, W)
+  local declined, oldest = 0, 0
+  local function see(k, v)
+    if v > 0 and bucket_live(k, W) and (oldest == 0 or k * G < oldest) then oldest = k * G end
+  end
+  for k, v in pairs(st.declined) do
+    if v > 0 and bucket_live(k, W) then declined = sat(declined, v) end
+    see(k, v)
+  end
+  for k, v in pairs(st.buckets) do see(k, v) end
+  return declined, oldest
+end
+
 -- Field writes and deletions of one key, the last one winning.
 local function put(st, f, v)
   st.sets[f] = v
@@ -153,6 +175,7 @@ while pos <= len do
   ki, seq, W, C, used, release, want, flags, d, pos = sunpack('<ddddddddd', ops, pos)
   local st = load(ki)
   st.touched = true
+  local sup = floor(flags / 2) % 2 == 1
   if W > st.W then st.W = W end
   local last = st.seqs[inst]
   local applied = 0
@@ -160,10 +183,13 @@ while pos <= len do
     applied = 1
     st.seqs[inst] = { seq, now }
     put(st, 's:' .. inst, string.format('%.17g:%d', seq, now))
-    if flags == 1 then
+    if flags % 2 == 1 then
       for k, _ in pairs(st.buckets) do del(st, 'b' .. string.format('%d', k)) end
       st.buckets = {}
       st.setb = {}
+      for k, _ in pairs(st.declined) do del(st, 'x' .. string.format('%d', k)) end
+      st.declined = {}
+      st.setx = {}
       for id, _ in pairs(st.reserves) do del(st, 'r:' .. id) end
       st.reserves = {}
     end
@@ -173,12 +199,22 @@ while pos <= len do
     R = R - used - release
     if R < 0 then R = 0 end
     for _ = 1, d do
-      local k, w
-      k, w, pos = sunpack('<dd', ops, pos)
+      local k, w, x
+      if sup then
+        k, w, x, pos = sunpack('<ddd', ops, pos)
+      else
+        k, w, pos = sunpack('<dd', ops, pos)
+        x = 0
+      end
       if w > 0 and bucket_live(k, W) then
         st.buckets[k] = sat(st.buckets[k] or 0, w)
         st.setb[k] = true
         st.dels['b' .. string.format('%d', k)] = nil
+      end
+      if x > 0 and bucket_live(k, W) then
+        st.declined[k] = sat(st.declined[k] or 0, x)
+        st.setx[k] = true
+        st.dels['x' .. string.format('%d', k)] = nil
       end
     end
     st.reserves[inst] = nil
@@ -198,7 +234,7 @@ while pos <= len do
       del(st, 'r:' .. inst)
     end
   else
-    pos = pos + d * 16
+    if sup then pos = pos + d * 24 else pos = pos + d * 16 end
     -- a part sent again: the instance holds its reserve from now on (as after the first copy)
     local mine = st.reserves[inst]
     if mine and reserve_live(mine) then
@@ -214,6 +250,16 @@ while pos <= len do
   out[#out + 1] = R
   out[#out + 1] = total
   out[#out + 1] = free_at
+  if sup then
+    local accepted = 0
+    for k, v in pairs(st.buckets) do
+      if v > 0 and bucket_live(k, W) then accepted = sat(accepted, v) end
+    end
+    local declined, oldest = attempts(st, W)
+    out[#out + 1] = accepted
+    out[#out + 1] = declined
+    out[#out + 1] = oldest
+  end
 end
 
 -- Write back: changed buckets and records, expired ones dropped, a TTL past every live one.
@@ -226,6 +272,12 @@ for _, st in pairs(states) do
         fields[#fields + 1] = string.format('%.17g', st.buckets[k])
       end
     end
+    for k, _ in pairs(st.setx) do
+      if st.declined[k] then
+        fields[#fields + 1] = 'x' .. string.format('%d', k)
+        fields[#fields + 1] = string.format('%.17g', st.declined[k])
+      end
+    end
     for f, v in pairs(st.sets) do
       fields[#fields + 1] = f
       fields[#fields + 1] = v
@@ -233,6 +285,9 @@ for _, st in pairs(states) do
     local gone = {}
     for k, _ in pairs(st.buckets) do
       if not bucket_live(k, st.W) then gone[#gone + 1] = 'b' .. string.format('%d', k) end
+    end
+    for k, _ in pairs(st.declined) do
+      if not bucket_live(k, st.W) then gone[#gone + 1] = 'x' .. string.format('%d', k) end
     end
     for id, r in pairs(st.reserves) do
       if not reserve_live(r) then gone[#gone + 1] = 'r:' .. id end

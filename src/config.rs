@@ -293,8 +293,9 @@ impl RateLimiterBuilder {
 
     /// A custom random source: `make(i)` is called once per shard of each strategy, with
     /// `i` in `0..shards` for the absolute shards and `shards..2 × shards` for the suppressed
-    /// ones (only the suppressed strategy draws), and once with `i = 2 × shards` for the Redis
-    /// provider (feature `redis`).
+    /// ones (only the suppressed strategy draws), once with `i = 2 × shards` for the Redis
+    /// provider, and with `i` in `2 × shards + 1 ..= 3 × shards` for the hybrid provider's
+    /// suppressed shards (feature `redis`).
     pub fn random_source<F, R>(mut self, make: F) -> Self
     where
         F: Fn(usize) -> R + Send + Sync + 'static,

@@ -51,10 +51,21 @@
 //! counts for a window), and a spent unit counts up to one bucket `G` longer than it would
 //! locally.
 //!
+//! # The suppressed strategy
+//! [`HybridSuppressed`] runs the accepted weight through the same machinery at the hard limit
+//! `H` (so the bound above holds for accepted weight with `H` in place of `C`), and decides
+//! below it by the local suppressed rule over every instance's attempts: reports carry
+//! declined weight too (by server bucket, as admissions), Redis answers with the accepted and
+//! declined weight of all instances and the start of the oldest live bucket, and each instance
+//! adds its own attempts since the last sync. All instances then shed the same fraction, and
+//! together accept about `S` per window: in the tests, 4 instances at 2× and 4× load accept
+//! within ±3 % of `S` in every window from the third on, and never more than `H` in any
+//! sliding window. A sole instance decides exactly as the local provider does.
+//!
 //! # Not done yet
-//! The suppressed strategy, the async forms of `inc_many`, `get` and `reset`, a digest for very long
-//! keys (a key is stored under its full escaped name, as the Redis provider's keys are, without
-//! its 512-byte limit), and Redis Cluster tests (calls are grouped by slot, untested).
+//! A digest for very long keys (a key is stored under its full escaped name, as the Redis
+//! provider's keys are, without its 512-byte limit), and Redis Cluster tests (calls are
+//! grouped by slot, untested).
 //!
 //! # Redis state
 //! A key's global window lives in `<prefix>:h:{<escaped key>}` (a hash of buckets, reserves
@@ -73,12 +84,15 @@ use std::time::Duration;
 pub use state::OutagePolicy;
 pub use sync::HybridStatus;
 
+pub(crate) use state::HybridCtx;
 #[cfg(eyelet_loom)]
 pub(crate) use state::{Answer, Collect, Settle};
-pub(crate) use state::{HybridCtx, HybridRules};
-pub(crate) use sync::{Counters, SyncConfig, SyncHandle};
+#[cfg(eyelet_loom)]
+pub(crate) use state::{HybridRules, HybridSuppressedRules};
+pub(crate) use sync::{Counters, Sets, SyncConfig, SyncHandle};
 
-use crate::decision::{RateLimitDecision, Stamped};
+use crate::config::RandomFactory;
+use crate::decision::{RateLimitDecision, Stamped, SuppressedSnapshot};
 use crate::rate::RateLimit;
 use crate::redis::RedisError;
 use crate::router::ShardSet;
@@ -88,13 +102,16 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What the hybrid handles share.
 struct Inner {
-    set: Arc<ShardSet<HybridRules>>,
+    sets: Arc<Sets>,
     ctx: Arc<HybridCtx>,
     counters: Arc<Counters>,
     sync: Option<SyncHandle>,
 }
 
 /// The hybrid provider; get it with [`RateLimiter::hybrid`](crate::RateLimiter::hybrid).
+///
+/// Each strategy keeps its own state, on this instance and in Redis: the same key under
+/// `absolute()` and `suppressed()` is two keys.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), eyelet::RedisError> {
@@ -117,12 +134,13 @@ struct Inner {
 /// ```
 pub struct HybridProvider {
     absolute: HybridAbsolute,
+    suppressed: HybridSuppressed,
 }
 
 impl std::fmt::Debug for HybridProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HybridProvider")
-            .field("connected", &self.absolute.inner.sync.is_some())
+            .field("connected", &self.inner().sync.is_some())
             .field("status", &self.status())
             .finish()
     }
@@ -130,21 +148,27 @@ impl std::fmt::Debug for HybridProvider {
 
 impl HybridProvider {
     pub(crate) fn new(
-        set: Arc<ShardSet<HybridRules>>,
+        sets: Arc<Sets>,
         ctx: Arc<HybridCtx>,
         counters: Arc<Counters>,
         sync: Option<SyncHandle>,
     ) -> Self {
+        let inner = Arc::new(Inner {
+            sets,
+            ctx,
+            counters,
+            sync,
+        });
         Self {
             absolute: HybridAbsolute {
-                inner: Arc::new(Inner {
-                    set,
-                    ctx,
-                    counters,
-                    sync,
-                }),
+                inner: inner.clone(),
             },
+            suppressed: HybridSuppressed { inner },
         }
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.absolute.inner
     }
 
     /// The absolute strategy: a sliding-window hard limit shared through Redis.
@@ -155,8 +179,17 @@ impl HybridProvider {
     /// the instance before the first decision.
     #[inline]
     pub fn absolute(&self) -> &HybridAbsolute {
-        self.absolute.inner.ctx.activate();
+        self.inner().ctx.activate();
         &self.absolute
+    }
+
+    /// The suppressed strategy: probabilistic shedding near the limit with a hard cutoff,
+    /// shared through Redis (see [`HybridSuppressed`]). Wakes the sync actor as
+    /// [`absolute`](Self::absolute) does.
+    #[inline]
+    pub fn suppressed(&self) -> &HybridSuppressed {
+        self.inner().ctx.activate();
+        &self.suppressed
     }
 
     /// Runs a sync now and waits for it: everything admitted so far is in Redis when it
@@ -168,8 +201,8 @@ impl HybridProvider {
     /// was not written stays pending and goes out with the next sync);
     /// [`RedisError::Shutdown`] after [`shutdown`](Self::shutdown).
     pub async fn flush(&self) -> Result<(), RedisError> {
-        self.absolute.inner.ctx.activate();
-        match &self.absolute.inner.sync {
+        self.inner().ctx.activate();
+        match &self.inner().sync {
             Some(s) => s.flush().await,
             None => Err(RedisError::NotConfigured),
         }
@@ -182,133 +215,219 @@ impl HybridProvider {
     /// # Errors
     /// As [`flush`](Self::flush).
     pub async fn shutdown(&self) -> Result<(), RedisError> {
-        match &self.absolute.inner.sync {
+        match &self.inner().sync {
             Some(s) => s.shutdown().await,
             None => Err(RedisError::NotConfigured),
         }
     }
 
     pub(crate) fn sweep(&self) -> usize {
-        self.absolute.inner.set.sweep()
+        let sets = &self.inner().sets;
+        sets.absolute.sweep() + sets.suppressed.sweep()
     }
 
     /// Health: syncs, failures, the last successful sync, reports waiting for Redis.
     pub fn status(&self) -> HybridStatus {
-        let inner = &self.absolute.inner;
+        let inner = self.inner();
         inner.counters.status(&inner.ctx)
     }
 }
 
-/// The hybrid provider's absolute strategy; see [`HybridProvider`].
-#[derive(Clone)]
-pub struct HybridAbsolute {
-    inner: Arc<Inner>,
+macro_rules! hybrid_handle {
+    ($(#[$meta:meta])* $name:ident, $set:ident, $suppressed:literal, $snapshot:ty, $get_doc:literal) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        pub struct $name {
+            inner: Arc<Inner>,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// Decides a request of weight `n` for `key` at `rate` and records it if admitted,
+            /// from this instance's state only (never waits on Redis); see the
+            /// [module docs](crate::hybrid) for the modes and the bound.
+            ///
+            /// `n = 0` is a free probe: the decision a unit request would get, nothing
+            /// recorded.
+            pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+                self.inc_stamped(key, rate, n).decision
+            }
+
+            /// [`inc`](Self::inc), with the time and the [`Source`](crate::Source) of the
+            /// decision.
+            pub fn inc_stamped(&self, key: &str, rate: &RateLimit, n: u64) -> Stamped {
+                self.inner.sets.$set.inc(key, rate, n, true)
+            }
+
+            /// [`inc`](Self::inc) for async callers: never parks the runtime thread. Cancel
+            /// safety as the local provider's `inc_async`.
+            pub fn inc_async<'a>(
+                &'a self,
+                key: &'a str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
+                let f = self.inner.sets.$set.inc_async(key, rate, n, true);
+                async move { f.await.decision }
+            }
+
+            /// What [`inc`](Self::inc) would answer now, recording nothing.
+            pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+                self.inner.sets.$set.inc(key, rate, n, false).decision
+            }
+
+            /// Async [`is_allowed`](Self::is_allowed).
+            pub fn is_allowed_async<'a>(
+                &'a self,
+                key: &'a str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
+                let f = self.inner.sets.$set.inc_async(key, rate, n, false);
+                async move { f.await.decision }
+            }
+
+            /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order
+            /// per key (grouped per shard, in parts of at most 64 keys per shard turn).
+            pub fn inc_many<K: AsRef<str>>(
+                &self,
+                keys: &[K],
+                rate: &RateLimit,
+                n: u64,
+            ) -> Vec<RateLimitDecision> {
+                let mut out = Vec::with_capacity(keys.len());
+                self.inner.sets.$set.inc_many_into(keys, rate, n, true, &mut out);
+                out
+            }
+
+            /// [`inc_many`](Self::inc_many) into a reused buffer (cleared first).
+            pub fn inc_many_into<K: AsRef<str>>(
+                &self,
+                keys: &[K],
+                rate: &RateLimit,
+                n: u64,
+                out: &mut Vec<RateLimitDecision>,
+            ) {
+                self.inner.sets.$set.inc_many_into(keys, rate, n, true, out)
+            }
+
+            /// Async [`inc_many`](Self::inc_many); cancel safety as the local provider's
+            /// `inc_many_async`.
+            pub fn inc_many_async<'a, K: AsRef<str> + Sync>(
+                &'a self,
+                keys: &'a [K],
+                rate: &'a RateLimit,
+                n: u64,
+            ) -> impl Future<Output = Vec<RateLimitDecision>> + Send + 'a {
+                self.inner.sets.$set.inc_many_async(keys, rate, n, true)
+            }
+
+            /// Forgets `key` on this instance now, and in Redis at the next sync (every
+            /// instance's buckets and reserves of it). Returns whether this instance had state
+            /// for it. Other instances keep their own recent admissions and report them at
+            /// their next syncs; a reserve they hold is refused at their next sync.
+            pub fn reset(&self, key: &str) -> bool {
+                // queued first: a sync between the two steps must not carry new use of the key
+                // to Redis ahead of its reset
+                self.inner.ctx.queue_reset($suppressed, key);
+                self.inner.sets.$set.reset(key)
+            }
+
+            /// Async [`reset`](Self::reset).
+            pub fn reset_async<'a>(&'a self, key: &'a str) -> impl Future<Output = bool> + Send + 'a {
+                self.inner.ctx.queue_reset($suppressed, key);
+                self.inner.sets.$set.reset_async(key)
+            }
+
+            #[doc = $get_doc]
+            pub fn get(&self, key: &str) -> $snapshot {
+                self.inner.sets.$set.get(key)
+            }
+
+            /// Async [`get`](Self::get).
+            pub fn get_async<'a>(&'a self, key: &'a str) -> impl Future<Output = $snapshot> + Send + 'a {
+                self.inner.sets.$set.get_async(key)
+            }
+
+            /// Number of keys this instance holds under this strategy.
+            pub fn len(&self) -> usize {
+                self.inner.sets.$set.len()
+            }
+
+            /// Whether this instance holds no key under this strategy.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+        }
+    };
 }
 
-impl std::fmt::Debug for HybridAbsolute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HybridAbsolute").finish_non_exhaustive()
-    }
-}
+hybrid_handle!(
+    /// The hybrid provider's absolute strategy; see [`HybridProvider`] and the
+    /// [module docs](crate::hybrid). A weight above `C` returns `Rejected` with
+    /// `retry_after_ms == RETRY_NEVER`; a call waiting for a reserve gets a retry hint to the
+    /// next sync.
+    HybridAbsolute,
+    absolute,
+    false,
+    (u64, u64),
+    "`(this instance's live admissions, everything live in Redis at the last sync)`."
+);
 
-impl HybridAbsolute {
-    /// Decides a request of weight `n` for `key` at `rate` and records it if admitted, from
-    /// this instance's state only (never waits on Redis); see the [module docs](crate::hybrid)
-    /// for the modes and the bound.
+hybrid_handle!(
+    /// The hybrid provider's suppressed strategy: the local suppressed rule
+    /// ([`LocalSuppressed`](crate::LocalSuppressed)) over every instance's attempts.
     ///
-    /// `n = 0` is a free probe; a weight above `C` returns `Rejected` with
-    /// `retry_after_ms == RETRY_NEVER`.
-    pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
-        self.inc_stamped(key, rate, n).decision
-    }
-
-    /// [`inc`](Self::inc), with the time and the [`Source`](crate::Source) of the decision.
-    pub fn inc_stamped(&self, key: &str, rate: &RateLimit, n: u64) -> Stamped {
-        self.inner.set.inc(key, rate, n, true)
-    }
-
-    /// [`inc`](Self::inc) for async callers: never parks the runtime thread.
-    pub fn inc_async<'a>(
-        &'a self,
-        key: &'a str,
-        rate: &RateLimit,
-        n: u64,
-    ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
-        let f = self.inner.set.inc_async(key, rate, n, true);
-        async move { f.await.decision }
-    }
-
-    /// What [`inc`](Self::inc) would answer now, recording nothing.
-    pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
-        self.inner.set.inc(key, rate, n, false).decision
-    }
-
-    /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order per key
-    /// (grouped per shard, in parts of at most 64 keys per shard turn).
-    pub fn inc_many<K: AsRef<str>>(
-        &self,
-        keys: &[K],
-        rate: &RateLimit,
-        n: u64,
-    ) -> Vec<RateLimitDecision> {
-        let mut out = Vec::with_capacity(keys.len());
-        self.inner.set.inc_many_into(keys, rate, n, true, &mut out);
-        out
-    }
-
-    /// [`inc_many`](Self::inc_many) into a reused buffer (cleared first).
-    pub fn inc_many_into<K: AsRef<str>>(
-        &self,
-        keys: &[K],
-        rate: &RateLimit,
-        n: u64,
-        out: &mut Vec<RateLimitDecision>,
-    ) {
-        self.inner.set.inc_many_into(keys, rate, n, true, out)
-    }
-
-    /// Forgets `key` on this instance now, and in Redis at the next sync (every instance's
-    /// buckets and reserves of it). Returns whether this instance had state for it. Other
-    /// instances keep their own recent admissions and report them at their next syncs; a
-    /// reserve they hold is refused at their next sync.
-    pub fn reset(&self, key: &str) -> bool {
-        // queued first: a sync between the two steps must not carry new use of the key to
-        // Redis ahead of its reset
-        self.inner.ctx.queue_reset(key);
-        self.inner.set.reset(key)
-    }
-
-    /// `(this instance's live admissions, everything live in Redis at the last sync)`.
-    pub fn get(&self, key: &str) -> (u64, u64) {
-        let s = self.inner.set.get(key);
-        (s.own_live, s.global_live)
-    }
-
-    /// Number of keys this instance holds.
-    pub fn len(&self) -> usize {
-        self.inner.set.len()
-    }
-
-    /// Whether this instance holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+    /// Accepted weight goes through the absolute strategy's machinery at the hard limit `H`
+    /// (reserves granted by Redis, shares, the outage policy), so the hard limit holds across
+    /// instances within the absolute strategy's bound. Below it, the soft limit `S` and the
+    /// suppression factor are computed from what all instances attempted: Redis's counts at
+    /// the last sync plus this instance's own since, so every instance sheds the same fraction
+    /// and together they accept about `S` per window. A sole instance decides exactly as the
+    /// local provider does; so does an instance in an outage under
+    /// [`OutagePolicy::FailOpen`], and under [`OutagePolicy::LocalShare`] at `S / N` and
+    /// `H / N`. Decisions are `Allowed` or `Suppressed` (a call waiting for a reserve is
+    /// `Suppressed { is_allowed: false, suppression_factor: 1.0 }`).
+    HybridSuppressed,
+    suppressed,
+    true,
+    (SuppressedSnapshot, SuppressedSnapshot),
+    "`(this instance's attempts, every instance's attempts as Redis counted them at the last sync)`; each with the suppression factor a request would see now from that view."
+);
 
 /// Everything [`RateLimiter`](crate::RateLimiter) needs to start a hybrid provider.
 pub(crate) fn build(
     shards: usize,
     shared: &Arc<crate::shard::Shared>,
     hasher: ahash::RandomState,
+    random: &RandomFactory,
     policy: OutagePolicy,
-) -> (Arc<ShardSet<HybridRules>>, Arc<HybridCtx>, Arc<Counters>) {
+) -> (Arc<Sets>, Arc<HybridCtx>, Arc<Counters>) {
     let ctx = Arc::new(HybridCtx::new(policy, shared.window_ms));
-    let set = Arc::new(ShardSet::with_ctx(
+    let absolute = ShardSet::with_ctx(
+        shards,
+        shared,
+        hasher.clone(),
+        |i| Box::new(crate::random::SplitMix64::new(i as u64)),
+        ctx.clone(),
+    );
+    // the suppressed draws come from the builder's random source (seedable), streams apart
+    // from the local and Redis providers'
+    let suppressed = ShardSet::with_ctx(
         shards,
         shared,
         hasher,
-        |i| Box::new(crate::random::SplitMix64::new(i as u64)),
+        |i| random(i + 2 * shards + 1),
         ctx.clone(),
-    ));
-    (set, ctx, Arc::new(Counters::default()))
+    );
+    let sets = Arc::new(Sets {
+        absolute,
+        suppressed,
+    });
+    (sets, ctx, Arc::new(Counters::default()))
 }

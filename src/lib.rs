@@ -98,7 +98,7 @@ pub use config::{
 };
 pub use decision::{RateLimitDecision, Source, Stamped, SuppressedSnapshot, RETRY_NEVER};
 #[cfg(feature = "redis")]
-pub use hybrid::{HybridAbsolute, HybridProvider, HybridStatus, OutagePolicy};
+pub use hybrid::{HybridAbsolute, HybridProvider, HybridStatus, HybridSuppressed, OutagePolicy};
 pub use limiter::{RateLimiter, DEFAULT_SHARDS};
 pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
 pub use random::{RandomSource, SplitMix64};

@@ -210,8 +210,8 @@ impl RateLimiter {
         let local = LocalProvider::new(shards, &shared, hasher, &random);
         #[cfg(feature = "redis")]
         let (redis, hybrid) = {
-            let (set, ctx, counters) =
-                crate::hybrid::build(shards, &shared, b.hasher(), b.redis.outage_policy);
+            let (sets, ctx, counters) =
+                crate::hybrid::build(shards, &shared, b.hasher(), &random, b.redis.outage_policy);
             let (batcher, cluster, sync) = match redis {
                 Some((h, c, conn)) => {
                     let interval_ms = whole_ms(b.redis.sync_interval);
@@ -226,7 +226,7 @@ impl RateLimiter {
                         window_ms: shared.window_ms,
                     };
                     let sync = crate::hybrid::SyncHandle::spawn(
-                        set.clone(),
+                        sets.clone(),
                         ctx.clone(),
                         counters.clone(),
                         conn,
@@ -244,7 +244,7 @@ impl RateLimiter {
                     b.redis.prefix.clone(),
                     cluster,
                 ),
-                crate::hybrid::HybridProvider::new(set, ctx, counters, sync),
+                crate::hybrid::HybridProvider::new(sets, ctx, counters, sync),
             )
         };
         let rl = Arc::new(RateLimiter {

@@ -304,38 +304,47 @@ pub struct Reported {
     pub want: u64,
 }
 
+/// A hybrid shard of strategy `S` whose last sync saw `instances` live instances and stays
+/// valid (no outage), at W = 1 s, G = 1 ms and hard-limit factor `h`.
+#[cfg(feature = "redis")]
+fn hybrid_cell<S>(instances: u64, h: f64) -> (ActorCell<ShardActor<S>>, ahash::RandomState)
+where
+    S: crate::shard::Strategy<Ctx = crate::hybrid::HybridCtx>,
+{
+    let clock = ManualClock::new();
+    clock.set_ms(1);
+    let shared = StdArc::new(Shared {
+        window_ms: 1000,
+        bucket_ms: 1,
+        hard_limit_factor: h,
+        stale_after_ms: 1000,
+        max_keys: usize::MAX,
+        live_keys: AtomicUsize::new(0),
+        clock: ClockSource::Custom(StdArc::new(clock)),
+    });
+    let ctx = crate::hybrid::HybridCtx::new(crate::hybrid::OutagePolicy::FailClosed, 1000);
+    ctx.set_instances(instances, 1);
+    ctx.set_reporting(true);
+    ctx.set_healthy_until(u64::MAX);
+    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+    let cell = ActorCell::new(ShardActor::new(
+        shared,
+        Box::new(SplitMix64::new(1)),
+        hasher.clone(),
+        None,
+        None,
+        StdArc::new(ctx),
+    ));
+    (cell, hasher)
+}
+
 #[cfg(feature = "redis")]
 impl HybridShard {
     /// A shard whose last sync saw `instances` live instances and stays valid (no outage), at
     /// W = 1 s, G = 1 ms.
     pub fn new(instances: u64) -> Self {
-        let clock = ManualClock::new();
-        clock.set_ms(1);
-        let shared = StdArc::new(Shared {
-            window_ms: 1000,
-            bucket_ms: 1,
-            hard_limit_factor: 1.0,
-            stale_after_ms: 1000,
-            max_keys: usize::MAX,
-            live_keys: AtomicUsize::new(0),
-            clock: ClockSource::Custom(StdArc::new(clock)),
-        });
-        let ctx = crate::hybrid::HybridCtx::new(crate::hybrid::OutagePolicy::FailClosed, 1000);
-        ctx.set_instances(instances, 1);
-        ctx.set_reporting(true);
-        ctx.set_healthy_until(u64::MAX);
-        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
-        Self {
-            cell: ActorCell::new(ShardActor::new(
-                shared,
-                Box::new(SplitMix64::new(1)),
-                hasher.clone(),
-                None,
-                None,
-                StdArc::new(ctx),
-            )),
-            hasher,
-        }
+        let (cell, hasher) = hybrid_cell(instances, 1.0);
+        Self { cell, hasher }
     }
 
     fn key(&self, key: &str) -> KeyRef<'static> {
@@ -411,10 +420,102 @@ impl HybridShard {
                     reserve,
                     live: 0,
                     wanted: true,
+                    ..Default::default()
                 },
             )],
             reserve_until: u64::MAX,
             settled_at: 1,
         });
+    }
+}
+
+/// A real hybrid shard of the suppressed strategy on a manual clock (feature `redis`), a sole
+/// instance at W = 1 s, G = 1 ms and h = 2: decisions and the sync actor's `Collect`.
+#[cfg(feature = "redis")]
+pub struct HybridSuppressedShard {
+    cell: ActorCell<ShardActor<crate::hybrid::HybridSuppressedRules>>,
+    hasher: ahash::RandomState,
+}
+
+/// What one collect reported for the model's key, and the shard's own counts read in the same
+/// turn.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attempted {
+    /// Accepted weight reported.
+    pub accepted: u64,
+    /// Declined weight reported.
+    pub declined: u64,
+    /// The shard's own accepted weight (its window) and what of it is still unreported.
+    pub own_accepted: u64,
+    pub pending_accepted: u64,
+    /// The shard's own declined weight and what of it is still unreported.
+    pub own_declined: u64,
+    pub pending_declined: u64,
+}
+
+#[cfg(feature = "redis")]
+impl HybridSuppressedShard {
+    /// A sole instance's shard.
+    pub fn new() -> Self {
+        let (cell, hasher) = hybrid_cell(1, 2.0);
+        Self { cell, hasher }
+    }
+
+    fn key(&self, key: &str) -> KeyRef<'static> {
+        KeyRef {
+            key: key.to_string().into(),
+            hash: self.hasher.hash_one(key),
+        }
+    }
+
+    /// `inc(key, rate, n)`; whether it was accepted.
+    pub fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
+        let Ok(rate) = RateLimit::per_second(per_second) else {
+            return false;
+        };
+        self.cell
+            .call(Inc {
+                key: self.key(key),
+                rate,
+                n,
+                record: true,
+            })
+            .decision
+            .is_allowed()
+    }
+
+    /// One `Collect` (as a flush when `everything`): what it reported for `key`, and the
+    /// shard's own and unreported weight after it.
+    pub fn collect(&self, key: &str, everything: bool) -> Attempted {
+        let reports = self.cell.call(crate::hybrid::Collect {
+            release_all: false,
+            everything,
+        });
+        let mut a = Attempted::default();
+        for rep in reports.iter().filter(|rep| rep.key == key) {
+            a.accepted += rep.deltas.iter().map(|d| d.1).sum::<u64>();
+            a.declined += rep.declined.iter().map(|d| d.1).sum::<u64>();
+        }
+        let k = self.key(key);
+        let ((own_a, pend_a), (own_d, pend_d)) = self.cell.call(FnMsg(
+            move |s: &mut ShardActor<crate::hybrid::HybridSuppressedRules>| {
+                s.value_of(&k.key, k.hash).map_or(((0, 0), (0, 0)), |v| {
+                    (v.own_and_pending(), v.own_and_pending_declined())
+                })
+            },
+        ));
+        a.own_accepted = own_a;
+        a.pending_accepted = pend_a;
+        a.own_declined = own_d;
+        a.pending_declined = pend_d;
+        a
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Default for HybridSuppressedShard {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -52,9 +52,14 @@ use batcher::Answer;
 use keys::Kind;
 use script::{OpArgs, OpCode, OpReply};
 
-/// The Redis key of hybrid key `key` under `prefix`.
-pub(crate) fn hybrid_key(prefix: &str, key: &str) -> Vec<u8> {
-    keys::encode(prefix, Kind::Hybrid, key)
+/// The Redis key of hybrid key `key` under `prefix`, of the absolute or the suppressed strategy.
+pub(crate) fn hybrid_key(prefix: &str, suppressed: bool, key: &str) -> Vec<u8> {
+    let kind = if suppressed {
+        Kind::HybridSuppressed
+    } else {
+        Kind::Hybrid
+    };
+    keys::encode(prefix, kind, key)
 }
 
 /// The hash slot of an encoded key.

@@ -28,6 +28,8 @@ async fn instance(server: &RedisServer, prefix: &str) -> Arc<RateLimiter> {
         .window(Duration::from_secs(1))
         .bucket(Duration::from_millis(10))
         .sync_interval(Duration::from_millis(10))
+        // the suppressed strategy's H = 1.5 S (absolute ignores it)
+        .hard_limit_factor(1.5)
         .redis_url(server.url())
         .prefix(prefix)
         .sweeper(false)
@@ -114,6 +116,19 @@ async fn shared_load(
     offered: &[f64],
     secs: f64,
 ) -> Load {
+    shared_load_of(server, prefix, instances, capacity, offered, secs, false).await
+}
+
+/// [`shared_load`] on the absolute or (`suppressed`) the suppressed strategy.
+async fn shared_load_of(
+    server: &RedisServer,
+    prefix: &str,
+    instances: usize,
+    capacity: f64,
+    offered: &[f64],
+    secs: f64,
+    suppressed: bool,
+) -> Load {
     let mut rls = Vec::new();
     for _ in 0..instances {
         rls.push(instance(server, prefix).await);
@@ -146,7 +161,12 @@ async fn shared_load(
                     }
                     // catch up in bursts if the thread fell behind (as a loaded server would)
                     while next <= now {
-                        if rl.hybrid().absolute().inc("hot", &r, 1).is_allowed() {
+                        let admitted = if suppressed {
+                            rl.hybrid().suppressed().inc("hot", &r, 1).is_allowed()
+                        } else {
+                            rl.hybrid().absolute().inc("hot", &r, 1).is_allowed()
+                        };
+                        if admitted {
                             mine.push(Instant::now());
                         }
                         next += gap;
@@ -190,6 +210,18 @@ impl Load {
         let steady = self.admitted.iter().filter(|&&t| t >= from).count();
         let secs = self.end.duration_since(from).as_secs_f64();
         (most, steady as f64 / secs)
+    }
+
+    /// Admissions in each whole second from the start.
+    fn per_second(&self) -> Vec<usize> {
+        let secs = self.end.duration_since(self.start).as_secs() as usize;
+        let mut v = vec![0; secs];
+        for t in &self.admitted {
+            if let Some(c) = v.get_mut(t.duration_since(self.start).as_secs() as usize) {
+                *c += 1;
+            }
+        }
+        v
     }
 
     /// Admissions per 100 ms slot from the start (for failure messages).
@@ -260,6 +292,105 @@ async fn instances_share_one_limit_at_every_load_and_skew() {
         // (small limits: only the bound is published)
         if *c >= 100.0 && mean < 0.97 * expected {
             failures.push(format!("{name}: mean {mean:.1}/s; {:?}", load.profile()));
+        }
+        for rl in &load.instances {
+            rl.hybrid().shutdown().await.expect("shutdown");
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A sole instance's suppressed strategy decides call for call as the local provider's (same
+/// random stream), and Redis holds what it accepted and what it declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_instance_suppressed_decides_like_the_local_provider() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(1))
+        .bucket(Duration::from_millis(10))
+        .sync_interval(Duration::from_millis(10))
+        .hard_limit_factor(1.5)
+        .shards(1)
+        // every shard the same stream: the local and the hybrid shard of a key draw alike
+        .random_source(|_| eyelet::SplitMix64::new(7))
+        .redis_url(server.url())
+        .prefix("solo-sup")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(20.0);
+    let (mut accepted, mut banded) = (0u64, 0u64);
+    for i in 0..120 {
+        let s = rl.hybrid().suppressed().inc_stamped("k", &r, 1);
+        let local = rl.local().suppressed().inc("k", &r, 1);
+        assert_eq!(s.decision, local, "call {i}: hybrid and local disagree");
+        assert_eq!(s.source, Source::HybridSolo);
+        accepted += u64::from(s.decision.is_allowed());
+        if let RateLimitDecision::Suppressed {
+            is_allowed: true, ..
+        } = s.decision
+        {
+            banded += 1;
+        }
+    }
+    assert!((20..=30).contains(&accepted), "between S and H: {accepted}");
+    assert!(banded > 0, "some were admitted in the band");
+    let (own, global) = rl.hybrid().suppressed().get("k");
+    let local = rl.local().suppressed().get("k");
+    assert_eq!((own.total, own.accepted), (local.total, local.accepted));
+    rl.hybrid().flush().await.expect("sync");
+    let mut c = server.conn();
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("solo-sup:p:{k}")
+        .query(&mut c)
+        .expect("HGETALL");
+    let sum = |p: char| -> u64 {
+        fields
+            .iter()
+            .filter(|(f, _)| f.starts_with(p))
+            .map(|(_, v)| v.parse::<f64>().expect("count") as u64)
+            .sum()
+    };
+    assert_eq!((sum('b'), sum('x')), (accepted, 120 - accepted));
+    let (_, global_after) = rl.hybrid().suppressed().get("k");
+    assert_eq!(
+        (global_after.accepted, global_after.declined),
+        (accepted, 120 - accepted),
+        "the last sync reported every instance's attempts (before: {global:?})"
+    );
+    // the absolute strategy's state of the same key is apart
+    assert_eq!(rl.hybrid().absolute().get("k"), (0, 0));
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
+/// Four instances share one suppressed limit: each window from the third on accepts within
+/// ±10 % of S, and no sliding window more than H.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_suppressed_settle_at_the_target_and_never_pass_the_hard_limit() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let s = 1000.0;
+    let h = 1.5 * s;
+    let mut failures = Vec::new();
+    for (i, load_factor) in [2.0, 4.0].into_iter().enumerate() {
+        let offered = [s * load_factor / 4.0; 4];
+        let load = shared_load_of(&server, &format!("sup{i}"), 4, s, &offered, 6.0, true).await;
+        let most = most_in_any_window(&load.admitted, Duration::from_secs(1));
+        let per_second = load.per_second();
+        eprintln!(
+            "suppressed, 4 instances, S = {s}, H = {h}, {load_factor}x: most in any 1 s window {most} ({:.3} H); accepted per second {per_second:?}",
+            most as f64 / h
+        );
+        if most as f64 > h * 1.01 {
+            failures.push(format!("{load_factor}x: {most} in one window"));
+        }
+        for (sec, &n) in per_second.iter().enumerate().skip(2) {
+            if (n as f64 - s).abs() > 0.1 * s {
+                failures.push(format!("{load_factor}x: second {sec} accepted {n}"));
+            }
         }
         for rl in &load.instances {
             rl.hybrid().shutdown().await.expect("shutdown");

@@ -17,7 +17,8 @@ const SCRIPT: &str = include_str!("../lua/hybrid_sync.lua");
 const G: u64 = 10;
 const LEASE_TTL: u64 = 80;
 
-/// One part: `(seq, W, C, used, release, want, reset, deltas)`.
+/// One part: `(seq, W, C, used, release, want, reset, deltas)`; a suppressed part (`declined`
+/// is `Some`) sends its deltas as `(k, accepted, declined)` triples.
 struct Part {
     seq: u64,
     w: u64,
@@ -27,6 +28,7 @@ struct Part {
     want: u64,
     reset: bool,
     deltas: Vec<(u64, u64)>,
+    declined: Option<Vec<(u64, u64)>>,
 }
 
 fn part(seq: u64) -> Part {
@@ -39,6 +41,7 @@ fn part(seq: u64) -> Part {
         want: 0,
         reset: false,
         deltas: Vec::new(),
+        declined: None,
     }
 }
 
@@ -54,14 +57,26 @@ fn call(c: &mut redis::Connection, inst: &str, now: u64, parts: &[Part]) -> Vec<
             p.used as f64,
             p.release as f64,
             p.want as f64,
-            f64::from(u8::from(p.reset)),
-            p.deltas.len() as f64,
+            f64::from(u8::from(p.reset) | (u8::from(p.declined.is_some()) << 1)),
+            (p.deltas.len() + p.declined.as_ref().map_or(0, Vec::len)) as f64,
         ] {
             ops.extend_from_slice(&x.to_le_bytes());
         }
-        for &(k, w) in &p.deltas {
-            ops.extend_from_slice(&(k as f64).to_le_bytes());
-            ops.extend_from_slice(&(w as f64).to_le_bytes());
+        match &p.declined {
+            None => {
+                for &(k, w) in &p.deltas {
+                    ops.extend_from_slice(&(k as f64).to_le_bytes());
+                    ops.extend_from_slice(&(w as f64).to_le_bytes());
+                }
+            }
+            Some(declined) => {
+                let accepted = p.deltas.iter().map(|&(k, w)| [k, w, 0]);
+                for t in accepted.chain(declined.iter().map(|&(k, x)| [k, 0, x])) {
+                    for v in t {
+                        ops.extend_from_slice(&(v as f64).to_le_bytes());
+                    }
+                }
+            }
         }
     }
     let reply: Vec<u8> = redis::cmd("EVAL")
@@ -173,4 +188,72 @@ fn an_expired_reserve_counts_as_admitted_until_its_window_ends() {
     assert_eq!(field(&mut c, "r:a"), None, "the reserve record is gone");
     let k = (now + LEASE_TTL) / G;
     assert_eq!(field(&mut c, &format!("b{k}")).as_deref(), Some("5"));
+}
+
+/// A suppressed key's parts carry declined weight too: it lands in its own buckets, counts
+/// towards nothing but the attempts, is answered with the accepted and declined totals and the
+/// oldest live bucket, is applied once when a part is sent again, and a reset forgets it.
+#[test]
+fn a_suppressed_part_stores_declined_weight_by_bucket_and_answers_with_attempts() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 4_000_000;
+    let k = now / G;
+    let a = Part {
+        want: 10,
+        deltas: vec![(k - 5, 4), (k, 3)],
+        declined: Some(vec![(k - 5, 2), (k, 6)]),
+        ..part(1)
+    };
+    let reply = call(&mut c, "a", now, std::slice::from_ref(&a));
+    // now, instances, then applied, R, live, free_at, accepted, declined, oldest
+    assert_eq!(reply.len(), 2 + 7);
+    assert_eq!(
+        &reply[2..],
+        &[
+            1.0,
+            10.0,
+            17.0,
+            ((k - 4) * G + 1000) as f64,
+            7.0,
+            8.0,
+            ((k - 5) * G) as f64
+        ]
+    );
+    assert_eq!(field(&mut c, &format!("x{k}")).as_deref(), Some("6"));
+    assert_eq!(field(&mut c, &format!("b{k}")).as_deref(), Some("3"));
+    // sent again (its reply was lost): applied once
+    let reply = call(&mut c, "a", now + 1, &[a]);
+    assert_eq!((reply[2], reply[7]), (0.0, 8.0), "declined counted once");
+    // declined weight takes no room: another instance gets C minus accepted and reserves
+    let b = Part {
+        want: 100,
+        declined: Some(Vec::new()),
+        ..part(1)
+    };
+    assert_eq!(call(&mut c, "b", now + 2, &[b])[3], 83.0);
+    // a declined bucket leaves with its window
+    let later = Part {
+        declined: Some(Vec::new()),
+        ..part(2)
+    };
+    let reply = call(&mut c, "a", (k - 4) * G + 1000, &[later]);
+    assert_eq!(reply[7], 6.0, "bucket k - 5 left the window");
+    assert_eq!(
+        field(&mut c, &format!("x{}", k - 5)),
+        None,
+        "and was deleted"
+    );
+    let reset = Part {
+        reset: true,
+        declined: Some(Vec::new()),
+        ..part(3)
+    };
+    let reply = call(&mut c, "a", (k - 4) * G + 1001, &[reset]);
+    assert_eq!(
+        &reply[6..9],
+        &[0.0, 0.0, 0.0],
+        "a reset forgets the attempts"
+    );
+    assert_eq!(field(&mut c, &format!("x{k}")), None);
 }

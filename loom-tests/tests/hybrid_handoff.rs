@@ -8,7 +8,7 @@
 
 mod support;
 
-use eyelet::loom_support::HybridShard;
+use eyelet::loom_support::{HybridShard, HybridSuppressedShard};
 use loom::sync::Arc;
 use loom::thread;
 use support::model_capped;
@@ -91,6 +91,52 @@ fn a_reserve_refill_racing_spending_never_admits_past_the_budget() {
             admitted + shard.reserve("k"),
             granted - first.released - second.released,
             "reserve left + spent = granted - given back"
+        );
+    });
+}
+
+/// The suppressed strategy reports attempts too: a sync collecting while a caller is accepted
+/// and declined (S = 1, H = 2 at 1/s with h = 2) loses and doubles neither accepted nor declined
+/// weight.
+#[test]
+fn a_sync_racing_suppressed_decisions_loses_and_doubles_no_attempt() {
+    model_capped(3, || {
+        let shard = Arc::new(HybridSuppressedShard::new());
+        let caller = {
+            let shard = shard.clone();
+            thread::spawn(move || {
+                (0..3)
+                    .map(|_| u64::from(shard.inc("k", 1.0, 1)))
+                    .sum::<u64>()
+            })
+        };
+        let first = shard.collect("k", false);
+        assert_eq!(
+            first.accepted + first.pending_accepted,
+            first.own_accepted,
+            "{first:?}"
+        );
+        assert_eq!(
+            first.declined + first.pending_declined,
+            first.own_declined,
+            "{first:?}"
+        );
+        let accepted = caller.join().unwrap_or(0);
+        let second = shard.collect("k", true);
+        assert_eq!((second.pending_accepted, second.pending_declined), (0, 0));
+        assert_eq!(
+            first.accepted + second.accepted,
+            accepted,
+            "{first:?} {second:?}"
+        );
+        assert_eq!(
+            first.declined + second.declined,
+            3 - accepted,
+            "{first:?} {second:?}"
+        );
+        assert!(
+            accepted >= 1 && accepted <= 2,
+            "between S and H: {accepted}"
         );
     });
 }

@@ -4,8 +4,11 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::decision::{RateLimitDecision, Source};
-use crate::math::{decide_absolute_deferred, never_admissible, Count, Request, Window};
+use crate::decision::{RateLimitDecision, Source, SuppressedSnapshot};
+use crate::math::{
+    decide_absolute_deferred, decide_suppressed, never_admissible, record_attempt,
+    suppression_factor_from, Attempts, Count, Request, SuppressedKey, Window,
+};
 use crate::random::RandomSource;
 use crate::rate::Limits;
 use crate::shard::mailbox::{Detach, Message};
@@ -45,8 +48,9 @@ pub(crate) struct HybridCtx {
     active: std::sync::atomic::AtomicBool,
     /// Wakes the dormant sync actor.
     pub(crate) activated: tokio::sync::Notify,
-    /// Keys reset on this instance since the last sync, to forget in Redis too.
-    resets: std::sync::Mutex<Vec<String>>,
+    /// Keys reset on this instance since the last sync, to forget in Redis too (`true`:
+    /// the suppressed strategy's).
+    resets: std::sync::Mutex<Vec<(bool, String)>>,
     /// Local ms at which several live instances were last seen (0: never).
     multi_seen_at: AtomicU64,
     /// The limiter's window `W`: a sole instance decides alone only a window after it last saw
@@ -81,17 +85,18 @@ impl HybridCtx {
         }
     }
 
-    /// Asks the next sync to forget `key` in Redis.
-    pub(crate) fn queue_reset(&self, key: &str) {
+    /// Asks the next sync to forget `key` of the absolute (`suppressed == false`) or the
+    /// suppressed strategy in Redis.
+    pub(crate) fn queue_reset(&self, suppressed: bool, key: &str) {
         if !self.reporting() {
             return;
         }
         let mut r = self.resets.lock().unwrap_or_else(|e| e.into_inner());
-        r.push(key.to_string());
+        r.push((suppressed, key.to_string()));
     }
 
     /// The keys reset since the last call.
-    pub(crate) fn take_resets(&self) -> Vec<String> {
+    pub(crate) fn take_resets(&self) -> Vec<(bool, String)> {
         std::mem::take(&mut *self.resets.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -163,9 +168,10 @@ impl HybridCtx {
 }
 
 /// One key of the hybrid: this instance's own admissions, exactly as the local provider keeps
-/// them, plus its reserve and what the next sync has to report.
+/// them, plus its reserve and what the next sync has to report; `E` is what a strategy adds
+/// (nothing for absolute, attempts and the global picture for suppressed).
 #[derive(Debug, Default)]
-pub(crate) struct HybridKey {
+pub(crate) struct HybridKey<E = ()> {
     /// This instance's admissions (local clock): the solo and outage rules decide from it.
     window: Window<Count>,
     /// What a key in use carries between syncs; `None` for an idle key (most keys of a large
@@ -182,6 +188,7 @@ pub(crate) struct HybridKey {
     /// Whether the shard lists this key for the next collect.
     listed: bool,
     source: SourceCode,
+    ext: E,
 }
 
 /// The state of a key between syncs.
@@ -190,6 +197,8 @@ struct Flight {
     /// Admitted since the last collect, by server bucket index `k` (`[k·G, (k+1)·G)` in server
     /// time), merged per bucket.
     pending: Vec<(u64, u64)>,
+    /// Declined since the last collect, likewise (suppressed strategy: attempts count too).
+    declined: Vec<(u64, u64)>,
     /// Reserve units this instance may still admit without asking.
     reserve: u64,
     /// Local ms from which the reserve may no longer be used (Redis releases it later).
@@ -211,7 +220,11 @@ struct Flight {
 impl Flight {
     /// Whether the next sync has something to say about this key.
     fn has_news(&self) -> bool {
-        !self.pending.is_empty() || self.used > 0 || self.reserve > 0 || self.demand > 0
+        !self.pending.is_empty()
+            || !self.declined.is_empty()
+            || self.used > 0
+            || self.reserve > 0
+            || self.demand > 0
     }
 
     /// Whether nothing is left that a later sync or decision needs.
@@ -241,8 +254,17 @@ enum SourceCode {
     Outage,
 }
 
-impl Slot for HybridKey {
+impl<E> Slot for HybridKey<E> {
     type Align = u64;
+}
+
+/// Adds weight `n` to bucket `k` of a per-bucket list (merged with the last entry when it is the
+/// same bucket).
+fn add_to_bucket(list: &mut Vec<(u64, u64)>, k: u64, n: u64) {
+    match list.last_mut() {
+        Some((last, w)) if *last == k => *w = w.saturating_add(n),
+        _ => list.push((k, n)),
+    }
 }
 
 /// The mode a decision runs in.
@@ -260,7 +282,19 @@ enum Mode {
     Closed,
 }
 
-impl HybridKey {
+impl Mode {
+    /// What a decision in this mode is based on.
+    fn source(self) -> SourceCode {
+        match self {
+            Mode::Local(code) | Mode::Share(_, code) => code,
+            Mode::Room(_) => SourceCode::Provisional,
+            Mode::Reserve => SourceCode::Reserve,
+            Mode::Closed => SourceCode::Outage,
+        }
+    }
+}
+
+impl<E> HybridKey<E> {
     fn mode(&self, now: u64, cap: u64, ctx: &HybridCtx) -> Mode {
         let n = ctx.instances();
         if now >= ctx.healthy_until() {
@@ -392,11 +426,7 @@ impl HybridKey {
             if !matches!(mode, Mode::Reserve) {
                 f.unreserved = f.unreserved.saturating_add(n);
             }
-            let k = ctx.server_ms(now) / g.max(1);
-            match f.pending.last_mut() {
-                Some((last, w)) if *last == k => *w = w.saturating_add(n),
-                _ => f.pending.push((k, n)),
-            }
+            add_to_bucket(&mut f.pending, ctx.server_ms(now) / g.max(1), n);
         }
         d
     }
@@ -416,6 +446,21 @@ impl HybridKey {
         (self.window.total_held(), pending)
     }
 
+    /// Declined weight this instance holds (its own attempts, nothing trimmed) and the
+    /// declined weight not yet reported (suppressed).
+    #[cfg(eyelet_loom)]
+    pub(crate) fn own_and_pending_declined(&self) -> (u64, u64)
+    where
+        E: AsRef<SuppressedKey>,
+    {
+        let pending = self
+            .flight
+            .as_ref()
+            .map_or(0, |f| f.declined.iter().map(|p| p.1).sum());
+        let held: Attempts = self.ext.as_ref().window.total_held();
+        (held.declined, pending)
+    }
+
     /// Reserve units left to spend.
     #[cfg(eyelet_loom)]
     pub(crate) fn reserve_left(&self) -> u64 {
@@ -428,38 +473,323 @@ impl HybridKey {
     }
 }
 
-/// The hybrid absolute strategy: the shard runtime's rules for [`HybridKey`].
-#[derive(Debug)]
-pub(crate) struct HybridRules;
-
-/// What [`HybridRules`]'s `get` reports.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct HybridSnapshot {
-    pub(crate) own_live: u64,
-    pub(crate) global_live: u64,
-}
-
-impl Strategy for HybridRules {
-    type Value = HybridKey;
-    type Ctx = HybridCtx;
-    type Snapshot = HybridSnapshot;
-    type Later = std::convert::Infallible;
+/// What the hybrid's two strategies do differently; the rest (modes, reserves, reports) is
+/// [`HybridKey`]'s.
+pub(crate) trait Flavor: std::fmt::Debug + Send + Sync + 'static {
+    /// What a key of this strategy keeps besides [`HybridKey`]'s fields.
+    type Ext: Default + std::fmt::Debug + Send + 'static;
+    /// What `get` reports.
+    type Snapshot: Send + 'static;
 
     fn decide(
-        value: &mut HybridKey,
+        key: &mut HybridKey<Self::Ext>,
+        now: u64,
+        g: u64,
+        req: Request,
+        rng: &mut dyn RandomSource,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision;
+
+    fn snapshot(key: Option<&HybridKey<Self::Ext>>, now: u64, g: u64) -> Self::Snapshot;
+
+    /// Takes the strategy's part of Redis's answer; `offset` is server ms minus local ms.
+    fn settle(key: &mut HybridKey<Self::Ext>, answer: &Answer, offset: i64);
+
+    /// Whether the strategy's own state holds nothing, and its newest bucket and liveness
+    /// (for the sweeper).
+    fn ext_activity(ext: &Self::Ext, now: u64) -> (bool, Option<u64>, bool);
+}
+
+/// The hybrid absolute strategy.
+#[derive(Debug)]
+pub(crate) struct AbsoluteFlavor;
+
+impl Flavor for AbsoluteFlavor {
+    type Ext = ();
+    type Snapshot = (u64, u64);
+
+    #[inline]
+    fn decide(
+        key: &mut HybridKey,
+        now: u64,
+        g: u64,
+        req: Request,
+        _rng: &mut dyn RandomSource,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        key.decide(now, g, req, ctx)
+    }
+
+    fn snapshot(key: Option<&HybridKey>, now: u64, _g: u64) -> (u64, u64) {
+        key.map_or((0, 0), |v| (v.own_live(now), v.global_live))
+    }
+
+    fn settle(_: &mut HybridKey, _: &Answer, _: i64) {}
+
+    fn ext_activity(_: &(), _: u64) -> (bool, Option<u64>, bool) {
+        (true, None, false)
+    }
+}
+
+/// What a suppressed hybrid key adds: every attempt on this instance (the local rule's window,
+/// accepted and declined), and what Redis reported of all instances' attempts.
+#[derive(Debug, Default)]
+pub(crate) struct SuppressedExt {
+    /// This instance's attempts (local clock), as the local provider keeps them.
+    local: SuppressedKey,
+    /// Accepted weight in Redis's buckets at the last settle (reserves not included).
+    accepted: u64,
+    /// Declined weight in Redis's buckets at the last settle.
+    declined: u64,
+    /// Local ms at which the oldest live bucket in Redis started (0: none).
+    oldest: u64,
+}
+
+impl AsRef<SuppressedKey> for SuppressedExt {
+    fn as_ref(&self) -> &SuppressedKey {
+        &self.local
+    }
+}
+
+/// The hybrid suppressed strategy.
+#[derive(Debug)]
+pub(crate) struct SuppressedFlavor;
+
+/// `Suppressed { is_allowed: false, suppression_factor: 1.0 }`: the hard limit.
+const HARD_DENIAL: RateLimitDecision = RateLimitDecision::Suppressed {
+    is_allowed: false,
+    suppression_factor: 1.0,
+};
+
+impl HybridKey<SuppressedExt> {
+    /// The suppressed rule across instances. Accepted weight goes through the absolute
+    /// machinery at capacity `H` (reserves, shares, outage policy), which bounds it by `H` in
+    /// every window as it bounds absolute admissions by `C`; the soft limit and the suppression
+    /// factor come from what every instance attempted (Redis's buckets at the last settle plus
+    /// this instance's attempts since), so the instances shed one common fraction.
+    ///
+    /// A sole instance (and an outage or a provisional share) decides by the local rule on its
+    /// own attempts (at a share of `S` and `H` where the mode gives a share), exactly as the
+    /// local provider does.
+    fn decide_suppressed(
+        &mut self,
+        now: u64,
+        g: u64,
+        req: Request,
+        rng: &mut dyn RandomSource,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        let Request { limits, n, record } = req;
+        let recording = record && n > 0;
+        let (soft, hard, w_eff) = (limits.capacity, limits.hard, limits.window_ms);
+        // A panicking custom random source is contained, as in the local strategy.
+        let mut draw = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rng.next_f64())).unwrap_or(0.5)
+        };
+        let mode = self.mode(now, hard, ctx);
+        self.source = mode.source();
+        let candidate = match mode {
+            Mode::Local(_) | Mode::Share(..) => {
+                let (s, h) = match mode {
+                    Mode::Share(..) => {
+                        let inst = ctx.instances();
+                        (soft / inst, hard / inst)
+                    }
+                    _ => (soft, hard),
+                };
+                let local = &mut self.ext.local;
+                // the span moves as the local rule's recording call moves it; the probe below
+                // then decides exactly as that call
+                local.window.advance(now, w_eff, recording);
+                let probe = Request {
+                    limits: Limits {
+                        capacity: s,
+                        hard: h,
+                        ..limits
+                    },
+                    n,
+                    record: false,
+                };
+                decide_suppressed(local, now, g, probe, draw)
+            }
+            Mode::Closed => HARD_DENIAL,
+            Mode::Room(_) | Mode::Reserve => {
+                self.ext.local.window.advance(now, w_eff, recording);
+                let need = n.max(1);
+                let f = self.flight.as_deref();
+                // this instance's acceptances and declines Redis had not counted at the settle
+                let own = f.map_or(0, |f| f.unreserved.saturating_add(f.used));
+                let own_declined: u64 = f.map_or(0, |f| f.declined.iter().map(|p| p.1).sum());
+                let accepted = self.ext.accepted.saturating_add(own);
+                if accepted.saturating_add(need) <= soft {
+                    RateLimitDecision::Allowed
+                } else if accepted.saturating_add(need) > hard {
+                    HARD_DENIAL
+                } else {
+                    let attempted = accepted
+                        .saturating_add(self.ext.declined)
+                        .saturating_add(own_declined);
+                    let oldest = (self.ext.oldest > 0).then_some(self.ext.oldest);
+                    let sf = suppression_factor_from(attempted, oldest, now, g, w_eff, soft);
+                    RateLimitDecision::Suppressed {
+                        is_allowed: sf <= 0.0 || (sf < 1.0 && draw() >= sf),
+                        suppression_factor: sf,
+                    }
+                }
+            }
+        };
+        // An accepted candidate must pass the absolute rule at `H` (which also records it for
+        // the sync); past it, the hard limit answers.
+        let d = if candidate.is_allowed() {
+            let gate = Request {
+                limits: Limits {
+                    capacity: hard,
+                    ..limits
+                },
+                n,
+                record,
+            };
+            if self.decide(now, g, gate, ctx).is_allowed() {
+                candidate
+            } else {
+                HARD_DENIAL
+            }
+        } else {
+            candidate
+        };
+        if recording {
+            let accepted = d.is_allowed();
+            let counts = if accepted {
+                Attempts {
+                    accepted: n,
+                    declined: 0,
+                }
+            } else {
+                Attempts {
+                    accepted: 0,
+                    declined: n,
+                }
+            };
+            record_attempt(&mut self.ext.local, now, g, soft, w_eff, counts);
+            if !accepted {
+                self.window_ms = u32::try_from(w_eff).unwrap_or(u32::MAX);
+                self.capacity = hard;
+                if ctx.reporting() {
+                    let f = self.flight.get_or_insert_with(Box::default);
+                    add_to_bucket(&mut f.declined, ctx.server_ms(now) / g.max(1), n);
+                }
+            }
+        }
+        d
+    }
+}
+
+impl Flavor for SuppressedFlavor {
+    type Ext = SuppressedExt;
+    /// `(this instance's attempts, every instance's at the last sync)`.
+    type Snapshot = (SuppressedSnapshot, SuppressedSnapshot);
+
+    #[inline]
+    fn decide(
+        key: &mut HybridKey<SuppressedExt>,
+        now: u64,
+        g: u64,
+        req: Request,
+        rng: &mut dyn RandomSource,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        key.decide_suppressed(now, g, req, rng, ctx)
+    }
+
+    fn snapshot(
+        key: Option<&HybridKey<SuppressedExt>>,
+        now: u64,
+        g: u64,
+    ) -> (SuppressedSnapshot, SuppressedSnapshot) {
+        let Some(k) = key else {
+            return Default::default();
+        };
+        let local = &k.ext.local;
+        let span = local.window.span_ms();
+        let live: Attempts = local.window.live_untrimmed(now, span);
+        let own = SuppressedSnapshot {
+            total: live.attempted(),
+            accepted: live.accepted,
+            declined: live.declined,
+            suppression_factor: crate::math::suppression_factor(
+                &local.window,
+                now,
+                g,
+                local.last_window_ms.max(1),
+                local.last_soft,
+            ),
+        };
+        let total = k.ext.accepted.saturating_add(k.ext.declined);
+        let global = SuppressedSnapshot {
+            total,
+            accepted: k.ext.accepted,
+            declined: k.ext.declined,
+            suppression_factor: suppression_factor_from(
+                total,
+                (k.ext.oldest > 0).then_some(k.ext.oldest),
+                now,
+                g,
+                local.last_window_ms.max(1),
+                local.last_soft,
+            ),
+        };
+        (own, global)
+    }
+
+    fn settle(key: &mut HybridKey<SuppressedExt>, a: &Answer, offset: i64) {
+        key.ext.accepted = a.accepted;
+        key.ext.declined = a.declined;
+        key.ext.oldest = if a.oldest > 0 {
+            a.oldest
+                .saturating_add_signed(offset.saturating_neg())
+                .max(1)
+        } else {
+            0
+        };
+    }
+
+    fn ext_activity(ext: &SuppressedExt, now: u64) -> (bool, Option<u64>, bool) {
+        let w = &ext.local.window;
+        (w.is_empty(), w.newest_start(), w.may_be_live(now))
+    }
+}
+
+/// The hybrid strategies as the shard runtime's rules for [`HybridKey`].
+#[derive(Debug)]
+pub(crate) struct Hybrid<F>(std::marker::PhantomData<F>);
+
+/// The hybrid absolute strategy's rules.
+pub(crate) type HybridRules = Hybrid<AbsoluteFlavor>;
+/// The hybrid suppressed strategy's rules.
+pub(crate) type HybridSuppressedRules = Hybrid<SuppressedFlavor>;
+
+impl<F: Flavor> Strategy for Hybrid<F> {
+    type Value = HybridKey<F::Ext>;
+    type Ctx = HybridCtx;
+    type Snapshot = F::Snapshot;
+    type Later = std::convert::Infallible;
+
+    #[inline]
+    fn decide(
+        value: &mut HybridKey<F::Ext>,
         now: u64,
         bucket_ms: u64,
         req: Request,
-        _rng: &mut dyn RandomSource,
+        rng: &mut dyn RandomSource,
         _later: &mut Option<std::convert::Infallible>,
         ctx: &HybridCtx,
     ) -> RateLimitDecision {
-        value.decide(now, bucket_ms, req, ctx)
+        F::decide(value, now, bucket_ms, req, rng, ctx)
     }
 
     const SOURCED: bool = true;
 
-    fn source(value: &HybridKey) -> Source {
+    fn source(value: &HybridKey<F::Ext>) -> Source {
         match value.source {
             SourceCode::Solo => Source::HybridSolo,
             SourceCode::Reserve => Source::HybridReserve,
@@ -471,7 +801,7 @@ impl Strategy for HybridRules {
     const MARKS: bool = true;
 
     #[inline]
-    fn mark(value: &mut HybridKey) -> bool {
+    fn mark(value: &mut HybridKey<F::Ext>) -> bool {
         if value.listed || !value.has_news() {
             return false;
         }
@@ -479,46 +809,44 @@ impl Strategy for HybridRules {
         true
     }
 
-    fn apply(_: &mut HybridKey, later: std::convert::Infallible) {
+    fn apply(_: &mut HybridKey<F::Ext>, later: std::convert::Infallible) {
         match later {}
     }
 
-    fn snapshot(value: Option<&HybridKey>, now: u64, _shared: &Shared) -> HybridSnapshot {
-        value.map_or_else(HybridSnapshot::default, |v| HybridSnapshot {
-            own_live: v.own_live(now),
-            global_live: v.global_live,
-        })
+    fn snapshot(value: Option<&HybridKey<F::Ext>>, now: u64, shared: &Shared) -> F::Snapshot {
+        F::snapshot(value, now, shared.bucket_ms)
     }
 
-    fn window_is_empty(value: &HybridKey) -> bool {
+    fn window_is_empty(value: &HybridKey<F::Ext>) -> bool {
         // A key with something to report or a reserve to give back is not empty.
-        value.window.is_empty() && !value.has_news()
+        value.window.is_empty() && !value.has_news() && F::ext_activity(&value.ext, 0).0
     }
 
-    fn activity(value: &HybridKey, now: u64) -> (Option<u64>, bool) {
+    fn activity(value: &HybridKey<F::Ext>, now: u64) -> (Option<u64>, bool) {
         let busy = value.has_news();
+        let (_, ext_newest, ext_live) = F::ext_activity(&value.ext, now);
         (
-            value.window.newest_start(),
-            busy || value.window.may_be_live(now),
+            value.window.newest_start().max(ext_newest),
+            busy || value.window.may_be_live(now) || ext_live,
         )
     }
 
     const STAMPED: bool = false;
 
-    fn span_steady_until(_: &HybridKey, now: u64, _: u64) -> u64 {
+    fn span_steady_until(_: &HybridKey<F::Ext>, now: u64, _: u64) -> u64 {
         now
     }
 
-    fn may_reject(_: &HybridKey, _: &Request) -> bool {
+    fn may_reject(_: &HybridKey<F::Ext>, _: &Request) -> bool {
         true
     }
 
-    fn headroom(_: &HybridKey, _: u64) -> u64 {
+    fn headroom(_: &HybridKey<F::Ext>, _: u64) -> u64 {
         0
     }
 
     fn record_lease(
-        _: &mut HybridKey,
+        _: &mut HybridKey<F::Ext>,
         _: u64,
         _: u64,
         _: u64,
@@ -527,7 +855,7 @@ impl Strategy for HybridRules {
         None
     }
 
-    fn return_units(_: &mut HybridKey, _: u64, _: u64) {}
+    fn return_units(_: &mut HybridKey<F::Ext>, _: u64, _: u64) {}
 }
 
 /// One key's report to a sync: what it admitted since the last one and what it wants.
@@ -545,6 +873,8 @@ pub(crate) struct Report {
     pub(crate) want: u64,
     /// `(server bucket index, weight)` admitted since the last report.
     pub(crate) deltas: Vec<(u64, u64)>,
+    /// `(server bucket index, weight)` declined since the last report (suppressed).
+    pub(crate) declined: Vec<(u64, u64)>,
     /// Forget the key in Redis first (every bucket, every instance's reserve).
     pub(crate) reset: bool,
 }
@@ -558,14 +888,14 @@ pub(crate) struct Collect {
     pub(crate) everything: bool,
 }
 
-impl Message<ShardActor<HybridRules>> for Collect {
+impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
     type Reply = Vec<Report>;
 
     fn cost(&self) -> usize {
         crate::shard::mailbox::MAX_TURN
     }
 
-    fn handle(self, shard: &mut ShardActor<HybridRules>) -> Vec<Report> {
+    fn handle(self, shard: &mut ShardActor<Hybrid<F>>) -> Vec<Report> {
         let now = shard.now();
         let solo = shard.ctx().solo(now);
         let mut out = Vec::new();
@@ -595,6 +925,7 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 && f.reserve == 0
                 && f.used == 0
                 && f.demand == admitted
+                && f.declined.is_empty()
                 && v.global_live.saturating_add(own).saturating_mul(4) <= v.capacity;
             if far && f.deferred < DEFER_COLLECTS {
                 f.deferred += 1;
@@ -630,6 +961,7 @@ impl Message<ShardActor<HybridRules>> for Collect {
                 release,
                 want,
                 deltas: std::mem::take(&mut f.pending),
+                declined: std::mem::take(&mut f.declined),
                 reset: false,
             });
             f.demand = 0;
@@ -645,7 +977,7 @@ impl Message<ShardActor<HybridRules>> for Collect {
     }
 }
 
-impl Detach<ShardActor<HybridRules>> for Collect {
+impl<F: Flavor> Detach<ShardActor<Hybrid<F>>> for Collect {
     type Owned = Collect;
     fn detach(self) -> Collect {
         self
@@ -653,7 +985,7 @@ impl Detach<ShardActor<HybridRules>> for Collect {
 }
 
 /// What Redis answered for one key.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Answer {
     pub(crate) hash: u64,
     /// The instance's reserve after the sync.
@@ -663,6 +995,12 @@ pub(crate) struct Answer {
     /// Whether the key asked for a reserve: a key that did and got none waits for the next
     /// sync (Redis is full); one that did not falls back to a provisional share when used.
     pub(crate) wanted: bool,
+    /// Suppressed keys: accepted weight in Redis's buckets (reserves not included).
+    pub(crate) accepted: u64,
+    /// Suppressed keys: declined weight in Redis's buckets.
+    pub(crate) declined: u64,
+    /// Suppressed keys: server ms at which the oldest live bucket started (0: none).
+    pub(crate) oldest: u64,
 }
 
 /// The sync actor's answers for the keys of one shard.
@@ -676,18 +1014,20 @@ pub(crate) struct Settle {
     pub(crate) settled_at: u64,
 }
 
-impl Message<ShardActor<HybridRules>> for Settle {
+impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Settle {
     type Reply = ();
 
     fn cost(&self) -> usize {
         self.answers.len().max(1)
     }
 
-    fn handle(self, shard: &mut ShardActor<HybridRules>) {
+    fn handle(self, shard: &mut ShardActor<Hybrid<F>>) {
+        let offset = shard.ctx().offset();
         for (key, a) in self.answers {
             if let Some(v) = shard.value_of(&key, a.hash) {
                 v.global_live = a.live;
                 v.settled_at = self.settled_at;
+                F::settle(v, &a, offset);
                 if a.reserve == 0 && !a.wanted && v.flight.is_none() {
                     continue;
                 }
@@ -713,7 +1053,7 @@ impl Message<ShardActor<HybridRules>> for Settle {
     }
 }
 
-impl Detach<ShardActor<HybridRules>> for Settle {
+impl<F: Flavor> Detach<ShardActor<Hybrid<F>>> for Settle {
     type Owned = Settle;
     fn detach(self) -> Settle {
         self
@@ -758,7 +1098,7 @@ mod tests {
         }
     }
 
-    fn fl(k: &HybridKey) -> &Flight {
+    fn fl<E>(k: &HybridKey<E>) -> &Flight {
         k.flight.as_deref().expect("a key in use has a flight")
     }
 
@@ -835,11 +1175,11 @@ mod tests {
     #[test]
     fn a_never_admissible_weight_is_not_demand_and_nothing_is_kept_without_a_sync_actor() {
         let ctx = healthy(4, 0);
-        let mut k = HybridKey::default();
+        let mut k: HybridKey = HybridKey::default();
         assert!(!k.decide(1, G, req(100.0, 101), &ctx).is_allowed());
         assert!(k.flight.is_none(), "n > C asks Redis for nothing");
         let quiet = HybridCtx::new(OutagePolicy::LocalShare, 1000);
-        let mut k = HybridKey::default();
+        let mut k: HybridKey = HybridKey::default();
         assert_eq!(admitted(&mut k, 1, req(100.0, 1), &quiet, 200), 100);
         assert!(k.flight.is_none(), "no sync actor: no pending reports");
     }
@@ -848,7 +1188,7 @@ mod tests {
     fn a_sole_instance_decides_alone_only_a_window_after_it_last_saw_another() {
         let ctx = healthy(2, 100);
         ctx.set_instances(1, 150);
-        let mut k = HybridKey::default();
+        let mut k: HybridKey = HybridKey::default();
         k.decide(200, G, req(100.0, 1), &ctx);
         assert_ne!(
             k.source,
@@ -882,5 +1222,102 @@ mod tests {
             assert_eq!(k.source, SourceCode::Outage);
             assert_eq!(fl(&k).reserve, 1000, "an outage never spends a reserve");
         }
+    }
+
+    fn sreq(cap_per_s: f64, n: u64) -> Request {
+        let rate = RateLimit::try_from(cap_per_s).expect("rate");
+        Request {
+            limits: Limits::new(1000, &rate, 1.5),
+            n,
+            record: true,
+        }
+    }
+
+    /// A suppressed key holding `reserve` units until `until`, after a settle that reported
+    /// `accepted` and `declined` weight in Redis, the oldest bucket started at local `oldest`.
+    fn sup_key(
+        reserve: u64,
+        until: u64,
+        accepted: u64,
+        declined: u64,
+        oldest: u64,
+    ) -> HybridKey<SuppressedExt> {
+        HybridKey {
+            flight: Some(Box::new(Flight {
+                reserve,
+                reserve_until: until,
+                ..Flight::default()
+            })),
+            settled_at: 1,
+            window_ms: 1000,
+            ext: SuppressedExt {
+                accepted,
+                declined,
+                oldest,
+                ..SuppressedExt::default()
+            },
+            ..HybridKey::default()
+        }
+    }
+
+    #[test]
+    fn suppressed_instances_shed_the_fraction_every_instances_attempts_imply() {
+        let ctx = healthy(4, 1990);
+        let mut rng = crate::random::SplitMix64::new(3);
+        // S = 100, H = 150; Redis saw 100 accepted and 100 declined over the last second:
+        // P = 2 R, so sf = 0.5
+        let mut k = sup_key(1000, 5000, 100, 100, 1000);
+        let first = k.decide_suppressed(2000, G, sreq(100.0, 1), &mut rng, &ctx);
+        match first {
+            RateLimitDecision::Suppressed {
+                suppression_factor, ..
+            } => assert!((suppression_factor - 0.5).abs() < 1e-9, "{first:?}"),
+            d => panic!("{d:?}"),
+        }
+        let mut accepted = u64::from(first.is_allowed());
+        for _ in 1..40 {
+            accepted += u64::from(
+                k.decide_suppressed(2000, G, sreq(100.0, 1), &mut rng, &ctx)
+                    .is_allowed(),
+            );
+        }
+        assert!((10..=30).contains(&accepted), "about half: {accepted}");
+        let f = fl(&k);
+        assert_eq!(f.used, accepted, "accepted weight came out of the reserve");
+        assert_eq!(f.pending.iter().map(|p| p.1).sum::<u64>(), accepted);
+        assert_eq!(
+            f.declined.iter().map(|p| p.1).sum::<u64>(),
+            40 - accepted,
+            "declined weight is reported too"
+        );
+        assert_eq!(k.source, SourceCode::Reserve);
+        let own: Attempts = k.ext.local.window.live(2000, 1000);
+        assert_eq!((own.accepted, own.declined), (accepted, 40 - accepted));
+    }
+
+    #[test]
+    fn suppressed_below_the_soft_limit_admits_and_past_the_reserve_hits_the_hard_limit() {
+        let ctx = healthy(4, 1990);
+        let mut rng = crate::random::SplitMix64::new(3);
+        let mut k = sup_key(2, 5000, 10, 0, 1500);
+        for _ in 0..2 {
+            assert_eq!(
+                k.decide_suppressed(2000, G, sreq(100.0, 1), &mut rng, &ctx),
+                RateLimitDecision::Allowed
+            );
+        }
+        // far below S, but the reserve is spent: the absolute rule at H waits for a sync
+        assert_eq!(
+            k.decide_suppressed(2000, G, sreq(100.0, 1), &mut rng, &ctx),
+            HARD_DENIAL
+        );
+        assert_eq!(fl(&k).demand, 3, "the refused call asks for a reserve");
+        // past H on Redis's count: hard limit, without asking the reserve
+        let mut full = sup_key(100, 5000, 150, 40, 1500);
+        assert_eq!(
+            full.decide_suppressed(2000, G, sreq(100.0, 1), &mut rng, &ctx),
+            HARD_DENIAL
+        );
+        assert_eq!(fl(&full).reserve, 100);
     }
 }

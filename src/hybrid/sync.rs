@@ -18,7 +18,9 @@ use std::time::Duration;
 use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::state::{Answer, Collect, HybridCtx, HybridRules, Report, Settle};
+use super::state::{
+    Answer, Collect, HybridCtx, HybridRules, HybridSuppressedRules, Report, Settle,
+};
 use crate::redis::{Conn, RedisError};
 use crate::router::ShardSet;
 use crate::time::ClockSource;
@@ -28,6 +30,16 @@ pub(crate) const SYNC_LUA: &str = include_str!("../../lua/hybrid_sync.lua");
 
 /// Keys one script call carries at most.
 const KEYS_PER_CALL: usize = 256;
+
+/// The shard sets of the hybrid's two strategies.
+pub(crate) struct Sets {
+    pub(crate) absolute: ShardSet<HybridRules>,
+    pub(crate) suppressed: ShardSet<HybridSuppressedRules>,
+}
+
+/// A key as the sync actor tracks it: `(suppressed strategy, key)` (the strategies keep
+/// separate state, in Redis too).
+type PartKey = (bool, String);
 
 /// Settings of one sync actor.
 #[derive(Clone, Debug)]
@@ -111,7 +123,7 @@ pub(crate) struct SyncHandle {
 impl SyncHandle {
     /// Starts the actor on the current tokio runtime.
     pub(crate) fn spawn(
-        set: Arc<ShardSet<HybridRules>>,
+        sets: Arc<Sets>,
         ctx: Arc<HybridCtx>,
         counters: Arc<Counters>,
         conn: Conn,
@@ -120,7 +132,7 @@ impl SyncHandle {
     ) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let actor = SyncActor {
-            set,
+            sets,
             ctx,
             counters,
             conn,
@@ -176,7 +188,7 @@ struct KeyParts {
 }
 
 struct SyncActor {
-    set: Arc<ShardSet<HybridRules>>,
+    sets: Arc<Sets>,
     ctx: Arc<HybridCtx>,
     counters: Arc<Counters>,
     conn: Conn,
@@ -184,7 +196,7 @@ struct SyncActor {
     sha: String,
     config: SyncConfig,
     seq: u64,
-    unacked: HashMap<String, KeyParts>,
+    unacked: HashMap<PartKey, KeyParts>,
     rx: mpsc::Receiver<Command>,
     /// Whether the first-use sync ran.
     started: bool,
@@ -194,7 +206,7 @@ struct SyncActor {
 
 /// What one call answered for one key: the answer to its last part.
 struct KeyAnswer {
-    key: String,
+    key: PartKey,
     answer: Answer,
 }
 
@@ -263,37 +275,46 @@ impl SyncActor {
         let seq = self.seq;
         // Resets first: a key reset and used again within one interval reports its new use
         // after the reset.
-        let resets: Vec<Report> = self
+        let resets: Vec<(bool, Report)> = self
             .ctx
             .take_resets()
             .into_iter()
-            .map(|key| Report {
-                hash: self.set.hash_of(&key),
-                key,
-                window_ms: self.config.window_ms,
-                capacity: 0,
-                used: 0,
-                release: 0,
-                want: 0,
-                deltas: Vec::new(),
-                reset: true,
+            .map(|(sup, key)| {
+                let hash = if sup {
+                    self.sets.suppressed.hash_of(&key)
+                } else {
+                    self.sets.absolute.hash_of(&key)
+                };
+                let report = Report {
+                    hash,
+                    key,
+                    window_ms: self.config.window_ms,
+                    capacity: 0,
+                    used: 0,
+                    release: 0,
+                    want: 0,
+                    deltas: Vec::new(),
+                    declined: Vec::new(),
+                    reset: true,
+                };
+                (sup, report)
             })
             .collect();
-        let reports = self
-            .set
-            .each_shard_async(|_| Collect {
-                release_all,
-                everything,
-            })
-            .await;
+        let collect = || Collect {
+            release_all,
+            everything,
+        };
+        let absolute = self.sets.absolute.each_shard_async(|_| collect()).await;
+        let suppressed = self.sets.suppressed.each_shard_async(|_| collect()).await;
         let parts = resets
             .into_iter()
             .map(|r| (reset_seq, r))
-            .chain(reports.into_iter().flatten().map(|r| (seq, r)));
-        for (seq, report) in parts {
+            .chain(absolute.into_iter().flatten().map(|r| (seq, (false, r))))
+            .chain(suppressed.into_iter().flatten().map(|r| (seq, (true, r))));
+        for (seq, (sup, report)) in parts {
             let entry = self
                 .unacked
-                .entry(report.key.clone())
+                .entry((sup, report.key.clone()))
                 .or_insert_with(|| KeyParts {
                     hash: report.hash,
                     parts: Vec::new(),
@@ -318,7 +339,7 @@ impl SyncActor {
             .dropped_parts
             .fetch_add(dropped, Ordering::Relaxed);
 
-        let keys: Vec<String> = self.unacked.keys().cloned().collect();
+        let keys: Vec<PartKey> = self.unacked.keys().cloned().collect();
         let calls = self.plan(keys);
         let mut answers: Vec<KeyAnswer> = Vec::new();
         let mut result = Ok(());
@@ -355,12 +376,15 @@ impl SyncActor {
     /// Splits keys into script calls: by hash slot on a cluster, at most [`KEYS_PER_CALL`]
     /// keys each. The first call of a single-server sync also refreshes the registry, so an
     /// empty sync is one call (a heartbeat).
-    fn plan(&self, mut keys: Vec<String>) -> Vec<Vec<String>> {
+    fn plan(&self, mut keys: Vec<PartKey>) -> Vec<Vec<PartKey>> {
         if self.conn.is_cluster() {
-            let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+            let mut by_slot: HashMap<u16, Vec<PartKey>> = HashMap::new();
             for k in keys {
-                let slot =
-                    crate::redis::hybrid_slot(&crate::redis::hybrid_key(&self.config.prefix, &k));
+                let slot = crate::redis::hybrid_slot(&crate::redis::hybrid_key(
+                    &self.config.prefix,
+                    k.0,
+                    &k.1,
+                ));
                 by_slot.entry(slot).or_default().push(k);
             }
             let mut calls = vec![Vec::new()];
@@ -372,8 +396,10 @@ impl SyncActor {
             return calls;
         }
         keys.sort_unstable();
-        let mut calls: Vec<Vec<String>> =
-            keys.chunks(KEYS_PER_CALL).map(<[String]>::to_vec).collect();
+        let mut calls: Vec<Vec<PartKey>> = keys
+            .chunks(KEYS_PER_CALL)
+            .map(<[PartKey]>::to_vec)
+            .collect();
         if calls.is_empty() {
             calls.push(Vec::new());
         }
@@ -383,22 +409,30 @@ impl SyncActor {
     /// One script call for `keys` (registry refresh with it when `registry`).
     async fn call(
         &mut self,
-        keys: &[String],
+        keys: &[PartKey],
         registry: bool,
     ) -> Result<Vec<KeyAnswer>, RedisError> {
         let deadline = self.config.deadline;
         let mut ops: Vec<u8> = Vec::new();
         let mut redis_keys: Vec<Vec<u8>> = Vec::with_capacity(keys.len() + 1);
         redis_keys.push(self.config.registry_key.clone());
-        let mut last_part: Vec<(String, u64)> = Vec::with_capacity(keys.len());
+        let mut last_part: Vec<(PartKey, u64)> = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(kp) = self.unacked.get(key) else {
                 continue;
             };
-            redis_keys.push(crate::redis::hybrid_key(&self.config.prefix, key));
+            let sup = key.0;
+            redis_keys.push(crate::redis::hybrid_key(&self.config.prefix, sup, &key.1));
             let index = redis_keys.len() as f64;
             for p in &kp.parts {
                 let r = &p.report;
+                // flags: 1 = reset, 2 = suppressed (deltas are (k, accepted, declined))
+                let flags = u8::from(r.reset) | (u8::from(sup) << 1);
+                let d = if sup {
+                    r.deltas.len() + r.declined.len()
+                } else {
+                    r.deltas.len()
+                };
                 for x in [
                     index,
                     p.seq as f64,
@@ -407,14 +441,24 @@ impl SyncActor {
                     r.used as f64,
                     r.release as f64,
                     r.want as f64,
-                    f64::from(u8::from(r.reset)),
-                    r.deltas.len() as f64,
+                    f64::from(flags),
+                    d as f64,
                 ] {
                     ops.extend_from_slice(&x.to_le_bytes());
                 }
-                for &(k, w) in &r.deltas {
-                    ops.extend_from_slice(&(k as f64).to_le_bytes());
-                    ops.extend_from_slice(&(w as f64).to_le_bytes());
+                if sup {
+                    let accepted = r.deltas.iter().map(|&(k, w)| (k, w, 0));
+                    let declined = r.declined.iter().map(|&(k, x)| (k, 0, x));
+                    for (k, w, x) in accepted.chain(declined) {
+                        for v in [k, w, x] {
+                            ops.extend_from_slice(&(v as f64).to_le_bytes());
+                        }
+                    }
+                } else {
+                    for &(k, w) in &r.deltas {
+                        ops.extend_from_slice(&(k as f64).to_le_bytes());
+                        ops.extend_from_slice(&(w as f64).to_le_bytes());
+                    }
                 }
             }
             last_part.push((key.clone(), kp.parts.len() as u64));
@@ -483,11 +527,15 @@ impl SyncActor {
             let Some(kp) = self.unacked.get(&key) else {
                 continue;
             };
-            let end = at + 4 * parts as usize;
-            let Some(last) = nums.get(end - 4..end) else {
+            // per part: applied, R, live, free_at; suppressed parts add accepted, declined,
+            // oldest
+            let stride = if key.0 { 7 } else { 4 };
+            let end = at + stride * parts as usize;
+            let Some(last) = nums.get(end - stride..end) else {
                 return Err(RedisError::Protocol("hybrid sync reply too short".into()));
             };
             let wanted = kp.parts.last().is_some_and(|p| p.report.want > 0);
+            let extra = |i: usize| last.get(i).map_or(0, |&x| x as u64);
             out.push(KeyAnswer {
                 key,
                 answer: Answer {
@@ -495,6 +543,9 @@ impl SyncActor {
                     reserve: last[1] as u64,
                     live: last[2] as u64,
                     wanted,
+                    accepted: extra(4),
+                    declined: extra(5),
+                    oldest: extra(6),
                 },
             });
             at = end;
@@ -507,22 +558,41 @@ impl SyncActor {
         if answers.is_empty() {
             return;
         }
-        let mut per_shard: Vec<Vec<(String, Answer)>> = vec![Vec::new(); self.set.shard_count()];
+        let shards = self.sets.absolute.shard_count();
+        let mut absolute: Vec<Vec<(String, Answer)>> = vec![Vec::new(); shards];
+        let mut suppressed: Vec<Vec<(String, Answer)>> =
+            vec![Vec::new(); self.sets.suppressed.shard_count()];
         for a in answers {
-            let s = self.set.shard_of(a.answer.hash);
-            if let Some(v) = per_shard.get_mut(s) {
-                v.push((a.key, a.answer));
+            let ((sup, key), answer) = (a.key, a.answer);
+            let (list, s) = if sup {
+                (&mut suppressed, self.sets.suppressed.shard_of(answer.hash))
+            } else {
+                (&mut absolute, self.sets.absolute.shard_of(answer.hash))
+            };
+            if let Some(v) = list.get_mut(s) {
+                v.push((key, answer));
             }
         }
         let reserve_until = t0.saturating_add(self.half_ttl());
-        let mut per_shard = per_shard.into_iter();
-        self.set
-            .each_shard_async(|_| Settle {
-                answers: per_shard.next().unwrap_or_default(),
-                reserve_until,
-                settled_at: t0.max(1),
-            })
-            .await;
+        let settle = |answers: Vec<(String, Answer)>| Settle {
+            answers,
+            reserve_until,
+            settled_at: t0.max(1),
+        };
+        if absolute.iter().any(|a| !a.is_empty()) {
+            let mut per_shard = absolute.into_iter();
+            self.sets
+                .absolute
+                .each_shard_async(|_| settle(per_shard.next().unwrap_or_default()))
+                .await;
+        }
+        if suppressed.iter().any(|a| !a.is_empty()) {
+            let mut per_shard = suppressed.into_iter();
+            self.sets
+                .suppressed
+                .each_shard_async(|_| settle(per_shard.next().unwrap_or_default()))
+                .await;
+        }
     }
 
     /// Leaves the registry (shutdown).

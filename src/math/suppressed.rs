@@ -44,8 +44,10 @@ fn factor(
     factor_from(attempted, oldest, now, bucket_ms, w_eff, soft)
 }
 
+/// `sf = clamp(1 − R/P, 0, 1)` for `attempted` weight whose oldest live bucket started at
+/// `oldest` (`None`: nothing live), measured at `now` on the same clock.
 #[inline]
-fn factor_from(
+pub(crate) fn factor_from(
     attempted: u64,
     oldest: Option<u64>,
     now: u64,
@@ -63,6 +65,23 @@ fn factor_from(
     // R / P = (S / W_eff) / (T / span) = S·span / (W_eff·T)
     let ratio = (soft as f64 * span as f64) / (w_eff as f64 * attempted as f64);
     (1.0 - ratio).clamp(0.0, 1.0)
+}
+
+/// Records one attempt of a key decided elsewhere (the hybrid provider decides some calls from
+/// what Redis reported): moves the span as a recording call does, notes the call's soft limit
+/// and window, and adds `counts` at `now`.
+pub(crate) fn record_attempt(
+    key: &mut SuppressedKey,
+    now: u64,
+    bucket_ms: u64,
+    soft: u64,
+    w_eff: u64,
+    counts: Attempts,
+) {
+    key.window.advance(now, w_eff, true);
+    key.last_soft = soft;
+    key.last_window_ms = w_eff;
+    key.window.record(now, bucket_ms, w_eff, counts);
 }
 
 /// Decides `req` at `now` for soft limit `C` and hard limit `H`; `draw` is a uniform sample

@@ -20,8 +20,10 @@ const SLOTS: u16 = 16384;
 pub(crate) enum Kind {
     Absolute,
     Suppressed,
-    /// The hybrid provider's global windows.
+    /// The hybrid provider's global windows (absolute).
     Hybrid,
+    /// The hybrid provider's global windows (suppressed).
+    HybridSuppressed,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Absolute => b'a',
             Kind::Suppressed => b's',
             Kind::Hybrid => b'h',
+            Kind::HybridSuppressed => b'p',
         }
     }
 }
