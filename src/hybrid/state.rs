@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::decision::{RateLimitDecision, Source, SuppressedSnapshot};
 use crate::math::{
-    decide_absolute_deferred, decide_suppressed, never_admissible, record_attempt,
-    suppression_factor_from, Attempts, Count, Request, SuppressedKey, Window,
+    decide_absolute_deferred, decide_suppressed, record_attempt, suppression_factor_from, Attempts,
+    Count, Request, SuppressedKey, Window,
 };
 use crate::random::RandomSource;
 use crate::rate::Limits;
@@ -362,8 +362,9 @@ impl<E> HybridKey<E> {
     ) -> RateLimitDecision {
         let Request { limits, n, record } = req;
         if n > limits.capacity {
-            // never admissible: not demand (it would ask Redis for the whole limit)
-            return never_admissible(limits.capacity, limits.window_ms);
+            // never admissible: not demand (it would ask Redis for the whole limit). The local
+            // rule answers it, so the key's span moves as the local provider's does.
+            return self.local(now, g, req, limits.capacity);
         }
         // Without a sync actor (a limiter without Redis, or after shutdown) nothing is kept
         // for reports: decisions still record in the key's own window.

@@ -1,6 +1,6 @@
 //! The conformance suite: the decision contract as scenarios that run unchanged against every
-//! provider (local, Redis), plus a differential run that feeds the same random call sequence
-//! to two providers and compares every answer.
+//! provider (local, Redis, and the hybrid as a sole instance), plus a differential run that
+//! feeds the same random call sequence to two providers and compares every answer.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct Subject {
     pub rl: Arc<RateLimiter>,
     pub clock: ManualClock,
     redis: bool,
+    /// The hybrid provider, one instance: every call runs after a sync (`flush`), so the
+    /// instance decides as the sole live one.
+    hybrid: bool,
 }
 
 fn builder(w: u64, g: u64, h: f64, draw: f64, clock: &ManualClock) -> eyelet::RateLimiterBuilder {
@@ -58,6 +61,34 @@ impl Subject {
             rl,
             clock,
             redis: false,
+            hybrid: false,
+        }
+    }
+
+    /// The hybrid provider as a sole instance on `server`.
+    pub async fn hybrid(server: &RedisServer, w: u64, g: u64, h: f64, draw: f64) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let clock = ManualClock::new();
+        let rl = builder(w, g, h, draw, &clock)
+            .redis_url(server.url())
+            .prefix(format!("hyb{}", N.fetch_add(1, Ordering::Relaxed)))
+            .redis_deadline(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect");
+        Subject {
+            rl,
+            clock,
+            redis: false,
+            hybrid: true,
+        }
+    }
+
+    /// Before a hybrid call: a sync at the clock's time, so the instance is known to be alone
+    /// and healthy (the manual clock jumps past any reserve lifetime between steps).
+    async fn synced(&self) {
+        if self.hybrid {
+            self.rl.hybrid().flush().await.expect("hybrid sync");
         }
     }
 
@@ -76,6 +107,7 @@ impl Subject {
             rl,
             clock,
             redis: true,
+            hybrid: false,
         }
     }
 
@@ -103,6 +135,16 @@ impl Subject {
     }
 
     pub async fn inc(&self, s: Strat, key: &str, r: &RateLimit, n: u64) -> RateLimitDecision {
+        self.synced().await;
+        if self.hybrid {
+            let h = self.rl.hybrid();
+            let d = match s {
+                Strat::Abs => h.absolute().inc_stamped(key, r, n),
+                Strat::Sup => h.suppressed().inc_stamped(key, r, n),
+            };
+            assert_eq!(d.source, eyelet::Source::HybridSolo, "{d:?}");
+            return d.decision;
+        }
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().inc(key, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().inc(key, r, n),
@@ -124,6 +166,13 @@ impl Subject {
     }
 
     pub async fn check(&self, s: Strat, key: &str, r: &RateLimit, n: u64) -> RateLimitDecision {
+        self.synced().await;
+        if self.hybrid {
+            return match s {
+                Strat::Abs => self.rl.hybrid().absolute().is_allowed(key, r, n),
+                Strat::Sup => self.rl.hybrid().suppressed().is_allowed(key, r, n),
+            };
+        }
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().is_allowed(key, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().is_allowed(key, r, n),
@@ -151,6 +200,13 @@ impl Subject {
         r: &RateLimit,
         n: u64,
     ) -> Vec<RateLimitDecision> {
+        self.synced().await;
+        if self.hybrid {
+            return match s {
+                Strat::Abs => self.rl.hybrid().absolute().inc_many(keys, r, n),
+                Strat::Sup => self.rl.hybrid().suppressed().inc_many(keys, r, n),
+            };
+        }
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().inc_many(keys, r, n),
             (false, Strat::Sup) => self.rl.local().suppressed().inc_many(keys, r, n),
@@ -172,6 +228,9 @@ impl Subject {
     }
 
     pub async fn get_abs(&self, key: &str) -> u64 {
+        if self.hybrid {
+            return self.rl.hybrid().absolute().get_async(key).await.0;
+        }
         if self.redis {
             self.rl.redis().absolute().get(key).await.expect("get")
         } else {
@@ -180,6 +239,9 @@ impl Subject {
     }
 
     pub async fn get_sup(&self, key: &str) -> SuppressedSnapshot {
+        if self.hybrid {
+            return self.rl.hybrid().suppressed().get_async(key).await.0;
+        }
         if self.redis {
             self.rl.redis().suppressed().get(key).await.expect("get")
         } else {
@@ -188,6 +250,12 @@ impl Subject {
     }
 
     pub async fn reset(&self, s: Strat, key: &str) -> bool {
+        if self.hybrid {
+            return match s {
+                Strat::Abs => self.rl.hybrid().absolute().reset_async(key).await,
+                Strat::Sup => self.rl.hybrid().suppressed().reset_async(key).await,
+            };
+        }
         match (self.redis, s) {
             (false, Strat::Abs) => self.rl.local().absolute().reset(key),
             (false, Strat::Sup) => self.rl.local().suppressed().reset(key),
