@@ -208,3 +208,108 @@ async fn ask_and_moved_are_followed_while_a_slot_moves() {
         .expect("EXISTS");
     assert!(on_target);
 }
+
+/// Field sums of every hybrid key under `pattern` on every node: `(b…, x…)` (accepted and
+/// declined weight in buckets).
+fn hybrid_sums(cluster: &RedisCluster, pattern: &str) -> (u64, u64, usize) {
+    let (mut accepted, mut declined, mut keys) = (0u64, 0u64, 0usize);
+    for node in &cluster.nodes {
+        let mut conn = node.conn();
+        for k in scan_all(&mut conn, pattern) {
+            keys += 1;
+            let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&k)
+                .query(&mut conn)
+                .expect("HGETALL");
+            for (f, v) in fields {
+                let n = || v.parse::<f64>().expect("count") as u64;
+                if f.starts_with('b') {
+                    accepted += n();
+                } else if f.starts_with('x') {
+                    declined += n();
+                }
+            }
+        }
+    }
+    (accepted, declined, keys)
+}
+
+/// The hybrid provider on a cluster: two instances sync hostile keys of both strategies (one
+/// script call per slot; the registry, in its own slot, by a call of its own), see each other
+/// in the registry, and Redis ends up holding exactly what each strategy accepted and declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hybrid_syncs_hostile_keys_of_both_strategies_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let mut rls = Vec::new();
+    for _ in 0..2 {
+        let rl = RateLimiter::builder()
+            .window(Duration::from_secs(60))
+            // reserves live 8 intervals: a sync of 2,000 keys (one call per slot) on a loaded
+            // 2-core machine must refresh or release them well before that
+            .sync_interval(Duration::from_millis(100))
+            .hard_limit_factor(1.5)
+            .redis_cluster(cluster.urls())
+            .prefix("hc")
+            .redis_deadline(Duration::from_secs(5))
+            .sweeper(false)
+            .connect()
+            .await
+            .expect("connect to the cluster");
+        rl.hybrid().flush().await.expect("first sync");
+        rls.push(rl);
+    }
+    for rl in &rls {
+        rl.hybrid().flush().await.expect("sync");
+        assert_eq!(rl.hybrid().status().instances, 2, "both registered");
+    }
+    let keys = std::sync::Arc::new(hostile_keys(2_000));
+    let r = rate(4.0 / 60.0); // C = 4, H = 6 per 60 s window
+    let (mut accepted, mut attempts) = (0u64, 0u64);
+    let mut sup_accepted = 0u64;
+    for (i, rl) in rls.iter().enumerate() {
+        // decided on a blocking thread: the runtime's workers keep running the sync actors
+        let (rl2, keys2) = (rl.clone(), keys.clone());
+        let (a, t, s) = tokio::task::spawn_blocking(move || {
+            let (mut a, mut t, mut s) = (0u64, 0u64, 0u64);
+            for chunk in keys2.chunks(500) {
+                let ds = rl2.hybrid().absolute().inc_many(chunk, &r, 1);
+                a += ds.iter().filter(|d| d.is_allowed()).count() as u64;
+                for k in chunk.iter().take(50) {
+                    for _ in 0..3 {
+                        t += 1;
+                        s += u64::from(rl2.hybrid().suppressed().inc(k, &r, 1).is_allowed());
+                    }
+                }
+            }
+            (a, t, s)
+        })
+        .await
+        .expect("decisions");
+        accepted += a;
+        attempts += t;
+        sup_accepted += s;
+        rl.hybrid().flush().await.expect("sync on the cluster");
+        let status = rl.hybrid().status();
+        eprintln!("instance {i}: {status:?}");
+        assert_eq!(status.pending_parts, 0, "instance {i}");
+    }
+    for rl in &rls {
+        rl.hybrid().flush().await.expect("sync");
+    }
+    let (abs_in_redis, _, abs_keys) = hybrid_sums(&cluster, "hc:h:*");
+    let (sup_in_redis, declined_in_redis, sup_keys) = hybrid_sums(&cluster, "hc:p:*");
+    eprintln!(
+        "2 instances, {} keys: absolute admitted {accepted} (Redis {abs_in_redis}, {abs_keys} keys); suppressed accepted {sup_accepted} of {attempts} (Redis {sup_in_redis} + {declined_in_redis} declined, {sup_keys} keys)",
+        keys.len()
+    );
+    assert_eq!(abs_keys, keys.len(), "one Redis key per user key");
+    assert_eq!(sup_keys, 50 * keys.len() / 500);
+    assert_eq!(abs_in_redis, accepted);
+    assert_eq!(
+        (sup_in_redis, declined_in_redis),
+        (sup_accepted, attempts - sup_accepted)
+    );
+    for rl in &rls {
+        rl.hybrid().shutdown().await.expect("shutdown");
+    }
+}

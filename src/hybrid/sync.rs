@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +31,9 @@ pub(crate) const SYNC_LUA: &str = include_str!("../../lua/hybrid_sync.lua");
 
 /// Keys one script call carries at most.
 const KEYS_PER_CALL: usize = 256;
+
+/// Script calls of one sync in flight at once.
+const CALLS_IN_FLIGHT: usize = 64;
 
 /// The shard sets of the hybrid's two strategies.
 pub(crate) struct Sets {
@@ -68,6 +72,7 @@ pub(crate) struct Counters {
     pub(crate) pending_parts: AtomicU64,
     pub(crate) dropped_parts: AtomicU64,
     pub(crate) round_trips: AtomicU64,
+    pub(crate) last_sync_ms: AtomicU64,
 }
 
 /// A snapshot of the hybrid provider's health.
@@ -88,6 +93,12 @@ pub struct HybridStatus {
     pub round_trips: u64,
     /// Live instances at the last successful sync.
     pub instances: u64,
+    /// How long the last sync took, collect to settle, in ms. A sync slower than 4 intervals
+    /// outlives the reserves it should refresh: Redis then counts them as admitted for a
+    /// window (never fewer than were spent, possibly more), and throughput drops. Many keys
+    /// on a Redis Cluster (one script call per hash slot) are the usual cause; a longer
+    /// [`sync_interval`](crate::RateLimiterBuilder::sync_interval) is the remedy.
+    pub last_sync_ms: u64,
 }
 
 impl Counters {
@@ -101,6 +112,7 @@ impl Counters {
             dropped_parts: self.dropped_parts.load(Ordering::Relaxed),
             round_trips: self.round_trips.load(Ordering::Relaxed),
             instances: ctx.instances(),
+            last_sync_ms: self.last_sync_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -340,13 +352,31 @@ impl SyncActor {
             .fetch_add(dropped, Ordering::Relaxed);
 
         let keys: Vec<PartKey> = self.unacked.keys().cloned().collect();
-        let calls = self.plan(keys);
+        // Calls go out CALLS_IN_FLIGHT at a time: a sync of many keys (on a cluster, one call
+        // per hash slot) would otherwise take a round trip per call, and outlive the reserves
+        // it refreshes.
+        let prepared: Vec<Prepared> = self
+            .plan(keys)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, keys)| self.prepare(keys, i == 0))
+            .collect();
+        let replies: Vec<_> = {
+            let this = &*self;
+            // collected first: a lazy map here trips the Send check of the spawned actor
+            let calls: Vec<_> = prepared.iter().map(|p| this.send(p)).collect();
+            futures_util::stream::iter(calls)
+                .buffered(CALLS_IN_FLIGHT)
+                .collect()
+                .await
+        };
         let mut answers: Vec<KeyAnswer> = Vec::new();
         let mut result = Ok(());
-        for (i, keys) in calls.into_iter().enumerate() {
-            match self.call(&keys, i == 0).await {
+        for (p, reply) in prepared.into_iter().zip(replies) {
+            let done: Vec<PartKey> = p.last_part.iter().map(|(k, _)| k.clone()).collect();
+            match reply.and_then(|(nums, sent, received)| self.finish(p, &nums, sent, received)) {
                 Ok(a) => {
-                    for k in &keys {
+                    for k in &done {
                         self.unacked.remove(k);
                     }
                     answers.extend(a);
@@ -370,6 +400,9 @@ impl SyncActor {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.settle(answers, t0).await;
+        self.counters
+            .last_sync_ms
+            .store(self.clock.now_ms().saturating_sub(t0), Ordering::Relaxed);
         result
     }
 
@@ -406,65 +439,28 @@ impl SyncActor {
         calls
     }
 
-    /// One script call for `keys` (registry refresh with it when `registry`).
-    async fn call(
-        &mut self,
-        keys: &[PartKey],
-        registry: bool,
-    ) -> Result<Vec<KeyAnswer>, RedisError> {
-        let deadline = self.config.deadline;
+    /// Packs one script call for `keys` (registry refresh with it when `registry`); `None` when
+    /// there is nothing to send.
+    fn prepare(&self, keys: Vec<PartKey>, registry: bool) -> Option<Prepared> {
         let mut ops: Vec<u8> = Vec::new();
         let mut redis_keys: Vec<Vec<u8>> = Vec::with_capacity(keys.len() + 1);
         redis_keys.push(self.config.registry_key.clone());
         let mut last_part: Vec<(PartKey, u64)> = Vec::with_capacity(keys.len());
         for key in keys {
-            let Some(kp) = self.unacked.get(key) else {
+            let Some(kp) = self.unacked.get(&key) else {
                 continue;
             };
             let sup = key.0;
             redis_keys.push(crate::redis::hybrid_key(&self.config.prefix, sup, &key.1));
             let index = redis_keys.len() as f64;
             for p in &kp.parts {
-                let r = &p.report;
-                // flags: 1 = reset, 2 = suppressed (deltas are (k, accepted, declined))
-                let flags = u8::from(r.reset) | (u8::from(sup) << 1);
-                let d = if sup {
-                    r.deltas.len() + r.declined.len()
-                } else {
-                    r.deltas.len()
-                };
-                for x in [
-                    index,
-                    p.seq as f64,
-                    r.window_ms as f64,
-                    r.capacity as f64,
-                    r.used as f64,
-                    r.release as f64,
-                    r.want as f64,
-                    f64::from(flags),
-                    d as f64,
-                ] {
-                    ops.extend_from_slice(&x.to_le_bytes());
-                }
-                if sup {
-                    let accepted = r.deltas.iter().map(|&(k, w)| (k, w, 0));
-                    let declined = r.declined.iter().map(|&(k, x)| (k, 0, x));
-                    for (k, w, x) in accepted.chain(declined) {
-                        for v in [k, w, x] {
-                            ops.extend_from_slice(&(v as f64).to_le_bytes());
-                        }
-                    }
-                } else {
-                    for &(k, w) in &r.deltas {
-                        ops.extend_from_slice(&(k as f64).to_le_bytes());
-                        ops.extend_from_slice(&(w as f64).to_le_bytes());
-                    }
-                }
+                pack_part(&mut ops, index, p, sup);
             }
-            last_part.push((key.clone(), kp.parts.len() as u64));
+            let parts = kp.parts.len() as u64;
+            last_part.push((key, parts));
         }
         if redis_keys.len() == 1 && !registry {
-            return Ok(Vec::new());
+            return None;
         }
         // On a cluster the registry lives in its own slot: a call with keys leaves it alone and
         // names its first key in its place (every key of a call must share a slot).
@@ -472,17 +468,29 @@ impl SyncActor {
         if !refresh && redis_keys.len() > 1 {
             redis_keys[0] = redis_keys[1].clone();
         }
+        Some(Prepared {
+            redis_keys,
+            ops,
+            refresh,
+            last_part,
+        })
+    }
+
+    /// Sends one prepared call (EVALSHA, then EVAL if the server lost the script); the reply's
+    /// doubles, with the local ms it was sent and received.
+    async fn send(&self, p: &Prepared) -> Result<(Vec<f64>, u64, u64), RedisError> {
+        let deadline = self.config.deadline;
         let build = |verb: &str, script: &str| {
             let mut cmd = Cmd::new();
-            cmd.arg(verb).arg(script).arg(redis_keys.len());
-            for k in &redis_keys {
+            cmd.arg(verb).arg(script).arg(p.redis_keys.len());
+            for k in &p.redis_keys {
                 cmd.arg(k.as_slice());
             }
             cmd.arg(self.config.instance.as_str())
                 .arg(self.config.bucket_ms)
                 .arg(self.config.lease_ttl_ms)
-                .arg(ops.as_slice())
-                .arg(if refresh { "1" } else { "0" })
+                .arg(p.ops.as_slice())
+                .arg(if p.refresh { "1" } else { "0" })
                 .arg(self.config.lease_ttl_ms)
                 .arg("");
             cmd
@@ -490,9 +498,8 @@ impl SyncActor {
         let sent = self.clock.now_ms();
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.clone();
-        let sha = self.sha.clone();
         let work = async {
-            match conn.query(&build("EVALSHA", &sha)).await {
+            match conn.query(&build("EVALSHA", &self.sha)).await {
                 Err(e) if e.code() == Some("NOSCRIPT") => {
                     conn.query(&build("EVAL", SYNC_LUA)).await
                 }
@@ -504,8 +511,17 @@ impl SyncActor {
             Ok(Err(e)) => return Err(RedisError::from_client(&e, deadline)),
             Err(_) => return Err(RedisError::Timeout { deadline }),
         };
-        let received = self.clock.now_ms();
-        let nums = decode(&value)?;
+        Ok((decode(&value)?, sent, self.clock.now_ms()))
+    }
+
+    /// Reads one call's reply: the clock offset, the registry's count, each key's answer.
+    fn finish(
+        &mut self,
+        p: Prepared,
+        nums: &[f64],
+        sent: u64,
+        received: u64,
+    ) -> Result<Vec<KeyAnswer>, RedisError> {
         let (server_now, instances) = match nums.get(..2) {
             Some(&[t, n]) => (t, n),
             _ => return Err(RedisError::Protocol("short hybrid sync reply".into())),
@@ -521,9 +537,9 @@ impl SyncActor {
         if instances >= 1.0 {
             self.ctx.set_instances(instances as u64, received);
         }
-        let mut out = Vec::with_capacity(last_part.len());
+        let mut out = Vec::with_capacity(p.last_part.len());
         let mut at = 2;
-        for (key, parts) in last_part {
+        for (key, parts) in p.last_part {
             let Some(kp) = self.unacked.get(&key) else {
                 continue;
             };
@@ -607,6 +623,55 @@ impl SyncActor {
             Err(_) => Err(RedisError::Timeout { deadline }),
         }
     }
+}
+
+/// Appends part `p` of the key at `index` (into KEYS) to a call's parts, as the script reads
+/// them.
+fn pack_part(ops: &mut Vec<u8>, index: f64, p: &Part, sup: bool) {
+    let r = &p.report;
+    // flags: 1 = reset, 2 = suppressed (deltas are (k, accepted, declined))
+    let flags = u8::from(r.reset) | (u8::from(sup) << 1);
+    let d = if sup {
+        r.deltas.len() + r.declined.len()
+    } else {
+        r.deltas.len()
+    };
+    for x in [
+        index,
+        p.seq as f64,
+        r.window_ms as f64,
+        r.capacity as f64,
+        r.used as f64,
+        r.release as f64,
+        r.want as f64,
+        f64::from(flags),
+        d as f64,
+    ] {
+        ops.extend_from_slice(&x.to_le_bytes());
+    }
+    if sup {
+        let accepted = r.deltas.iter().map(|&(k, w)| (k, w, 0));
+        let declined = r.declined.iter().map(|&(k, x)| (k, 0, x));
+        for (k, w, x) in accepted.chain(declined) {
+            for v in [k, w, x] {
+                ops.extend_from_slice(&(v as f64).to_le_bytes());
+            }
+        }
+    } else {
+        for &(k, w) in &r.deltas {
+            ops.extend_from_slice(&(k as f64).to_le_bytes());
+            ops.extend_from_slice(&(w as f64).to_le_bytes());
+        }
+    }
+}
+
+/// One script call, packed.
+struct Prepared {
+    redis_keys: Vec<Vec<u8>>,
+    ops: Vec<u8>,
+    refresh: bool,
+    /// Each key of the call with its number of parts (the reply has one answer per part).
+    last_part: Vec<(PartKey, u64)>,
 }
 
 /// The reply's doubles.
