@@ -62,14 +62,13 @@
 //! within ±3 % of `S` in every window from the third on, and never more than `H` in any
 //! sliding window. A sole instance decides exactly as the local provider does.
 //!
-//! # Not done yet
-//! A digest for very long keys (a key is stored under its full escaped name, as the Redis
-//! provider's keys are, without its 512-byte limit), and Redis Cluster tests (calls are
-//! grouped by slot, untested).
-//!
 //! # Redis state
-//! A key's global window lives in `<prefix>:h:{<escaped key>}` (a hash of buckets, reserves
-//! and per-instance sequence numbers) with a TTL past its last bucket; the registry of live
+//! A key's global window lives in `<prefix>:h:{<escaped key>}` (`:p:` for the suppressed
+//! strategy; a hash of buckets, reserves and per-instance sequence numbers) with a TTL past its
+//! last bucket; a key longer than 512 bytes is stored under its SHA-256 digest instead
+//! (`{\\#<64 hex digits>}`, a name no escaped key can take), so keys of any length work.
+//! On a Redis Cluster a sync makes one script call per hash slot (64 in flight); with many
+//! keys, watch [`HybridStatus::last_sync_ms`] against 4 sync intervals. the registry of live
 //! instances in `<prefix>:instances`. A restarted or failed-over server loses what it held:
 //! reserves and buckets start again from what instances report next (up to a window's worth of
 //! over-admission per key, as with the Redis provider).

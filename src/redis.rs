@@ -52,14 +52,15 @@ use batcher::Answer;
 use keys::Kind;
 use script::{OpArgs, OpCode, OpReply};
 
-/// The Redis key of hybrid key `key` under `prefix`, of the absolute or the suppressed strategy.
+/// The Redis key of hybrid key `key` under `prefix`, of the absolute or the suppressed strategy
+/// (a key longer than [`MAX_KEY_LEN`] under its SHA-256 digest).
 pub(crate) fn hybrid_key(prefix: &str, suppressed: bool, key: &str) -> Vec<u8> {
     let kind = if suppressed {
         Kind::HybridSuppressed
     } else {
         Kind::Hybrid
     };
-    keys::encode(prefix, kind, key)
+    keys::encode_any_length(prefix, kind, key)
 }
 
 /// The hash slot of an encoded key.

@@ -399,6 +399,48 @@ async fn four_instances_suppressed_settle_at_the_target_and_never_pass_the_hard_
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Keys of any length work: one over 512 bytes is stored in Redis under a SHA-256 digest, two
+/// long keys differing only in their last byte stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_are_stored_under_a_digest() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = instance(&server, "long").await;
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(5.0);
+    let base = "u".repeat(10_000);
+    let keys = [format!("{base}a"), format!("{base}b"), "x".repeat(600)];
+    for (i, k) in keys.iter().enumerate() {
+        for _ in 0..=i {
+            assert!(rl.hybrid().absolute().inc(k, &r, 1).is_allowed());
+        }
+    }
+    rl.hybrid().flush().await.expect("sync");
+    assert_eq!(rl.hybrid().status().pending_parts, 0);
+    let mut c = server.conn();
+    let found = support::redis_server::scan_all(&mut c, "long:h:*");
+    let mut counts = Vec::new();
+    for k in &found {
+        let name = String::from_utf8_lossy(k);
+        assert!(
+            name.starts_with("long:h:{\\#") && name.len() == "long:h:{\\#}".len() + 64,
+            "{name}"
+        );
+        let fields: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg(k).query(&mut c).expect("HGETALL");
+        counts.push(
+            fields
+                .iter()
+                .filter(|(f, _)| f.starts_with('b'))
+                .map(|(_, v)| v.parse::<f64>().expect("count") as u64)
+                .sum::<u64>(),
+        );
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, vec![1, 2, 3], "three keys, apart");
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_whose_reply_was_lost_is_counted_once() {
     let _serial = SERIAL.lock().await;

@@ -70,6 +70,28 @@ pub(crate) fn encode(prefix: &str, kind: Kind, key: &str) -> Vec<u8> {
     out
 }
 
+/// The Redis key of `key` under `prefix` for strategy `kind`, with a key longer than
+/// [`MAX_KEY_LEN`] bytes stored under its SHA-256 digest: `{\#<64 hex digits>}`. The escape
+/// never writes `\#` (a backslash is only ever followed by `\ ( ) a q < >`), so a digest name
+/// never equals an escaped user key.
+pub(crate) fn encode_any_length(prefix: &str, kind: Kind, key: &str) -> Vec<u8> {
+    use sha2::Digest;
+    if key.len() <= MAX_KEY_LEN {
+        return encode(prefix, kind, key);
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut out = Vec::with_capacity(prefix.len() + 72);
+    out.extend_from_slice(prefix.as_bytes());
+    out.push(b':');
+    out.push(kind.tag());
+    out.extend_from_slice(b":{\\#");
+    for b in digest {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
 /// Decodes the user part of an encoded key (the inverse of the escape); `None` if `redis_key`
 /// is not an encoded key. Used by tests to prove injectivity.
 #[cfg(test)]
@@ -146,6 +168,30 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_over_the_limit_is_stored_under_its_digest_and_never_collides_with_a_short_one() {
+        let short = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(
+            encode_any_length("p", Kind::Hybrid, &short),
+            encode("p", Kind::Hybrid, &short)
+        );
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        let d = encode_any_length("p", Kind::Hybrid, &long);
+        assert_eq!(d.len(), "p:h:{\\#}".len() + 64);
+        assert!(d.starts_with(b"p:h:{\\#") && d.ends_with(b"}"));
+        // SHA-256("k" x 513), as `printf 'k%.0s' $(seq 513) | sha256sum` prints it
+        assert_eq!(
+            &d[7..71],
+            b"45a7c7ef95c3417e800362f5672aba16da807261fe7121f3a81b0a0fb6b9a05c"
+        );
+        let other = encode_any_length("p", Kind::Hybrid, &format!("{}j", "k".repeat(MAX_KEY_LEN)));
+        assert_ne!(d, other, "keys differing in the last byte");
+        assert_ne!(d, encode_any_length("p", Kind::HybridSuppressed, &long));
+        // a user key that spells the digest name is escaped differently
+        let spelled = String::from_utf8(d[5..d.len() - 1].to_vec()).expect("ascii");
+        assert_ne!(encode_any_length("p", Kind::Hybrid, &spelled), d);
+    }
 
     #[test]
     fn slots_match_redis() {
