@@ -66,7 +66,7 @@
 //! A key's global window lives in `<prefix>:h:{<escaped key>}` (`:p:` for the suppressed
 //! strategy; a hash of buckets, reserves and per-instance sequence numbers) with a TTL past its
 //! last bucket; a key longer than 512 bytes is stored under its SHA-256 digest instead
-//! (`{\\#<64 hex digits>}`, a name no escaped key can take), so keys of any length work.
+//! (`{\#<64 hex digits>}`, a name no escaped key can take), so keys of any length work.
 //! On a Redis Cluster a sync makes one script call per hash slot (64 in flight); with many
 //! keys, watch [`HybridStatus::last_sync_ms`] against 4 sync intervals. the registry of live
 //! instances in `<prefix>:instances`. A restarted or failed-over server loses what it held:
