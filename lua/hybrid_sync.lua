@@ -33,6 +33,11 @@
 --   "r:<id>"   "R:at": units instance <id> holds in reserve (counted as live until released or
 --              spent), refreshed at `at`; not refreshed for the lease time-to-live, it becomes
 --              weight admitted in the bucket of its expiry (its instance may have spent it).
+--   "c:<id>"   "R:k": a reserve of <id> that expired unrefreshed and was counted as R units admitted
+--              in bucket k. The next part <id> gets applied reports what it really spent (its
+--              deltas): the R units come back out of bucket k then, so an instance that was only
+--              cut off for a while (a stalled server, a partition) is counted exactly once it
+--              reports; one that never does stays counted at R (never fewer than it spent).
 --   "s:<id>"   "seq:at": the last part of <id> applied to this key (idempotency: a part whose
 --              reply was lost is sent again with its seq and applied at most once; instances
 --              never send a part again once it is older than W, and records are kept longer).
@@ -76,12 +81,23 @@ end
 
 local states = {}
 
+-- Field writes and deletions of one key, the last one winning.
+local function put(st, f, v)
+  st.sets[f] = v
+  st.dels[f] = nil
+end
+
+local function del(st, f)
+  st.dels[f] = true
+  st.sets[f] = nil
+end
+
 local function load(i)
   local st = states[i]
   if st then return st end
   local raw = redis.call('HGETALL', KEYS[i])
   st = { key = KEYS[i], buckets = {}, reserves = {}, seqs = {}, touched = false, W = 0,
-    setb = {}, sets = {}, dels = {}, declined = {}, setx = {} }
+    setb = {}, sets = {}, dels = {}, declined = {}, setx = {}, conv = {} }
   for j = 1, #raw, 2 do
     local f, v = raw[j], raw[j + 1]
     local c = string.sub(f, 1, 1)
@@ -97,6 +113,9 @@ local function load(i)
     elseif c == 's' then
       local s, at = string.match(v, '^([%d%.e%+]+):(%d+)$')
       if s then st.seqs[string.sub(f, 3)] = { tonumber(s), tonumber(at) } end
+    elseif c == 'c' then
+      local r, k = string.match(v, '^([%d%.e%+]+):(%d+)$')
+      if r then st.conv[string.sub(f, 3)] = { tonumber(r), tonumber(k) } end
     end
   end
   -- A reserve its instance stopped refreshing (dead, or cut off from Redis) may have been
@@ -108,8 +127,13 @@ local function load(i)
       local k = floor((r[2] + LEASE_TTL) / G)
       st.buckets[k] = sat(st.buckets[k] or 0, r[1])
       st.setb[k] = true
-      st.dels['r:' .. id] = true
+      del(st, 'r:' .. id)
       st.reserves[id] = nil
+      -- (an older conversion of the same instance stays counted: it was never reconciled)
+      if st.conv[id] == nil then
+        st.conv[id] = { r[1], k }
+        put(st, 'c:' .. id, string.format('%.17g:%d', r[1], k))
+      end
       st.touched = true
     end
   end
@@ -155,17 +179,6 @@ local function attempts(st, W)
   return declined, oldest
 end
 
--- Field writes and deletions of one key, the last one winning.
-local function put(st, f, v)
-  st.sets[f] = v
-  st.dels[f] = nil
-end
-
-local function del(st, f)
-  st.dels[f] = true
-  st.sets[f] = nil
-end
-
 local out = { now, live_instances }
 local ops = ARGV[4]
 local pos = 1
@@ -192,6 +205,27 @@ while pos <= len do
       st.setx = {}
       for id, _ in pairs(st.reserves) do del(st, 'r:' .. id) end
       st.reserves = {}
+      for id, _ in pairs(st.conv) do del(st, 'c:' .. id) end
+      st.conv = {}
+    end
+    -- This instance reports again after its reserve was counted as admitted at expiry: what
+    -- it spent arrives as deltas, so the conversion comes back out.
+    local cv = st.conv[inst]
+    if cv then
+      local b = st.buckets[cv[2]]
+      if b then
+        b = b - cv[1]
+        if b > 0 then
+          st.buckets[cv[2]] = b
+          st.setb[cv[2]] = true
+        else
+          st.buckets[cv[2]] = nil
+          st.setb[cv[2]] = nil
+          del(st, 'b' .. string.format('%d', cv[2]))
+        end
+      end
+      st.conv[inst] = nil
+      del(st, 'c:' .. inst)
     end
     local mine = st.reserves[inst]
     local R = 0
@@ -291,6 +325,9 @@ for _, st in pairs(states) do
     end
     for id, r in pairs(st.reserves) do
       if not reserve_live(r) then gone[#gone + 1] = 'r:' .. id end
+    end
+    for id, cv in pairs(st.conv) do
+      if not bucket_live(cv[2], st.W) then gone[#gone + 1] = 'c:' .. id end
     end
     for f, _ in pairs(st.dels) do gone[#gone + 1] = f end
     -- a part older than W is never sent again (its deltas no longer count, its reserve has

@@ -41,7 +41,9 @@
 //! limit comes out of a reserve, so the most admitted in any window of length `W` is `C`
 //! (server time; each instance maps its clock to the server's from round trips shorter than
 //! `G`, and the extra bucket Redis counts absorbs that error). A reserve its instance stops
-//! refreshing (dead, or cut off) counts as admitted at its expiry, for a window. The excess
+//! refreshing (dead, or cut off) counts as admitted at its expiry, for a window, or until the
+//! instance reports again: its reports then bring what it really spent, and the reserve comes
+//! back out (so after a stall or a partition Redis holds exactly what was admitted). The excess
 //! comes only from provisional shares (a key this instance holds no reserve for and Redis
 //! last reported below half its limit, or never: up to `C / N` per instance before the key's
 //! first sync, or a share of the room Redis reported), from instances joining (shares computed

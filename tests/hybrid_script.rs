@@ -257,3 +257,39 @@ fn a_suppressed_part_stores_declined_weight_by_bucket_and_answers_with_attempts(
     );
     assert_eq!(field(&mut c, &format!("x{k}")), None);
 }
+
+/// An instance cut off long enough for its reserve to expire (a stalled server, a partition)
+/// reports when it is back: what it spent arrives as deltas, and the reserve that was counted
+/// as admitted at its expiry comes back out, so Redis holds exactly what was admitted.
+#[test]
+fn a_reserve_counted_at_expiry_comes_back_out_when_its_instance_reports() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 5_000_000;
+    let k = now / G;
+    let a = Part { want: 10, ..part(1) };
+    assert_eq!(call(&mut c, "a", now, &[a])[3], 10.0);
+    // a spends 3 of its 10, then loses Redis; b's call after the lease converts a's reserve
+    let b = Part {
+        deltas: vec![(k + 20, 1)],
+        ..part(1)
+    };
+    let reply = call(&mut c, "b", now + LEASE_TTL + 5, &[b]);
+    assert_eq!(reply[4], 11.0, "a's 10 counted as admitted, plus b's 1");
+    // a is back: its part reports the 3 it spent (in their buckets) out of its reserve
+    let back = Part {
+        used: 3,
+        deltas: vec![(k + 1, 3)],
+        ..part(2)
+    };
+    let reply = call(&mut c, "a", now + LEASE_TTL + 50, &[back]);
+    assert_eq!(reply[4], 4.0, "exactly the 3 a spent and b's 1");
+    assert_eq!(field(&mut c, "c:a"), None, "the conversion is settled");
+    // sent again after a lost reply: nothing changes
+    let again = Part {
+        used: 3,
+        deltas: vec![(k + 1, 3)],
+        ..part(2)
+    };
+    assert_eq!(call(&mut c, "a", now + LEASE_TTL + 60, &[again])[4], 4.0);
+}
