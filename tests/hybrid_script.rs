@@ -267,7 +267,10 @@ fn a_reserve_counted_at_expiry_comes_back_out_when_its_instance_reports() {
     let mut c = server.conn();
     let now = 5_000_000;
     let k = now / G;
-    let a = Part { want: 10, ..part(1) };
+    let a = Part {
+        want: 10,
+        ..part(1)
+    };
     assert_eq!(call(&mut c, "a", now, &[a])[3], 10.0);
     // a spends 3 of its 10, then loses Redis; b's call after the lease converts a's reserve
     let b = Part {

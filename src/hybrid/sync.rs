@@ -87,7 +87,8 @@ pub struct HybridStatus {
     pub last_ok_ms: Option<u64>,
     /// Key reports waiting for Redis (kept and sent again until answered).
     pub pending_parts: u64,
-    /// Reports dropped unsent because they had left their window (no longer counted anywhere).
+    /// Reports (whole, or their deltas by bucket) dropped unsent because they had left their
+    /// window (no longer counted anywhere).
     pub dropped_parts: u64,
     /// Redis script calls made.
     pub round_trips: u64,
@@ -156,6 +157,7 @@ impl SyncHandle {
             rx,
             started: false,
             offset_known: false,
+            suspect: false,
         };
         actor.ctx.set_reporting(true);
         tokio::spawn(actor.run());
@@ -187,9 +189,46 @@ impl SyncHandle {
 #[derive(Clone, Debug)]
 struct Part {
     seq: u64,
-    /// Local ms of the collect that made it.
+    /// Local ms of the collect that made it (of the last one merged into it, for a part not
+    /// sent yet).
     at: u64,
     report: Report,
+    /// Whether a call carried it (from then on it is sent again as it is, never merged: its
+    /// number may have been applied).
+    sent: bool,
+}
+
+/// Merges `later` into a part no call carried yet (so nothing of it can have been applied):
+/// deltas by bucket, spent and returned reserve summed, the latest demand. Deltas whose bucket
+/// has left its window by server time `server_now` are dropped (they no longer count anywhere);
+/// returns how many.
+fn merge_unsent(into: &mut Report, later: Report, server_now: u64, bucket_ms: u64) -> u64 {
+    fn add(list: &mut Vec<(u64, u64)>, more: Vec<(u64, u64)>) {
+        for (k, w) in more {
+            match list.iter_mut().find(|(b, _)| *b == k) {
+                Some((_, x)) => *x = x.saturating_add(w),
+                None => list.push((k, w)),
+            }
+        }
+    }
+    add(&mut into.deltas, later.deltas);
+    add(&mut into.declined, later.declined);
+    into.used = into.used.saturating_add(later.used);
+    into.release = into.release.saturating_add(later.release);
+    into.want = later.want;
+    into.window_ms = later.window_ms;
+    into.capacity = later.capacity;
+    let window = into.window_ms;
+    let live = |&(k, _): &(u64, u64)| {
+        (k.saturating_add(1))
+            .saturating_mul(bucket_ms)
+            .saturating_add(window)
+            > server_now
+    };
+    let before = into.deltas.len() + into.declined.len();
+    into.deltas.retain(live);
+    into.declined.retain(live);
+    (before - into.deltas.len() - into.declined.len()) as u64
 }
 
 /// A key's parts, oldest first.
@@ -214,6 +253,8 @@ struct SyncActor {
     started: bool,
     /// Whether a clock offset was taken.
     offset_known: bool,
+    /// Whether a call failed since the last answer: the next sync sends a PING first.
+    suspect: bool,
 }
 
 /// What one call answered for one key: the answer to its last part.
@@ -323,6 +364,11 @@ impl SyncActor {
             .map(|r| (reset_seq, r))
             .chain(absolute.into_iter().flatten().map(|r| (seq, (false, r))))
             .chain(suppressed.into_iter().flatten().map(|r| (seq, (true, r))));
+        // While Redis does not answer, reports pile up: one unsent part per key takes them all
+        // (bounded by the window's buckets), so a long outage costs neither memory nor, when
+        // Redis is back, a call per missed interval.
+        let server_now = t0.saturating_add_signed(self.ctx.offset());
+        let mut dropped = 0u64;
         for (seq, (sup, report)) in parts {
             let entry = self
                 .unacked
@@ -331,14 +377,21 @@ impl SyncActor {
                     hash: report.hash,
                     parts: Vec::new(),
                 });
-            entry.parts.push(Part {
-                seq,
-                at: t0,
-                report,
-            });
+            match entry.parts.last_mut() {
+                Some(last) if !last.sent && !last.report.reset && !report.reset => {
+                    dropped +=
+                        merge_unsent(&mut last.report, report, server_now, self.config.bucket_ms);
+                    last.at = t0;
+                }
+                _ => entry.parts.push(Part {
+                    seq,
+                    at: t0,
+                    report,
+                    sent: false,
+                }),
+            }
         }
         // A part older than its window counts nowhere any more: never send it again.
-        let mut dropped = 0u64;
         self.unacked.retain(|_, kp| {
             kp.parts.retain(|p| {
                 let keep = t0.saturating_sub(p.at) < p.report.window_ms;
@@ -351,37 +404,59 @@ impl SyncActor {
             .dropped_parts
             .fetch_add(dropped, Ordering::Relaxed);
 
-        let keys: Vec<PartKey> = self.unacked.keys().cloned().collect();
-        // Calls go out CALLS_IN_FLIGHT at a time: a sync of many keys (on a cluster, one call
-        // per hash slot) would otherwise take a round trip per call, and outlive the reserves
-        // it refreshes.
-        let prepared: Vec<Prepared> = self
-            .plan(keys)
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, keys)| self.prepare(keys, i == 0))
-            .collect();
-        let replies: Vec<_> = {
-            let this = &*self;
-            // collected first: a lazy map here trips the Send check of the spawned actor
-            let calls: Vec<_> = prepared.iter().map(|p| this.send(p)).collect();
-            futures_util::stream::iter(calls)
-                .buffered(CALLS_IN_FLIGHT)
-                .collect()
-                .await
-        };
         let mut answers: Vec<KeyAnswer> = Vec::new();
         let mut result = Ok(());
-        for (p, reply) in prepared.into_iter().zip(replies) {
-            let done: Vec<PartKey> = p.last_part.iter().map(|(k, _)| k.clone()).collect();
-            match reply.and_then(|(nums, sent, received)| self.finish(p, &nums, sent, received)) {
-                Ok(a) => {
-                    for k in &done {
-                        self.unacked.remove(k);
-                    }
-                    answers.extend(a);
-                }
+        // After a failed call, a PING first: while the server does not answer, nothing more is
+        // queued on its connection (a stalled server would otherwise run a backlog of script
+        // calls, one per missed interval, when it resumes).
+        if self.suspect {
+            match self.ping().await {
+                Ok(()) => self.suspect = false,
                 Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() {
+            let keys: Vec<PartKey> = self.unacked.keys().cloned().collect();
+            // Calls go out CALLS_IN_FLIGHT at a time: a sync of many keys (on a cluster, one
+            // call per hash slot) would otherwise take a round trip per call, and outlive the
+            // reserves it refreshes.
+            let prepared: Vec<Prepared> = self
+                .plan(keys)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, keys)| self.prepare(keys, i == 0))
+                .collect();
+            for p in &prepared {
+                for (k, _) in &p.last_part {
+                    if let Some(kp) = self.unacked.get_mut(k) {
+                        kp.parts.iter_mut().for_each(|part| part.sent = true);
+                    }
+                }
+            }
+            let replies: Vec<_> = {
+                let this = &*self;
+                // collected first: a lazy map here trips the Send check of the spawned actor
+                let calls: Vec<_> = prepared.iter().map(|p| this.send(p)).collect();
+                futures_util::stream::iter(calls)
+                    .buffered(CALLS_IN_FLIGHT)
+                    .collect()
+                    .await
+            };
+            for (p, reply) in prepared.into_iter().zip(replies) {
+                let done: Vec<PartKey> = p.last_part.iter().map(|(k, _)| k.clone()).collect();
+                match reply.and_then(|(nums, sent, received)| self.finish(p, &nums, sent, received))
+                {
+                    Ok(a) => {
+                        for k in &done {
+                            self.unacked.remove(k);
+                        }
+                        answers.extend(a);
+                    }
+                    Err(e) => {
+                        self.suspect = true;
+                        result = Err(e);
+                    }
+                }
             }
         }
         // After a burst of keys, do not keep a map sized for it.
@@ -611,6 +686,17 @@ impl SyncActor {
         }
     }
 
+    /// A PING within the deadline.
+    async fn ping(&mut self) -> Result<(), RedisError> {
+        let deadline = self.config.deadline;
+        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(deadline, self.conn.query(&redis::cmd("PING"))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
+            Err(_) => Err(RedisError::Timeout { deadline }),
+        }
+    }
+
     /// Leaves the registry (shutdown).
     async fn leave(&mut self) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("ZREM");
@@ -695,4 +781,38 @@ fn decode(v: &Value) -> Result<Vec<f64>, RedisError> {
             f64::from_le_bytes(b)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(deltas: Vec<(u64, u64)>, used: u64, want: u64) -> Report {
+        Report {
+            key: "k".into(),
+            hash: 0,
+            window_ms: 1000,
+            capacity: 100,
+            used,
+            release: 0,
+            want,
+            deltas,
+            declined: vec![(7, 1)],
+            reset: false,
+        }
+    }
+
+    #[test]
+    fn an_unsent_part_takes_later_reports_and_drops_deltas_that_left_the_window() {
+        let mut a = report(vec![(1, 2), (150, 1)], 2, 4);
+        // server time 1,600 ms, G = 10 ms, W = 1 s: bucket 1 ended at 20 ms + 1 s: gone
+        let dropped = merge_unsent(&mut a, report(vec![(150, 3), (151, 1)], 3, 8), 1600, 10);
+        assert_eq!(a.deltas, vec![(150, 4), (151, 1)]);
+        assert_eq!(
+            a.declined,
+            Vec::<(u64, u64)>::new(),
+            "bucket 7 left the window too"
+        );
+        assert_eq!((a.used, a.want, dropped), (5, 8, 2));
+    }
 }
