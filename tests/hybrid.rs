@@ -491,6 +491,99 @@ async fn a_sync_whose_reply_was_lost_is_counted_once() {
     );
 }
 
+/// A sync call that outlives its deadline (the server holds it under `CLIENT PAUSE WRITE`,
+/// then runs it) and one whose connection is killed while the server holds it: the reports are
+/// sent again, and Redis ends up with exactly what was admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_lost_to_a_deadline_or_a_killed_connection_are_counted_once() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    // only flushes sync
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(10))
+        .sync_interval(Duration::from_secs(3600))
+        .redis_deadline(Duration::from_millis(100))
+        .redis_url(server.url())
+        .prefix("paused")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(100.0);
+    let abs = rl.hybrid().absolute();
+    let admitted = std::cell::Cell::new(0u64);
+    let admit = |n: usize| {
+        for _ in 0..n {
+            assert!(abs.inc("k", &r, 1).is_allowed());
+            admitted.set(admitted.get() + 1);
+        }
+    };
+    let flush_until_ok = || async {
+        for _ in 0..100 {
+            if rl.hybrid().flush().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("sync does not resume: {:?}", rl.hybrid().status());
+    };
+    let mut admin = server.conn();
+    let pause = |c: &mut redis::Connection| {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(400)
+            .arg("WRITE")
+            .query(c)
+            .expect("CLIENT PAUSE");
+    };
+
+    // 1. the deadline passes while the server holds the call; it runs after the pause
+    admit(5);
+    pause(&mut admin);
+    let timed_out = rl.hybrid().flush().await;
+    assert!(timed_out.is_err(), "{timed_out:?}");
+    admit(3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        redis_totals(&server, "paused", "k").0,
+        5,
+        "the call whose reply was lost ran after the pause"
+    );
+    flush_until_ok().await;
+    assert_eq!(redis_totals(&server, "paused", "k").0, admitted.get());
+
+    // 2. the connection is killed while the server holds the call
+    admit(4);
+    pause(&mut admin);
+    let rl2 = rl.clone();
+    let pending = tokio::spawn(async move { rl2.hybrid().flush().await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut admin)
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "the limiter's connection was killed");
+    let killed_call = pending.await.expect("flush task");
+    admit(2);
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut admin)
+        .expect("CLIENT UNPAUSE");
+    flush_until_ok().await;
+    eprintln!(
+        "killed call: {killed_call:?}; admitted {}; {:?}",
+        admitted.get(),
+        rl.hybrid().status()
+    );
+    assert_eq!(redis_totals(&server, "paused", "k").0, admitted.get());
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_server_never_blocks_a_decision_and_nothing_is_lost_or_doubled() {
     let _serial = SERIAL.lock().await;
