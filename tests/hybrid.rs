@@ -584,6 +584,86 @@ async fn replies_lost_to_a_deadline_or_a_killed_connection_are_counted_once() {
     rl.hybrid().shutdown().await.expect("shutdown");
 }
 
+/// A flood of 1,000,000 distinct keys through one instance: what waits for Redis stays
+/// bounded (parts older than the window are dropped, one part per key at most), every key is
+/// reported or dropped, and the sweeper evicts the idle keys afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_a_million_keys_stays_bounded_and_is_swept() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(1))
+        .bucket(Duration::from_millis(10))
+        .sync_interval(Duration::from_millis(10))
+        .stale_after(Duration::from_secs(2))
+        .sweep_interval(Duration::from_millis(200))
+        .redis_url(server.url())
+        .prefix("flood")
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    let keys = 1_000_000usize;
+    let flooding = {
+        let rl = rl.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = rate(10.0);
+            let mut chunk = Vec::with_capacity(1000);
+            let mut admitted = 0usize;
+            let t = Instant::now();
+            for i in 0..keys {
+                chunk.push(format!("ip-{i}"));
+                if chunk.len() == 1000 {
+                    admitted += rl
+                        .hybrid()
+                        .absolute()
+                        .inc_many(&chunk, &r, 1)
+                        .iter()
+                        .filter(|d| d.is_allowed())
+                        .count();
+                    chunk.clear();
+                    // about 250,000 new keys per second
+                    if let Some(ahead) =
+                        Duration::from_micros(4 * i as u64).checked_sub(t.elapsed())
+                    {
+                        std::thread::sleep(ahead);
+                    }
+                }
+            }
+            admitted
+        })
+    };
+    let (mut peak_pending, mut peak_keys) = (0u64, 0usize);
+    while !flooding.is_finished() {
+        peak_pending = peak_pending.max(rl.hybrid().status().pending_parts);
+        peak_keys = peak_keys.max(rl.hybrid().absolute().len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admitted = flooding.await.expect("flood");
+    assert_eq!(admitted, keys, "every new key has room");
+    let flooded = Instant::now();
+    let mut drained = None;
+    while flooded.elapsed() < Duration::from_secs(90) {
+        let st = rl.hybrid().status();
+        peak_pending = peak_pending.max(st.pending_parts);
+        if st.pending_parts == 0 && rl.hybrid().absolute().is_empty() {
+            drained = Some(flooded.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = rl.hybrid().status();
+    eprintln!(
+        "{keys} keys: peak {peak_keys} held, peak {peak_pending} parts waiting; all reported or dropped and swept {drained:?} after the flood; {st:?}"
+    );
+    assert!(
+        peak_pending <= keys as u64,
+        "at most one part per key waits"
+    );
+    assert!(drained.is_some(), "keys left after the flood: {st:?}");
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_server_never_blocks_a_decision_and_nothing_is_lost_or_doubled() {
     let _serial = SERIAL.lock().await;

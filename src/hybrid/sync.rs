@@ -85,7 +85,8 @@ pub struct HybridStatus {
     pub failures: u64,
     /// When the last fully successful sync started, on the limiter's clock (`None`: never).
     pub last_ok_ms: Option<u64>,
-    /// Key reports waiting for Redis (kept and sent again until answered).
+    /// Key reports waiting for Redis (kept and sent again until answered), including those of
+    /// a sync in progress.
     pub pending_parts: u64,
     /// Reports (whole, or their deltas by bucket) dropped unsent because they had left their
     /// window (no longer counted anywhere).
@@ -404,6 +405,11 @@ impl SyncActor {
             .dropped_parts
             .fetch_add(dropped, Ordering::Relaxed);
 
+        // what waits for Redis while this sync's calls run
+        self.counters.pending_parts.store(
+            self.unacked.values().map(|k| k.parts.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
         let mut answers: Vec<KeyAnswer> = Vec::new();
         let mut result = Ok(());
         // After a failed call, a PING first: while the server does not answer, nothing more is
