@@ -11,11 +11,16 @@
 //!    decisions per second on a hot key and on 100,000 keys.
 //! 4. **Accuracy**: 4 instances in this process, one key at C = 1000 per 1 s, offered 5×, for
 //!    eyelet's and Trypema's hybrid: the most admitted in any 1 s window and the mean per second.
+//!    The suppressed strategy at 4× its soft limit S = 1000 (H = 1500): accepted per second.
 //! 5. **Memory** per idle key (1 request, 1,000,000 keys), hybrid vs local.
+//! 6. **Redis cost**: 2 instances, one deciding (1 caller) on a hot key at full speed and at
+//!    1,000/s, and on 100,000 keys: script calls per instance per second (the sync's, all of
+//!    them) and Redis CPU (`INFO cpu`) per decision.
 //!
 //! `cargo bench --features redis --bench hybrid`; `EYELET_BENCH_ROUNDS` (default 5),
 //! `EYELET_BENCH_SECS` (seconds per contender per round, default 1), `EYELET_BENCH_ONLY` (run
-//! the parts whose name contains it: `vs-local`, `tail`, `vs-trypema`, `accuracy`, `memory`).
+//! the parts whose name contains it: `vs-local`, `tail`, `vs-trypema`, `accuracy`, `memory`,
+//! `redis-cost`).
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -554,6 +559,133 @@ async fn accuracy(url: &str, secs: f64) {
         })
         .collect();
     accuracy_line("trypema hybrid", c, offered_load(fs, c, secs).await);
+
+    // the suppressed strategy: 4x its soft limit, H = 1.5 S
+    let mut sup = Vec::new();
+    for _ in 0..4 {
+        let rl = RateLimiter::builder()
+            .window(Duration::from_secs(1))
+            .bucket(Duration::from_millis(10))
+            .sync_interval(Duration::from_millis(10))
+            .hard_limit_factor(1.5)
+            .redis_url(url)
+            .prefix("bench-acc-sup")
+            .connect()
+            .await
+            .expect("connect");
+        sup.push(rl);
+    }
+    for _ in 0..2 {
+        for rl in &sup {
+            rl.hybrid().flush().await.expect("sync");
+        }
+    }
+    let fs: Vec<_> = sup
+        .iter()
+        .map(|rl| {
+            let rl = rl.clone();
+            move || {
+                let ok = rl.hybrid().suppressed().inc("acc", &rate, 1).is_allowed();
+                async move { ok }
+            }
+        })
+        .collect();
+    // offered_load offers 5x its argument: 5 x 0.8 S = 4 S
+    let (all, start, end) = offered_load(fs, 0.8 * c, secs).await;
+    let mut per_second = vec![0usize; end.duration_since(start).as_secs() as usize];
+    for t in &all {
+        if let Some(n) = per_second.get_mut(t.duration_since(start).as_secs() as usize) {
+            *n += 1;
+        }
+    }
+    let most = most_in_any_window(&all, Duration::from_secs(1));
+    println!(
+        "eyelet hybrid suppressed, 4 instances, offered 4x S = 1000 (H = 1500): accepted per second {per_second:?}; most in any 1 s window {most} ({:.3} H)",
+        most as f64 / 1500.0
+    );
+    for rl in &sup {
+        let _ = rl.hybrid().shutdown().await;
+    }
+}
+
+/// Redis's CPU time so far, in µs.
+fn redis_cpu_us(server: &RedisServer) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut server.conn())
+        .expect("INFO cpu");
+    info.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            matches!(k, "used_cpu_sys" | "used_cpu_user").then(|| v.parse::<f64>().ok())?
+        })
+        .sum::<f64>()
+        * 1e6
+}
+
+/// Decisions one caller makes on `keys` for `secs`, at most `per_second` (full speed if None).
+fn drive(rl: &Arc<RateLimiter>, keys: &[String], secs: f64, per_second: Option<f64>) -> u64 {
+    let rate = RateLimit::try_from(1e9).unwrap();
+    let start = Instant::now();
+    let mut s = 7u64;
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..64 {
+            s = splitmix(s);
+            let k = &keys[(s % keys.len() as u64) as usize];
+            black_box(rl.hybrid().absolute().inc(k, &rate, 1));
+            n += 1;
+        }
+        if let Some(p) = per_second {
+            let due = Duration::from_secs_f64(n as f64 / p);
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+    n
+}
+
+async fn redis_cost(server: &RedisServer, secs: f64) {
+    println!(
+        "
+== Redis cost: 2 instances (one deciding, 1 caller), sync 10 ms, {secs} s each =="
+    );
+    println!("workload                 decisions/s   script calls/s per instance   Redis CPU us/decision");
+    let url = server.url();
+    let hot: Arc<Vec<String>> = Arc::new(vec!["hot".to_string()]);
+    let many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("user_{i:07}")).collect());
+    for (i, (name, keys, pace)) in [
+        ("hot key, full speed", &hot, None),
+        ("hot key, 1,000/s", &hot, Some(1000.0)),
+        ("100k keys, full speed", &many, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("bench-cost-{i}");
+        let a = hybrid_instance(&url, &prefix).await;
+        let b = hybrid_instance(&url, &prefix).await;
+        for rl in [&a, &b, &a, &b] {
+            rl.hybrid().flush().await.expect("sync");
+        }
+        let calls = || a.hybrid().status().round_trips + b.hybrid().status().round_trips;
+        let (calls0, cpu0, t0) = (calls(), redis_cpu_us(server), Instant::now());
+        let (rl, keys2) = (a.clone(), keys.clone());
+        let n = tokio::task::spawn_blocking(move || drive(&rl, &keys2, secs, pace))
+            .await
+            .unwrap();
+        let el = t0.elapsed().as_secs_f64();
+        let (calls1, cpu1) = (calls(), redis_cpu_us(server));
+        println!(
+            "{name:<24} {:>11.0}   {:>27.1}   {:>21.3}",
+            n as f64 / el,
+            (calls1 - calls0) as f64 / 2.0 / el,
+            (cpu1 - cpu0) / n as f64
+        );
+        let _ = a.hybrid().shutdown().await;
+        let _ = b.hybrid().shutdown().await;
+    }
 }
 
 async fn memory(url: &str) {
@@ -621,6 +753,9 @@ fn main() {
         }
         if selected("memory") {
             memory(&url).await;
+        }
+        if selected("redis-cost") {
+            redis_cost(&server, 3.0).await;
         }
     });
 }
