@@ -37,43 +37,16 @@ mod redis_server;
 #[allow(dead_code, unreachable_pub)]
 mod proxy;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use eyelet::{RateLimit, RateLimiter};
 use redis_server::RedisServer;
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
 const KEYS: usize = 100_000;
 
@@ -693,12 +666,12 @@ async fn memory(url: &str) {
     let n = 1_000_000;
     let keys: Vec<String> = (0..n).map(|i| format!("user_{i:07}")).collect();
     let rate = RateLimit::try_from(1e9).unwrap();
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = counting::live_bytes();
     let local = RateLimiter::builder().sweeper(false).build().unwrap();
     for k in &keys {
         local.local().absolute().inc(k, &rate, 1);
     }
-    let l = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let l = (counting::live_bytes() - before) as f64 / n as f64;
     drop(local);
     let hybrid = RateLimiter::builder()
         .sweeper(false)
@@ -708,7 +681,7 @@ async fn memory(url: &str) {
         .await
         .unwrap();
     hybrid.hybrid().flush().await.unwrap();
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = counting::live_bytes();
     for k in &keys {
         hybrid.hybrid().absolute().inc(k, &rate, 1);
     }
@@ -717,7 +690,7 @@ async fn memory(url: &str) {
         hybrid.hybrid().flush().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let h = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let h = (counting::live_bytes() - before) as f64 / n as f64;
     println!(
         "local  {l:.1} B/key\nhybrid {h:.1} B/key   (hybrid/local {:.2})",
         h / l

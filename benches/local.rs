@@ -22,47 +22,19 @@
     unreachable_pub
 )]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write as _;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator (memory report)
-
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
 // ---------------------------------------------------------------------------------------------
 // Output: stdout, and the file named by EYELET_BENCH_OUT
@@ -615,12 +587,12 @@ fn memory_report() {
     const IDLE: usize = 1_000_000;
     let keys: Vec<String> = (0..IDLE).map(|i| key(i, 12)).collect();
     for who in ALL {
-        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let before = counting::live_bytes();
         let l = Limiter::new(who, 10.0);
         for k in &keys {
             l.check(k);
         }
-        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let after = counting::live_bytes();
         say!(
             "idle key (1 request, 1,000,000 keys)  {:<9} {:>7.1} B/key",
             who.name(),
@@ -632,7 +604,7 @@ fn memory_report() {
     const ACTIVE: usize = 10_000;
     let keys: Vec<String> = (0..ACTIVE).map(|i| key(i, 12)).collect();
     for who in ALL {
-        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let before = counting::live_bytes();
         let l = Limiter::new(who, 1000.0);
         let start = Instant::now();
         for tick in 0..36u32 {
@@ -644,7 +616,7 @@ fn memory_report() {
                 l.check(k);
             }
         }
-        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let after = counting::live_bytes();
         say!(
             "active key (30 req/s, 10,000 keys)    {:<9} {:>7.1} B/key",
             who.name(),

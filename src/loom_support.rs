@@ -286,8 +286,7 @@ impl Leases {
 /// messages (`Collect`, `Settle`), through the shard's mailbox.
 #[cfg(feature = "redis")]
 pub struct HybridShard {
-    cell: ActorCell<ShardActor<crate::hybrid::HybridRules>>,
-    hasher: ahash::RandomState,
+    c: HybridCell<crate::hybrid::HybridRules>,
 }
 
 /// What one collect reported for the model's key.
@@ -304,8 +303,46 @@ pub struct Reported {
     pub want: u64,
 }
 
-/// A hybrid shard of strategy `S` whose last sync saw `instances` live instances and stays
-/// valid (no outage), at W = 1 s, G = 1 ms and hard-limit factor `h`.
+/// A hybrid shard of strategy `S` and the hasher of its keys.
+#[cfg(feature = "redis")]
+struct HybridCell<S: crate::shard::Strategy> {
+    cell: ActorCell<ShardActor<S>>,
+    hasher: ahash::RandomState,
+}
+
+#[cfg(feature = "redis")]
+impl<S: crate::shard::Strategy<Ctx = crate::hybrid::HybridCtx>> HybridCell<S> {
+    /// A shard whose last sync saw `instances` live instances and stays valid (no outage), at
+    /// W = 1 s, G = 1 ms and hard-limit factor `h`.
+    fn new(instances: u64, h: f64) -> Self {
+        let (cell, hasher) = hybrid_cell(instances, h);
+        Self { cell, hasher }
+    }
+
+    fn key(&self, key: &str) -> KeyRef<'static> {
+        KeyRef {
+            key: key.to_string().into(),
+            hash: self.hasher.hash_one(key),
+        }
+    }
+
+    /// `inc(key, rate, n)`; whether it was admitted.
+    fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
+        let Ok(rate) = RateLimit::per_second(per_second) else {
+            return false;
+        };
+        self.cell
+            .call(Inc {
+                key: self.key(key),
+                rate,
+                n,
+                record: true,
+            })
+            .decision
+            .is_allowed()
+    }
+}
+
 #[cfg(feature = "redis")]
 fn hybrid_cell<S>(instances: u64, h: f64) -> (ActorCell<ShardActor<S>>, ahash::RandomState)
 where
@@ -343,29 +380,14 @@ impl HybridShard {
     /// A shard whose last sync saw `instances` live instances and stays valid (no outage), at
     /// W = 1 s, G = 1 ms.
     pub fn new(instances: u64) -> Self {
-        let (cell, hasher) = hybrid_cell(instances, 1.0);
-        Self { cell, hasher }
-    }
-
-    fn key(&self, key: &str) -> KeyRef<'static> {
-        KeyRef {
-            key: key.to_string().into(),
-            hash: self.hasher.hash_one(key),
+        Self {
+            c: HybridCell::new(instances, 1.0),
         }
     }
 
     /// `inc(key, rate, n)`; whether it was admitted.
     pub fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
-        let Ok(rate) = RateLimit::per_second(per_second) else {
-            return false;
-        };
-        let d = self.cell.call(Inc {
-            key: self.key(key),
-            rate,
-            n,
-            record: true,
-        });
-        d.decision == RateLimitDecision::Allowed
+        self.c.inc(key, per_second, n)
     }
 
     /// One `Collect`: what it reported for `key` (zeros if nothing), and the shard's own
@@ -373,7 +395,7 @@ impl HybridShard {
     /// a flush (no report deferred), else as a timer's sync (a key far below its limit may
     /// report later).
     pub fn collect(&self, key: &str, everything: bool) -> (Reported, u64, u64) {
-        let reports = self.cell.call(crate::hybrid::Collect {
+        let reports = self.c.cell.call(crate::hybrid::Collect {
             release_all: false,
             everything,
         });
@@ -390,8 +412,8 @@ impl HybridShard {
 
     /// The shard's own admissions for `key` and the weight not yet reported.
     pub fn own_and_pending(&self, key: &str) -> (u64, u64) {
-        let k = self.key(key);
-        self.cell.call(FnMsg(
+        let k = self.c.key(key);
+        self.c.cell.call(FnMsg(
             move |s: &mut ShardActor<crate::hybrid::HybridRules>| {
                 s.value_of(&k.key, k.hash)
                     .map_or((0, 0), |v| v.own_and_pending())
@@ -401,8 +423,8 @@ impl HybridShard {
 
     /// Units of `key`'s reserve left to spend.
     pub fn reserve(&self, key: &str) -> u64 {
-        let k = self.key(key);
-        self.cell.call(FnMsg(
+        let k = self.c.key(key);
+        self.c.cell.call(FnMsg(
             move |s: &mut ShardActor<crate::hybrid::HybridRules>| {
                 s.value_of(&k.key, k.hash).map_or(0, |v| v.reserve_left())
             },
@@ -411,8 +433,8 @@ impl HybridShard {
 
     /// One `Settle`: Redis answered that this instance now holds `reserve` units of `key`.
     pub fn settle(&self, key: &str, reserve: u64) {
-        let k = self.key(key);
-        self.cell.call(crate::hybrid::Settle {
+        let k = self.c.key(key);
+        self.c.cell.call(crate::hybrid::Settle {
             answers: vec![(
                 key.to_string(),
                 crate::hybrid::Answer {
@@ -433,8 +455,7 @@ impl HybridShard {
 /// instance at W = 1 s, G = 1 ms and h = 2: decisions and the sync actor's `Collect`.
 #[cfg(feature = "redis")]
 pub struct HybridSuppressedShard {
-    cell: ActorCell<ShardActor<crate::hybrid::HybridSuppressedRules>>,
-    hasher: ahash::RandomState,
+    c: HybridCell<crate::hybrid::HybridSuppressedRules>,
 }
 
 /// What one collect reported for the model's key, and the shard's own counts read in the same
@@ -458,37 +479,20 @@ pub struct Attempted {
 impl HybridSuppressedShard {
     /// A sole instance's shard.
     pub fn new() -> Self {
-        let (cell, hasher) = hybrid_cell(1, 2.0);
-        Self { cell, hasher }
-    }
-
-    fn key(&self, key: &str) -> KeyRef<'static> {
-        KeyRef {
-            key: key.to_string().into(),
-            hash: self.hasher.hash_one(key),
+        Self {
+            c: HybridCell::new(1, 2.0),
         }
     }
 
     /// `inc(key, rate, n)`; whether it was accepted.
     pub fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
-        let Ok(rate) = RateLimit::per_second(per_second) else {
-            return false;
-        };
-        self.cell
-            .call(Inc {
-                key: self.key(key),
-                rate,
-                n,
-                record: true,
-            })
-            .decision
-            .is_allowed()
+        self.c.inc(key, per_second, n)
     }
 
     /// One `Collect` (as a flush when `everything`): what it reported for `key`, and the
     /// shard's own and unreported weight after it.
     pub fn collect(&self, key: &str, everything: bool) -> Attempted {
-        let reports = self.cell.call(crate::hybrid::Collect {
+        let reports = self.c.cell.call(crate::hybrid::Collect {
             release_all: false,
             everything,
         });
@@ -497,8 +501,8 @@ impl HybridSuppressedShard {
             a.accepted += rep.deltas.iter().map(|d| d.1).sum::<u64>();
             a.declined += rep.declined.iter().map(|d| d.1).sum::<u64>();
         }
-        let k = self.key(key);
-        let ((own_a, pend_a), (own_d, pend_d)) = self.cell.call(FnMsg(
+        let k = self.c.key(key);
+        let ((own_a, pend_a), (own_d, pend_d)) = self.c.cell.call(FnMsg(
             move |s: &mut ShardActor<crate::hybrid::HybridSuppressedRules>| {
                 s.value_of(&k.key, k.hash).map_or(((0, 0), (0, 0)), |v| {
                     (v.own_and_pending(), v.own_and_pending_declined())

@@ -98,31 +98,45 @@ pub(crate) trait Strategy: Send + 'static {
     /// Start of the newest bucket and whether any bucket may still be live at `now`.
     fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
 
-    /// Whether the shard publishes rejections as [`stamps`] (absolute only).
-    const STAMPED: bool;
+    /// Whether the shard publishes rejections as [`stamps`] and serves leases (absolute only;
+    /// the hooks below matter only then, and their defaults suit every other strategy).
+    const STAMPED: bool = false;
 
     /// Until when a recording call at `w_eff` leaves the key's span state alone (see
     /// [`Window::span_steady_until`]); reads only the window's header.
-    fn span_steady_until(value: &Self::Value, now: u64, w_eff: u64) -> u64;
+    #[inline(always)]
+    fn span_steady_until(_value: &Self::Value, now: u64, _w_eff: u64) -> u64 {
+        now
+    }
 
     /// Whether a decision of `req` could reject with everything held counted (unspent lease
     /// units included): only then do the units have to be reclaimed first.
-    fn may_reject(value: &Self::Value, req: &Request) -> bool;
+    #[inline(always)]
+    fn may_reject(_value: &Self::Value, _req: &Request) -> bool {
+        true
+    }
 
     /// Capacity left at `cap` with everything held counted.
-    fn headroom(value: &Self::Value, cap: u64) -> u64;
+    #[inline(always)]
+    fn headroom(_value: &Self::Value, _cap: u64) -> u64 {
+        0
+    }
 
     /// Records `units` at `now` for a lease (they join the newest bucket).
+    #[inline(always)]
     fn record_lease(
-        value: &mut Self::Value,
-        now: u64,
-        g: u64,
-        w_eff: u64,
-        units: u64,
-    ) -> Option<Self::Later>;
+        _value: &mut Self::Value,
+        _now: u64,
+        _g: u64,
+        _w_eff: u64,
+        _units: u64,
+    ) -> Option<Self::Later> {
+        None
+    }
 
     /// Returns unspent lease units to the bucket starting at `start`.
-    fn return_units(value: &mut Self::Value, start: u64, units: u64);
+    #[inline(always)]
+    fn return_units(_value: &mut Self::Value, _start: u64, _units: u64) {}
 }
 
 impl Slot for Window<Count> {
@@ -260,32 +274,6 @@ impl Strategy for Suppressed {
     fn window_is_empty(value: &SuppressedKey) -> bool {
         value.window.is_empty()
     }
-
-    const STAMPED: bool = false;
-
-    fn span_steady_until(_: &SuppressedKey, now: u64, _: u64) -> u64 {
-        now
-    }
-
-    fn may_reject(_: &SuppressedKey, _: &Request) -> bool {
-        true
-    }
-
-    fn headroom(_: &SuppressedKey, _: u64) -> u64 {
-        0
-    }
-
-    fn record_lease(
-        _: &mut SuppressedKey,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: u64,
-    ) -> Option<std::convert::Infallible> {
-        None
-    }
-
-    fn return_units(_: &mut SuppressedKey, _: u64, _: u64) {}
 
     fn activity(value: &SuppressedKey, now: u64) -> (Option<u64>, bool) {
         (value.window.newest_start(), value.window.may_be_live(now))

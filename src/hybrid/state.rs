@@ -831,32 +831,6 @@ impl<F: Flavor> Strategy for Hybrid<F> {
             busy || value.window.may_be_live(now) || ext_live,
         )
     }
-
-    const STAMPED: bool = false;
-
-    fn span_steady_until(_: &HybridKey<F::Ext>, now: u64, _: u64) -> u64 {
-        now
-    }
-
-    fn may_reject(_: &HybridKey<F::Ext>, _: &Request) -> bool {
-        true
-    }
-
-    fn headroom(_: &HybridKey<F::Ext>, _: u64) -> u64 {
-        0
-    }
-
-    fn record_lease(
-        _: &mut HybridKey<F::Ext>,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: u64,
-    ) -> Option<std::convert::Infallible> {
-        None
-    }
-
-    fn return_units(_: &mut HybridKey<F::Ext>, _: u64, _: u64) {}
 }
 
 /// One key's report to a sync: what it admitted since the last one and what it wants.
