@@ -641,6 +641,11 @@ async fn a_flood_of_a_million_keys_stays_bounded_and_is_swept() {
     }
     let admitted = flooding.await.expect("flood");
     assert_eq!(admitted, keys, "every new key has room");
+    // a flush now sends whatever is pending in one sync (hundreds of thousands of keys): its
+    // calls must not queue on the server past their deadline
+    let t = Instant::now();
+    rl.hybrid().flush().await.expect("a flush after the flood");
+    eprintln!("flush after the flood: {:?}", t.elapsed());
     let flooded = Instant::now();
     let mut drained = None;
     while flooded.elapsed() < Duration::from_secs(90) {
@@ -661,6 +666,40 @@ async fn a_flood_of_a_million_keys_stays_bounded_and_is_swept() {
         "at most one part per key waits"
     );
     assert!(drained.is_some(), "keys left after the flood: {st:?}");
+    rl.hybrid().shutdown().await.expect("shutdown");
+}
+
+/// One sync of many keys on a single server: its calls go out a few at a time, so none waits
+/// behind the others on the server past its deadline (64 in flight made a 50,000-key flush
+/// fail at a 100 ms deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_of_many_keys_stays_within_each_calls_deadline() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let rl = RateLimiter::builder()
+        .window(Duration::from_secs(10))
+        .sync_interval(Duration::from_secs(3600))
+        .redis_deadline(Duration::from_millis(100))
+        .redis_url(server.url())
+        .prefix("wide")
+        .sweeper(false)
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    let r = rate(10.0);
+    let keys: Vec<String> = (0..50_000).map(|i| format!("user-{i}")).collect();
+    let d = rl.hybrid().absolute().inc_many(&keys, &r, 1);
+    assert!(d.iter().all(|d| d.is_allowed()));
+    let t = Instant::now();
+    let flushed = rl.hybrid().flush().await;
+    eprintln!(
+        "flush of {} keys: {flushed:?} in {:?}; {:?}",
+        keys.len(),
+        t.elapsed(),
+        rl.hybrid().status()
+    );
+    flushed.expect("every call within its deadline");
     rl.hybrid().shutdown().await.expect("shutdown");
 }
 

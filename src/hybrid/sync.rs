@@ -32,8 +32,11 @@ pub(crate) const SYNC_LUA: &str = include_str!("../../lua/hybrid_sync.lua");
 /// Keys one script call carries at most.
 const KEYS_PER_CALL: usize = 256;
 
-/// Script calls of one sync in flight at once.
-const CALLS_IN_FLIGHT: usize = 64;
+/// Script calls of one sync in flight at once on a cluster (one call per hash slot, spread over
+/// the primaries) and on a single server (which runs them one after another anyway: a few in
+/// flight hide the round trip, more would only queue there and run into the deadline).
+const CALLS_IN_FLIGHT_CLUSTER: usize = 64;
+const CALLS_IN_FLIGHT_SINGLE: usize = 4;
 
 /// The shard sets of the hybrid's two strategies.
 pub(crate) struct Sets {
@@ -423,9 +426,9 @@ impl SyncActor {
         }
         if result.is_ok() {
             let keys: Vec<PartKey> = self.unacked.keys().cloned().collect();
-            // Calls go out CALLS_IN_FLIGHT at a time: a sync of many keys (on a cluster, one
-            // call per hash slot) would otherwise take a round trip per call, and outlive the
-            // reserves it refreshes.
+            // Several calls in flight: a sync of many keys (on a cluster, one call per hash
+            // slot) would otherwise take a round trip per call, and outlive the reserves it
+            // refreshes.
             let prepared: Vec<Prepared> = self
                 .plan(keys)
                 .into_iter()
@@ -439,12 +442,17 @@ impl SyncActor {
                     }
                 }
             }
+            let in_flight = if self.conn.is_cluster() {
+                CALLS_IN_FLIGHT_CLUSTER
+            } else {
+                CALLS_IN_FLIGHT_SINGLE
+            };
             let replies: Vec<_> = {
                 let this = &*self;
                 // collected first: a lazy map here trips the Send check of the spawned actor
                 let calls: Vec<_> = prepared.iter().map(|p| this.send(p)).collect();
                 futures_util::stream::iter(calls)
-                    .buffered(CALLS_IN_FLIGHT)
+                    .buffered(in_flight)
                     .collect()
                     .await
             };
