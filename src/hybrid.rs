@@ -235,7 +235,7 @@ impl HybridProvider {
 }
 
 macro_rules! hybrid_handle {
-    ($(#[$meta:meta])* $name:ident, $set:ident, $suppressed:literal, $snapshot:ty, $get_doc:literal) => {
+    ($(#[$meta:meta])* $name:ident, $rules:ty, $set:ident, $suppressed:literal, $snapshot:ty, $get_doc:literal) => {
         $(#[$meta])*
         #[derive(Clone)]
         pub struct $name {
@@ -249,84 +249,20 @@ macro_rules! hybrid_handle {
         }
 
         impl $name {
-            /// Decides a request of weight `n` for `key` at `rate` and records it if admitted,
-            /// from this instance's state only (never waits on Redis); see the
-            /// [module docs](crate::hybrid) for the modes and the bound.
-            ///
-            /// `n = 0` is a free probe: the decision a unit request would get, nothing
-            /// recorded.
-            pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
-                self.inc_stamped(key, rate, n).decision
+            #[inline(always)]
+            fn set(&self) -> &ShardSet<$rules> {
+                &self.inner.sets.$set
             }
 
-            /// [`inc`](Self::inc), with the time and the [`Source`](crate::Source) of the
-            /// decision.
-            pub fn inc_stamped(&self, key: &str, rate: &RateLimit, n: u64) -> Stamped {
-                self.inner.sets.$set.inc(key, rate, n, true)
-            }
-
-            /// [`inc`](Self::inc) for async callers: never parks the runtime thread. Cancel
-            /// safety as the local provider's `inc_async`.
-            pub fn inc_async<'a>(
-                &'a self,
-                key: &'a str,
-                rate: &RateLimit,
-                n: u64,
-            ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
-                let f = self.inner.sets.$set.inc_async(key, rate, n, true);
-                async move { f.await.decision }
-            }
-
-            /// What [`inc`](Self::inc) would answer now, recording nothing.
-            pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
-                self.inner.sets.$set.inc(key, rate, n, false).decision
-            }
-
-            /// Async [`is_allowed`](Self::is_allowed).
-            pub fn is_allowed_async<'a>(
-                &'a self,
-                key: &'a str,
-                rate: &RateLimit,
-                n: u64,
-            ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
-                let f = self.inner.sets.$set.inc_async(key, rate, n, false);
-                async move { f.await.decision }
-            }
-
-            /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order
-            /// per key (grouped per shard, in parts of at most 64 keys per shard turn).
-            pub fn inc_many<K: AsRef<str>>(
-                &self,
-                keys: &[K],
-                rate: &RateLimit,
-                n: u64,
-            ) -> Vec<RateLimitDecision> {
-                let mut out = Vec::with_capacity(keys.len());
-                self.inner.sets.$set.inc_many_into(keys, rate, n, true, &mut out);
-                out
-            }
-
-            /// [`inc_many`](Self::inc_many) into a reused buffer (cleared first).
-            pub fn inc_many_into<K: AsRef<str>>(
-                &self,
-                keys: &[K],
-                rate: &RateLimit,
-                n: u64,
-                out: &mut Vec<RateLimitDecision>,
-            ) {
-                self.inner.sets.$set.inc_many_into(keys, rate, n, true, out)
-            }
-
-            /// Async [`inc_many`](Self::inc_many); cancel safety as the local provider's
-            /// `inc_many_async`.
-            pub fn inc_many_async<'a, K: AsRef<str> + Sync>(
-                &'a self,
-                keys: &'a [K],
-                rate: &'a RateLimit,
-                n: u64,
-            ) -> impl Future<Output = Vec<RateLimitDecision>> + Send + 'a {
-                self.inner.sets.$set.inc_many_async(keys, rate, n, true)
-            }
+            shard_handle_methods!(
+                "Decides a request of weight `n` for `key` at `rate` and records it if admitted, \
+                 from this instance's state only (never waits on Redis); see the \
+                 [module docs](crate::hybrid) for the modes and the bound.\n\n\
+                 `n = 0` is a free probe: the decision a unit request would get, nothing \
+                 recorded.",
+                $snapshot,
+                $get_doc
+            );
 
             /// Forgets `key` on this instance now, and in Redis at the next sync (every
             /// instance's buckets and reserves of it). Returns whether this instance had state
@@ -336,33 +272,13 @@ macro_rules! hybrid_handle {
                 // queued first: a sync between the two steps must not carry new use of the key
                 // to Redis ahead of its reset
                 self.inner.ctx.queue_reset($suppressed, key);
-                self.inner.sets.$set.reset(key)
+                self.set().reset(key)
             }
 
             /// Async [`reset`](Self::reset).
             pub fn reset_async<'a>(&'a self, key: &'a str) -> impl Future<Output = bool> + Send + 'a {
                 self.inner.ctx.queue_reset($suppressed, key);
-                self.inner.sets.$set.reset_async(key)
-            }
-
-            #[doc = $get_doc]
-            pub fn get(&self, key: &str) -> $snapshot {
-                self.inner.sets.$set.get(key)
-            }
-
-            /// Async [`get`](Self::get).
-            pub fn get_async<'a>(&'a self, key: &'a str) -> impl Future<Output = $snapshot> + Send + 'a {
-                self.inner.sets.$set.get_async(key)
-            }
-
-            /// Number of keys this instance holds under this strategy.
-            pub fn len(&self) -> usize {
-                self.inner.sets.$set.len()
-            }
-
-            /// Whether this instance holds no key under this strategy.
-            pub fn is_empty(&self) -> bool {
-                self.len() == 0
+                self.set().reset_async(key)
             }
         }
     };
@@ -374,6 +290,7 @@ hybrid_handle!(
     /// `retry_after_ms == RETRY_NEVER`; a call waiting for a reserve gets a retry hint to the
     /// next sync.
     HybridAbsolute,
+    state::HybridRules,
     absolute,
     false,
     (u64, u64),
@@ -395,6 +312,7 @@ hybrid_handle!(
     /// `H / N`. Decisions are `Allowed` or `Suppressed` (a call waiting for a reserve is
     /// `Suppressed { is_allowed: false, suppression_factor: 1.0 }`).
     HybridSuppressed,
+    state::HybridSuppressedRules,
     suppressed,
     true,
     (SuppressedSnapshot, SuppressedSnapshot),

@@ -75,6 +75,9 @@
 //! # let _ = d; Ok(()) }
 //! ```
 
+#[macro_use]
+mod handle;
+
 mod config;
 mod decision;
 #[cfg(feature = "redis")]

@@ -23,19 +23,38 @@ use support::redis_server::RedisServer;
 /// The tests run one at a time: the accuracy ones time real traffic on 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn instance(server: &RedisServer, prefix: &str) -> Arc<RateLimiter> {
+/// The tests' limiter on `url` under `prefix`: W = 1 s, G = 10 ms, sync every 10 ms, the
+/// suppressed strategy's H = 1.5 S (absolute ignores it), no sweeper; a test sets what differs.
+fn builder(url: &str, prefix: &str) -> eyelet::RateLimiterBuilder {
     RateLimiter::builder()
         .window(Duration::from_secs(1))
         .bucket(Duration::from_millis(10))
         .sync_interval(Duration::from_millis(10))
-        // the suppressed strategy's H = 1.5 S (absolute ignores it)
         .hard_limit_factor(1.5)
-        .redis_url(server.url())
+        .redis_url(url)
         .prefix(prefix)
         .sweeper(false)
+}
+
+async fn instance(server: &RedisServer, prefix: &str) -> Arc<RateLimiter> {
+    builder(&server.url(), prefix)
         .connect()
         .await
         .expect("connect")
+}
+
+/// A limiter at W = 10 s that syncs only when flushed (so a test knows which call carries
+/// what), `deadline` per Redis call, after its first sync.
+async fn flush_only(url: &str, prefix: &str, deadline: Duration) -> Arc<RateLimiter> {
+    let rl = builder(url, prefix)
+        .window(Duration::from_secs(10))
+        .sync_interval(Duration::from_secs(3600))
+        .redis_deadline(deadline)
+        .connect()
+        .await
+        .expect("connect");
+    rl.hybrid().flush().await.expect("first sync");
+    rl
 }
 
 /// Weight Redis holds in live buckets of a hybrid key (all instances), and the reserves.
@@ -306,17 +325,10 @@ async fn instances_share_one_limit_at_every_load_and_skew() {
 async fn a_single_instance_suppressed_decides_like_the_local_provider() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(1))
-        .bucket(Duration::from_millis(10))
-        .sync_interval(Duration::from_millis(10))
-        .hard_limit_factor(1.5)
+    let rl = builder(&server.url(), "solo-sup")
         .shards(1)
         // every shard the same stream: the local and the hybrid shard of a key draw alike
         .random_source(|_| eyelet::SplitMix64::new(7))
-        .redis_url(server.url())
-        .prefix("solo-sup")
-        .sweeper(false)
         .connect()
         .await
         .expect("connect");
@@ -447,16 +459,7 @@ async fn a_sync_whose_reply_was_lost_is_counted_once() {
     let server = RedisServer::start();
     let proxy = support::proxy::Proxy::start(server.port);
     // Only flushes sync, so the test knows which call carries the key.
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(10))
-        .sync_interval(Duration::from_secs(3600))
-        .redis_url(proxy.url())
-        .prefix("lost")
-        .sweeper(false)
-        .connect()
-        .await
-        .expect("connect");
-    rl.hybrid().flush().await.expect("first sync");
+    let rl = flush_only(&proxy.url(), "lost", Duration::from_millis(500)).await;
     let r = rate(100.0);
     let abs = rl.hybrid().absolute();
     for _ in 0..5 {
@@ -499,17 +502,7 @@ async fn replies_lost_to_a_deadline_or_a_killed_connection_are_counted_once() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     // only flushes sync
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(10))
-        .sync_interval(Duration::from_secs(3600))
-        .redis_deadline(Duration::from_millis(100))
-        .redis_url(server.url())
-        .prefix("paused")
-        .sweeper(false)
-        .connect()
-        .await
-        .expect("connect");
-    rl.hybrid().flush().await.expect("first sync");
+    let rl = flush_only(&server.url(), "paused", Duration::from_millis(100)).await;
     let r = rate(100.0);
     let abs = rl.hybrid().absolute();
     let admitted = std::cell::Cell::new(0u64);
@@ -591,14 +584,10 @@ async fn replies_lost_to_a_deadline_or_a_killed_connection_are_counted_once() {
 async fn a_flood_of_a_million_keys_stays_bounded_and_is_swept() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(1))
-        .bucket(Duration::from_millis(10))
-        .sync_interval(Duration::from_millis(10))
+    let rl = builder(&server.url(), "flood")
         .stale_after(Duration::from_secs(2))
         .sweep_interval(Duration::from_millis(200))
-        .redis_url(server.url())
-        .prefix("flood")
+        .sweeper(true)
         .connect()
         .await
         .expect("connect");
@@ -676,17 +665,7 @@ async fn a_flood_of_a_million_keys_stays_bounded_and_is_swept() {
 async fn a_sync_of_many_keys_stays_within_each_calls_deadline() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(10))
-        .sync_interval(Duration::from_secs(3600))
-        .redis_deadline(Duration::from_millis(100))
-        .redis_url(server.url())
-        .prefix("wide")
-        .sweeper(false)
-        .connect()
-        .await
-        .expect("connect");
-    rl.hybrid().flush().await.expect("first sync");
+    let rl = flush_only(&server.url(), "wide", Duration::from_millis(100)).await;
     let r = rate(10.0);
     let keys: Vec<String> = (0..50_000).map(|i| format!("user-{i}")).collect();
     let d = rl.hybrid().absolute().inc_many(&keys, &r, 1);
@@ -711,13 +690,9 @@ async fn a_stalled_server_never_blocks_a_decision_and_nothing_is_lost_or_doubled
     // exactly what the instances admitted.
     let mut rls = Vec::new();
     for _ in 0..2 {
-        let rl = RateLimiter::builder()
+        let rl = builder(&server.url(), "stall")
             .window(Duration::from_secs(10))
-            .sync_interval(Duration::from_millis(10))
             .redis_deadline(Duration::from_millis(100))
-            .redis_url(server.url())
-            .prefix("stall")
-            .sweeper(false)
             .connect()
             .await
             .expect("connect");
@@ -809,13 +784,10 @@ async fn four_instances_through_a_ten_second_stall() {
     let mut rls = Vec::new();
     for _ in 0..4 {
         // W = 60 s: nothing leaves the window while the test runs
-        let rl = RateLimiter::builder()
+        let rl = builder(&server.url(), "stall4")
             .window(Duration::from_secs(60))
             .sync_interval(interval)
             .redis_deadline(Duration::from_millis(100))
-            .redis_url(server.url())
-            .prefix("stall4")
-            .sweeper(false)
             .connect()
             .await
             .expect("connect");
@@ -978,13 +950,8 @@ async fn synced_after(rl: &Arc<RateLimiter>, after: u64, within: Duration) -> bo
 async fn sync_resumes_after_a_restart_and_a_flushed_script_cache() {
     let _serial = SERIAL.lock().await;
     let mut server = RedisServer::start();
-    let rl = RateLimiter::builder()
-        .window(Duration::from_secs(1))
-        .sync_interval(Duration::from_millis(10))
+    let rl = builder(&server.url(), "restart")
         .redis_deadline(Duration::from_millis(200))
-        .redis_url(server.url())
-        .prefix("restart")
-        .sweeper(false)
         .connect()
         .await
         .expect("connect");

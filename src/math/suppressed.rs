@@ -70,6 +70,7 @@ pub(crate) fn factor_from(
 /// Records one attempt of a key decided elsewhere (the hybrid provider decides some calls from
 /// what Redis reported): moves the span as a recording call does, notes the call's soft limit
 /// and window, and adds `counts` at `now`.
+#[cfg(feature = "redis")]
 pub(crate) fn record_attempt(
     key: &mut SuppressedKey,
     now: u64,

@@ -1,0 +1,131 @@
+//! The methods every shard-backed handle shares (the local provider's and the hybrid's): one
+//! definition, so the two providers cannot drift apart in what they offer or document.
+
+/// Emits the decision, read and size methods of a handle type that has
+/// `fn set(&self) -> &ShardSet<S>`; `$inc_doc` is the first paragraph of `inc`'s docs,
+/// `$snapshot` what `get` returns and `$get_doc` its docs.
+macro_rules! shard_handle_methods {
+    ($inc_doc:literal, $snapshot:ty, $get_doc:literal) => {
+        #[doc = $inc_doc]
+        #[inline]
+        pub fn inc(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+            self.set().inc(key, rate, n, true).decision
+        }
+
+        /// [`inc`](Self::inc), also returning the time (limiter clock, ms) the decision was
+        /// made at and what it was based on ([`Source`](crate::Source)).
+        pub fn inc_stamped(&self, key: &str, rate: &RateLimit, n: u64) -> Stamped {
+            self.set().inc(key, rate, n, true)
+        }
+
+        /// The decision [`inc`](Self::inc) would return now, without recording anything.
+        /// A separate `is_allowed` followed by `inc` is not atomic; `inc` alone is.
+        pub fn is_allowed(&self, key: &str, rate: &RateLimit, n: u64) -> RateLimitDecision {
+            self.set().inc(key, rate, n, false).decision
+        }
+
+        #[doc = $get_doc]
+        /// An unknown key reads as zero and creates no state.
+        pub fn get(&self, key: &str) -> $snapshot {
+            self.set().get(key)
+        }
+
+        /// Decides many keys in one call, each as [`inc`](Self::inc) would, in input order
+        /// per key. Keys are grouped per shard, and a shard's keys are sent in parts of at
+        /// most 64, so one large batch holds a shard for at most one bounded turn at a time
+        /// (other callers get in between its parts).
+        pub fn inc_many<K: AsRef<str>>(
+            &self,
+            keys: &[K],
+            rate: &RateLimit,
+            n: u64,
+        ) -> Vec<RateLimitDecision> {
+            let mut out = Vec::with_capacity(keys.len());
+            self.set().inc_many_into(keys, rate, n, true, &mut out);
+            out
+        }
+
+        /// [`inc_many`](Self::inc_many) into a reused buffer (cleared first).
+        pub fn inc_many_into<K: AsRef<str>>(
+            &self,
+            keys: &[K],
+            rate: &RateLimit,
+            n: u64,
+            out: &mut Vec<RateLimitDecision>,
+        ) {
+            self.set().inc_many_into(keys, rate, n, true, out)
+        }
+
+        /// Async [`inc`](Self::inc) for tokio tasks and actix actors: served inline when the
+        /// shard is idle, otherwise queued after a short bounded spin and woken when done;
+        /// it never parks the runtime thread.
+        ///
+        /// # Cancel safety
+        /// Dropping the future before it completes either withdraws the request (nothing
+        /// recorded, if no shard executor had claimed it yet) or leaves it decided exactly
+        /// once (if one had); never half, never twice, and nothing is written into memory
+        /// the future owned. A request that was claimed and then dropped still counts: if
+        /// it was admitted, its weight takes capacity in the window although its caller
+        /// never saw the decision.
+        pub fn inc_async<'a>(
+            &'a self,
+            key: &'a str,
+            rate: &RateLimit,
+            n: u64,
+        ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
+            let call = self.set().inc_async(key, rate, n, true);
+            async move { call.await.decision }
+        }
+
+        /// Async [`is_allowed`](Self::is_allowed).
+        ///
+        /// # Cancel safety
+        /// Records nothing, so dropping it at any point has no effect.
+        pub fn is_allowed_async<'a>(
+            &'a self,
+            key: &'a str,
+            rate: &RateLimit,
+            n: u64,
+        ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
+            let call = self.set().inc_async(key, rate, n, false);
+            async move { call.await.decision }
+        }
+
+        /// Async [`inc_many`](Self::inc_many).
+        ///
+        /// # Cancel safety
+        /// Shards are visited one after another, a shard's keys in parts of at most 64
+        /// (one bounded turn each); dropping the future leaves the parts already decided
+        /// recorded (their admitted weight takes capacity) and the others untouched, the
+        /// current one as [`inc_async`](Self::inc_async) describes.
+        pub fn inc_many_async<'a, K: AsRef<str> + Sync>(
+            &'a self,
+            keys: &'a [K],
+            rate: &'a RateLimit,
+            n: u64,
+        ) -> impl Future<Output = Vec<RateLimitDecision>> + Send + 'a {
+            self.set().inc_many_async(keys, rate, n, true)
+        }
+
+        /// Async [`get`](Self::get).
+        ///
+        /// # Cancel safety
+        /// Reads only; safe to drop at any point.
+        pub fn get_async<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> impl Future<Output = $snapshot> + Send + 'a {
+            self.set().get_async(key)
+        }
+
+        /// Number of keys holding state under this strategy.
+        pub fn len(&self) -> usize {
+            self.set().len()
+        }
+
+        /// Whether no key holds state under this strategy.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+    };
+}
