@@ -61,7 +61,7 @@
 //! declined weight of all instances and the start of the oldest live bucket, and each instance
 //! adds its own attempts since the last sync. All instances then shed the same fraction, and
 //! together accept about `S` per window: in the tests, 4 instances at 2× and 4× load accept
-//! within ±3 % of `S` in every window from the third on, and never more than `H` in any
+//! within ±5 % of `S` in every window from the third on, and never more than `H` in any
 //! sliding window. A sole instance decides exactly as the local provider does.
 //!
 //! # Redis state
