@@ -311,10 +311,9 @@ pub(crate) struct ShardActor<S: Strategy> {
     ctx: Arc<S::Ctx>,
     /// What the last decision was based on.
     last_source: Source,
-    /// Entries whose values asked to be visited (`S::MARKS`), valid while the store's removal
-    /// count is `marked_removals` (a removal may move an entry).
+    /// Entries whose values asked to be visited (`S::MARKS`); a removal may move an entry, so
+    /// the store records where entries moved to ([`Store::take_moves`]).
     marked: Vec<u32>,
-    marked_removals: u64,
 }
 
 /// A lease the shard granted (its actor-side record).
@@ -342,11 +341,18 @@ impl<S: Strategy> ShardActor<S> {
             ctx,
             last_source: Source::Local,
             marked: Vec::new(),
-            marked_removals: 0,
             stamps: stamps.filter(|_| S::STAMPED),
             leases: leases.filter(|_| S::STAMPED),
             granted: [None; leases::SLOTS],
-            store: Store::new(hasher),
+            store: {
+                #[allow(unused_mut)]
+                let mut store = Store::new(hasher);
+                #[cfg(feature = "redis")]
+                if S::MARKS {
+                    store.track_moves();
+                }
+                store
+            },
             later: None,
             last_now: 0,
             last_limits: (
@@ -366,31 +372,40 @@ impl<S: Strategy> ShardActor<S> {
         &self.ctx
     }
 
-    /// Visits the values that asked for it since the last drain (all values if an entry was
-    /// removed meanwhile, as indices may have moved): `f(key, hash, value)` returns whether the
-    /// value stays listed for the next drain.
+    /// Visits the values that asked for it since the last drain: `f(key, hash, value)`
+    /// returns whether the value stays listed for the next drain. Removals move entries, so
+    /// the visit also covers every index an entry moved into (each index once), and `f` may
+    /// see values that did not ask (it must tell them apart); every value if the moves were
+    /// not all recorded.
     #[cfg(feature = "redis")]
     pub(crate) fn drain_marked(&mut self, mut f: impl FnMut(&[u8], u64, &mut S::Value) -> bool) {
         self.make_later_write();
-        let listed = std::mem::take(&mut self.marked);
+        let mut listed = std::mem::take(&mut self.marked);
         let mut keep = Vec::new();
-        if self.store.removals() != self.marked_removals {
-            self.store.for_each_mut(|idx, key, hash, v| {
+        match self.store.take_moves() {
+            None => self.store.for_each_mut(|idx, key, hash, v| {
                 if f(key, hash, v) {
                     keep.push(idx as u32);
                 }
-            });
-        } else {
-            for idx in listed {
-                if let Some((key, hash, v)) = self.store.entry_mut(idx as usize) {
-                    if f(key, hash, v) {
-                        keep.push(idx);
+            }),
+            Some((moved, removed)) => {
+                // after a removal a listed index may repeat (its entry gone, a later one listed
+                // at the same index) or be joined by the indices entries moved into: each once
+                if removed {
+                    listed.extend(moved);
+                    listed.sort_unstable();
+                    listed.dedup();
+                }
+                for idx in listed {
+                    if let Some((key, hash, v)) = self.store.entry_mut(idx as usize) {
+                        if f(key, hash, v) {
+                            keep.push(idx);
+                        }
                     }
                 }
             }
         }
         self.marked = keep;
-        self.marked_removals = self.store.removals();
     }
 
     /// Lists `key` for the next drain if its value asks for it ([`Strategy::mark`]).

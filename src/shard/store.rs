@@ -192,8 +192,14 @@ pub(crate) struct Store<V: Slot> {
     long_dead: usize,
     /// Where the next incremental sweep resumes (narrow entries first, then wide ones).
     cursor: usize,
-    /// Removals so far (each may move an entry to another index).
-    removals: u64,
+    /// Indices an entry moved into since the last [`take_moves`](Self::take_moves) (a removal
+    /// moves its slab's last entry into the freed index), when tracking is on; `None` off.
+    moved_into: Option<Vec<u32>>,
+    /// Whether moves were dropped (the list outgrew the store, or the store was cleared): the
+    /// next `take_moves` answers `None`.
+    moves_lost: bool,
+    /// Whether an entry was removed since the last `take_moves` (with or without a move).
+    removed: bool,
     /// The router's hasher: callers pass `hasher.hash_one(key)` as the hash.
     hasher: ahash::RandomState,
 }
@@ -217,9 +223,32 @@ impl<V: Slot> Store<V> {
             long_keys: Vec::new(),
             long_dead: 0,
             cursor: 0,
-            removals: 0,
+            moved_into: None,
+            moves_lost: false,
+            removed: false,
             hasher,
         }
+    }
+
+    /// Records the indices entries move into from now on (for callers that keep indices
+    /// across removals; see [`take_moves`](Self::take_moves)).
+    #[cfg(feature = "redis")]
+    pub(crate) fn track_moves(&mut self) {
+        self.moved_into.get_or_insert_with(Vec::new);
+    }
+
+    /// Since the last call: the indices entries moved into (unsorted, possibly repeated) and
+    /// whether any entry was removed; `None` if some moves were not recorded. An index held
+    /// from before a removal may now name another entry (or a later insertion), and the entry
+    /// it named may be at one of these indices (or, for `None`, anywhere).
+    #[cfg(feature = "redis")]
+    pub(crate) fn take_moves(&mut self) -> Option<(Vec<u32>, bool)> {
+        let moved = std::mem::take(self.moved_into.as_mut()?);
+        let removed = std::mem::take(&mut self.removed);
+        if std::mem::take(&mut self.moves_lost) {
+            return None;
+        }
+        Some((moved, removed))
     }
 
     /// Number of keys.
@@ -360,7 +389,19 @@ impl<V: Slot> Store<V> {
         if let Ok(slot) = self.table.find_entry(hash, |&i| i as usize == idx) {
             slot.remove();
         }
+        self.removed = true;
         if last != at {
+            let size = self.len();
+            if let Some(m) = self.moved_into.as_mut() {
+                if m.len() >= size.max(64) {
+                    // more moves than entries: a full visit is as cheap; bounded memory
+                    m.clear();
+                    self.moves_lost = true;
+                }
+                if !self.moves_lost {
+                    m.push(idx as u32);
+                }
+            }
             let moved = self.rehash_index(last.index() as u32);
             if let Some(slot) = self.table.find_mut(moved, |&i| i as usize == last.index()) {
                 *slot = idx as u32;
@@ -390,7 +431,6 @@ impl<V: Slot> Store<V> {
                 Self::hash_at(narrow, wide, long_keys, hasher, At::of(i as usize))
             });
         }
-        self.removals += 1;
         Some(value)
     }
 
@@ -448,12 +488,6 @@ impl<V: Slot> Store<V> {
         removed
     }
 
-    /// Removals so far: an index taken before a removal may since point elsewhere.
-    #[cfg(feature = "redis")]
-    pub(crate) fn removals(&self) -> u64 {
-        self.removals
-    }
-
     /// Calls `f(index, key, hash, value)` for every key, in slab order.
     #[cfg(feature = "redis")]
     pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(usize, &[u8], u64, &mut V)) {
@@ -502,7 +536,10 @@ impl<V: Slot> Store<V> {
 
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
-        self.removals += 1;
+        if let Some(m) = self.moved_into.as_mut() {
+            m.clear();
+            self.moves_lost = true;
+        }
         self.table.clear();
         self.narrow.clear();
         self.wide.clear();
@@ -674,6 +711,47 @@ mod tests {
             s.insert(h(&k), k.as_bytes(), 7);
             assert_eq!(s.get(h(&k), k.as_bytes()), Some(&7));
         }
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn removals_record_where_entries_moved_until_there_are_too_many() {
+        let mut s: Store<u64> = Store::new(hasher());
+        s.track_moves();
+        let idx: Vec<usize> = (0..4u64)
+            .map(|i| {
+                let k = format!("k{i}");
+                s.insert(h(&k), k.as_bytes(), i)
+            })
+            .collect();
+        assert_eq!(s.take_moves(), Some((vec![], false)));
+        // k3, the slab's last entry, moves into k1's index
+        assert!(s.remove(h("k1"), b"k1"));
+        assert_eq!(s.find(h("k3"), b"k3"), Some(idx[1]));
+        assert_eq!(s.take_moves(), Some((vec![idx[1] as u32], true)));
+        // removing the last entry moves nothing, but is a removal
+        assert!(s.remove(h("k2"), b"k2"));
+        assert_eq!(s.take_moves(), Some((vec![], true)));
+        // more moves than entries: dropped, the caller visits everything
+        let mut big: Store<u64> = Store::new(hasher());
+        big.track_moves();
+        for i in 0..200u64 {
+            let k = format!("b{i}");
+            big.insert(h(&k), k.as_bytes(), i);
+        }
+        // each removal at index 0 moves the slab's last entry there: b0, then b199, b198, ...
+        for i in std::iter::once(0u64).chain((80..200u64).rev()) {
+            let k = format!("b{i}");
+            assert!(big.remove(h(&k), k.as_bytes()));
+        }
+        assert_eq!(big.take_moves(), None);
+        assert_eq!(big.take_moves(), Some((vec![], false)), "a fresh start");
+        big.clear();
+        assert_eq!(
+            big.take_moves(),
+            None,
+            "a cleared store invalidates every index"
+        );
     }
 
     #[test]
