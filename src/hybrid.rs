@@ -34,7 +34,9 @@
 //!   `C / instances` on its own window until the next sync brings a reserve.
 //! - [`HybridOutage`](crate::Source::HybridOutage): no sync succeeded within half the reserve
 //!   lifetime: the [`OutagePolicy`] decides. Admissions are still recorded and reported when
-//!   Redis answers again, into the buckets they belong to.
+//!   Redis answers again, into the buckets they belong to. Meanwhile each key keeps one
+//!   unsent report (later ones merge into it; deltas older than the window are dropped), and
+//!   after a failed call the sync actor sends a PING before queueing script calls again.
 //!
 //! # The bound
 //! With `N` live instances, steady traffic and Redis healthy, every admission on a key near its
@@ -69,9 +71,9 @@
 //! strategy; a hash of buckets, reserves and per-instance sequence numbers) with a TTL past its
 //! last bucket; a key longer than 512 bytes is stored under its SHA-256 digest instead
 //! (`{\#<64 hex digits>}`, a name no escaped key can take), so keys of any length work.
-//! On a Redis Cluster a sync makes one script call per hash slot (64 in flight); with many
-//! keys, watch [`HybridStatus::last_sync_ms`] against 4 sync intervals. the registry of live
-//! instances in `<prefix>:instances`. A restarted or failed-over server loses what it held:
+//! On a Redis Cluster a sync makes one script call per hash slot (64 in flight; 4 on a single
+//! server); with many keys, watch [`HybridStatus::last_sync_ms`] against 4 sync intervals. The
+//! registry of live instances is `<prefix>:instances`. A restarted or failed-over server loses what it held:
 //! reserves and buckets start again from what instances report next (up to a window's worth of
 //! over-admission per key, as with the Redis provider).
 
