@@ -8,7 +8,7 @@ mod suppressed;
 mod window;
 
 pub(crate) use absolute::decide_absolute_deferred;
-pub(crate) use suppressed::{decide_suppressed, suppression_factor, SuppressedKey};
+pub(crate) use suppressed::{decide_suppressed, snapshot as suppressed_snapshot, SuppressedKey};
 #[cfg(feature = "redis")]
 pub(crate) use suppressed::{factor_from as suppression_factor_from, record_attempt};
 pub(crate) use window::{AttemptCounts, Attempts, Count, RingWrite, Window};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::decision::{RateLimitDecision, Source, Stamped, SuppressedSnapshot, RETRY_NEVER};
 use crate::math::{
-    decide_absolute_deferred, decide_suppressed, suppression_factor, Attempts, Count, Request,
-    RingWrite, SuppressedKey, Window,
+    decide_absolute_deferred, decide_suppressed, suppressed_snapshot, Count, Request, RingWrite,
+    SuppressedKey, Window,
 };
 use crate::random::RandomSource;
 use crate::rate::{Limits, RateLimit};
@@ -252,23 +252,9 @@ impl Strategy for Suppressed {
     }
 
     fn snapshot(value: Option<&SuppressedKey>, now: u64, shared: &Shared) -> SuppressedSnapshot {
-        let Some(k) = value else {
-            return SuppressedSnapshot::default();
-        };
-        let span = k.window.span_ms();
-        let live: Attempts = k.window.live_untrimmed(now, span);
-        SuppressedSnapshot {
-            total: live.attempted(),
-            accepted: live.accepted,
-            declined: live.declined,
-            suppression_factor: suppression_factor(
-                &k.window,
-                now,
-                shared.bucket_ms,
-                k.last_window_ms.max(1),
-                k.last_soft,
-            ),
-        }
+        value.map_or_else(SuppressedSnapshot::default, |k| {
+            suppressed_snapshot(k, now, shared.bucket_ms)
+        })
     }
 
     fn window_is_empty(value: &SuppressedKey) -> bool {

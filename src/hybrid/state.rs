@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::decision::{RateLimitDecision, Source, SuppressedSnapshot};
 use crate::math::{
-    decide_absolute_deferred, decide_suppressed, record_attempt, suppression_factor_from, Attempts,
-    Count, Request, SuppressedKey, Window,
+    decide_absolute_deferred, decide_suppressed, record_attempt, suppressed_snapshot,
+    suppression_factor_from, Attempts, Count, Request, SuppressedKey, Window,
 };
 use crate::random::RandomSource;
 use crate::rate::Limits;
@@ -48,6 +48,9 @@ pub(crate) struct HybridCtx {
     active: std::sync::atomic::AtomicBool,
     /// Wakes the dormant sync actor.
     pub(crate) activated: tokio::sync::Notify,
+    /// Whether the absolute (`[0]`) and the suppressed (`[1]`) strategy were used: a sync
+    /// collects only from the shards of a strategy in use.
+    used: [std::sync::atomic::AtomicBool; 2],
     /// Keys reset on this instance since the last sync, to forget in Redis too (`true`:
     /// the suppressed strategy's).
     resets: std::sync::Mutex<Vec<(bool, String)>>,
@@ -70,6 +73,7 @@ impl HybridCtx {
             policy,
             active: std::sync::atomic::AtomicBool::new(false),
             activated: tokio::sync::Notify::new(),
+            used: Default::default(),
             resets: std::sync::Mutex::new(Vec::new()),
             multi_seen_at: AtomicU64::new(0),
             window_ms,
@@ -83,6 +87,21 @@ impl HybridCtx {
         if !self.active.load(Ordering::Relaxed) && !self.active.swap(true, Ordering::Relaxed) {
             self.activated.notify_one();
         }
+    }
+
+    /// Marks the absolute or (`suppressed`) the suppressed strategy used, and the provider.
+    #[inline]
+    pub(crate) fn activate_strategy(&self, suppressed: bool) {
+        let used = &self.used[usize::from(suppressed)];
+        if !used.load(Ordering::Relaxed) {
+            used.store(true, Ordering::Relaxed);
+            self.activate();
+        }
+    }
+
+    /// Whether the absolute or (`suppressed`) the suppressed strategy was used.
+    pub(crate) fn strategy_used(&self, suppressed: bool) -> bool {
+        self.used[usize::from(suppressed)].load(Ordering::Relaxed)
     }
 
     /// Asks the next sync to forget `key` of the absolute (`suppressed == false`) or the
@@ -299,7 +318,7 @@ impl<E> HybridKey<E> {
         let n = ctx.instances();
         if now >= ctx.healthy_until() {
             return match ctx.policy {
-                OutagePolicy::LocalShare => Mode::Share(cap / n, SourceCode::Outage),
+                OutagePolicy::LocalShare => Mode::Share(n, SourceCode::Outage),
                 OutagePolicy::FailOpen => Mode::Local(SourceCode::Outage),
                 OutagePolicy::FailClosed => Mode::Closed,
             };
@@ -321,7 +340,7 @@ impl<E> HybridKey<E> {
             };
             Mode::Room(room)
         } else {
-            Mode::Share(cap / n, SourceCode::Provisional)
+            Mode::Share(n, SourceCode::Provisional)
         }
     }
 
@@ -360,12 +379,26 @@ impl<E> HybridKey<E> {
         req: Request,
         ctx: &HybridCtx,
     ) -> RateLimitDecision {
-        let Request { limits, n, record } = req;
-        if n > limits.capacity {
+        if req.n > req.limits.capacity {
             // never admissible: not demand (it would ask Redis for the whole limit). The local
             // rule answers it, so the key's span moves as the local provider's does.
-            return self.local(now, g, req, limits.capacity);
+            return self.local(now, g, req, req.limits.capacity);
         }
+        let mode = self.mode(now, req.limits.capacity, ctx);
+        self.decide_in(mode, now, g, req, ctx)
+    }
+
+    /// [`decide`](Self::decide) of a weight within the capacity, in `mode` (computed at this
+    /// capacity, at `now`).
+    fn decide_in(
+        &mut self,
+        mode: Mode,
+        now: u64,
+        g: u64,
+        req: Request,
+        ctx: &HybridCtx,
+    ) -> RateLimitDecision {
+        let Request { limits, n, record } = req;
         // Without a sync actor (a limiter without Redis, or after shutdown) nothing is kept
         // for reports: decisions still record in the key's own window.
         let reports = record && n > 0 && ctx.reporting();
@@ -379,14 +412,11 @@ impl<E> HybridKey<E> {
         }
         let recording = record && n > 0;
         let need = n.max(1);
-        let mode = self.mode(now, limits.capacity, ctx);
+        self.source = mode.source();
         let d = match mode {
-            Mode::Local(code) => {
-                self.source = code;
-                self.local(now, g, req, limits.capacity)
-            }
-            Mode::Share(share, code) => {
-                self.source = code;
+            Mode::Local(_) => self.local(now, g, req, limits.capacity),
+            Mode::Share(instances, _) => {
+                let share = limits.capacity / instances;
                 if need > share {
                     // Admissible once a sync brings a reserve (or the outage ends).
                     self.wait_for_sync(now, &req, ctx)
@@ -395,7 +425,6 @@ impl<E> HybridKey<E> {
                 }
             }
             Mode::Room(room) => {
-                self.source = SourceCode::Provisional;
                 let unreserved = self.flight.as_ref().map_or(0, |f| f.unreserved);
                 if unreserved.saturating_add(need) > room {
                     self.wait_for_sync(now, &req, ctx)
@@ -404,7 +433,6 @@ impl<E> HybridKey<E> {
                 }
             }
             Mode::Reserve => {
-                self.source = SourceCode::Reserve;
                 if self.flight.as_ref().map_or(0, |f| f.reserve) < need {
                     self.wait_for_sync(now, &req, ctx)
                 } else {
@@ -417,10 +445,7 @@ impl<E> HybridKey<E> {
                     d
                 }
             }
-            Mode::Closed => {
-                self.source = SourceCode::Outage;
-                self.wait_for_sync(now, &req, ctx)
-            }
+            Mode::Closed => self.wait_for_sync(now, &req, ctx),
         };
         if reports && d.is_allowed() {
             let f = self.flight.get_or_insert_with(Box::default);
@@ -445,21 +470,6 @@ impl<E> HybridKey<E> {
             .as_ref()
             .map_or(0, |f| f.pending.iter().map(|p| p.1).sum());
         (self.window.total_held(), pending)
-    }
-
-    /// Declined weight this instance holds (its own attempts, nothing trimmed) and the
-    /// declined weight not yet reported (suppressed).
-    #[cfg(eyelet_loom)]
-    pub(crate) fn own_and_pending_declined(&self) -> (u64, u64)
-    where
-        E: AsRef<SuppressedKey>,
-    {
-        let pending = self
-            .flight
-            .as_ref()
-            .map_or(0, |f| f.declined.iter().map(|p| p.1).sum());
-        let held: Attempts = self.ext.as_ref().window.total_held();
-        (held.declined, pending)
     }
 
     /// Reserve units left to spend.
@@ -546,12 +556,6 @@ pub(crate) struct SuppressedExt {
     oldest: u64,
 }
 
-impl AsRef<SuppressedKey> for SuppressedExt {
-    fn as_ref(&self) -> &SuppressedKey {
-        &self.local
-    }
-}
-
 /// The hybrid suppressed strategy.
 #[derive(Debug)]
 pub(crate) struct SuppressedFlavor;
@@ -563,6 +567,18 @@ const HARD_DENIAL: RateLimitDecision = RateLimitDecision::Suppressed {
 };
 
 impl HybridKey<SuppressedExt> {
+    /// Declined weight this instance holds (its own attempts, nothing trimmed) and the
+    /// declined weight not yet reported.
+    #[cfg(eyelet_loom)]
+    pub(crate) fn own_and_pending_declined(&self) -> (u64, u64) {
+        let pending = self
+            .flight
+            .as_ref()
+            .map_or(0, |f| f.declined.iter().map(|p| p.1).sum());
+        let held: Attempts = self.ext.local.window.total_held();
+        (held.declined, pending)
+    }
+
     /// The suppressed rule across instances. Accepted weight goes through the absolute
     /// machinery at capacity `H` (reserves, shares, outage policy), which bounds it by `H` in
     /// every window as it bounds absolute admissions by `C`; the soft limit and the suppression
@@ -589,19 +605,15 @@ impl HybridKey<SuppressedExt> {
         };
         let mode = self.mode(now, hard, ctx);
         self.source = mode.source();
+        // the span moves as the local rule's recording call moves it; the local probe below
+        // then decides exactly as that call, and the attempt is recorded after it
+        self.ext.local.window.advance(now, w_eff, recording);
         let candidate = match mode {
             Mode::Local(_) | Mode::Share(..) => {
                 let (s, h) = match mode {
-                    Mode::Share(..) => {
-                        let inst = ctx.instances();
-                        (soft / inst, hard / inst)
-                    }
+                    Mode::Share(instances, _) => (soft / instances, hard / instances),
                     _ => (soft, hard),
                 };
-                let local = &mut self.ext.local;
-                // the span moves as the local rule's recording call moves it; the probe below
-                // then decides exactly as that call
-                local.window.advance(now, w_eff, recording);
                 let probe = Request {
                     limits: Limits {
                         capacity: s,
@@ -611,11 +623,10 @@ impl HybridKey<SuppressedExt> {
                     n,
                     record: false,
                 };
-                decide_suppressed(local, now, g, probe, draw)
+                decide_suppressed(&mut self.ext.local, now, g, probe, draw)
             }
             Mode::Closed => HARD_DENIAL,
             Mode::Room(_) | Mode::Reserve => {
-                self.ext.local.window.advance(now, w_eff, recording);
                 let need = n.max(1);
                 let f = self.flight.as_deref();
                 // this instance's acceptances and declines Redis had not counted at the settle
@@ -639,8 +650,9 @@ impl HybridKey<SuppressedExt> {
                 }
             }
         };
-        // An accepted candidate must pass the absolute rule at `H` (which also records it for
-        // the sync); past it, the hard limit answers.
+        // An accepted candidate must pass the absolute rule at `H`, in the same mode (which
+        // also records it for the sync); past it, the hard limit answers. (A candidate is
+        // accepted only within `H`, so the weight is within the gate's capacity.)
         let d = if candidate.is_allowed() {
             let gate = Request {
                 limits: Limits {
@@ -650,7 +662,7 @@ impl HybridKey<SuppressedExt> {
                 n,
                 record,
             };
-            if self.decide(now, g, gate, ctx).is_allowed() {
+            if self.decide_in(mode, now, g, gate, ctx).is_allowed() {
                 candidate
             } else {
                 HARD_DENIAL
@@ -711,20 +723,7 @@ impl Flavor for SuppressedFlavor {
             return Default::default();
         };
         let local = &k.ext.local;
-        let span = local.window.span_ms();
-        let live: Attempts = local.window.live_untrimmed(now, span);
-        let own = SuppressedSnapshot {
-            total: live.attempted(),
-            accepted: live.accepted,
-            declined: live.declined,
-            suppression_factor: crate::math::suppression_factor(
-                &local.window,
-                now,
-                g,
-                local.last_window_ms.max(1),
-                local.last_soft,
-            ),
-        };
+        let own = suppressed_snapshot(local, now, g);
         let total = k.ext.accepted.saturating_add(k.ext.declined);
         let global = SuppressedSnapshot {
             total,

@@ -6,7 +6,7 @@
 //! the accepted rate oscillate; measuring over the whole window would let a young key burst.
 
 use super::{AttemptCounts, Attempts, Request, Window};
-use crate::decision::RateLimitDecision;
+use crate::decision::{RateLimitDecision, SuppressedSnapshot};
 
 /// A suppressed key: its window plus the soft limit and window of the last call, so that
 /// `get` can report the factor a request would see now.
@@ -68,8 +68,8 @@ pub(crate) fn factor_from(
 }
 
 /// Records one attempt of a key decided elsewhere (the hybrid provider decides some calls from
-/// what Redis reported): moves the span as a recording call does, notes the call's soft limit
-/// and window, and adds `counts` at `now`.
+/// what Redis reported): notes the call's soft limit and window, and adds `counts` at `now`.
+/// Assumes [`Window::advance`] ran at `now` for this call (as a recording call).
 #[cfg(feature = "redis")]
 pub(crate) fn record_attempt(
     key: &mut SuppressedKey,
@@ -79,10 +79,27 @@ pub(crate) fn record_attempt(
     w_eff: u64,
     counts: Attempts,
 ) {
-    key.window.advance(now, w_eff, true);
     key.last_soft = soft;
     key.last_window_ms = w_eff;
     key.window.record(now, bucket_ms, w_eff, counts);
+}
+
+/// What `get` reports for a suppressed key at `now`: its attempts in its retained span and the
+/// factor a request would see at the key's last rate.
+pub(crate) fn snapshot(key: &SuppressedKey, now: u64, bucket_ms: u64) -> SuppressedSnapshot {
+    let live: Attempts = key.window.live_untrimmed(now, key.window.span_ms());
+    SuppressedSnapshot {
+        total: live.attempted(),
+        accepted: live.accepted,
+        declined: live.declined,
+        suppression_factor: suppression_factor(
+            &key.window,
+            now,
+            bucket_ms,
+            key.last_window_ms.max(1),
+            key.last_soft,
+        ),
+    }
 }
 
 /// Decides `req` at `now` for soft limit `C` and hard limit `H`; `draw` is a uniform sample
