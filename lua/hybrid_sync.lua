@@ -150,32 +150,34 @@ local function reserve_live(r)
 end
 
 -- Everything live: buckets of window W and every instance's unexpired reserve.
+-- Also returns the weight of the live buckets alone and the start of the oldest (0: none).
 local function live_total(st, W)
-  local total, free_at = 0, 0
+  local total, free_at, oldest = 0, 0, 0
   for k, v in pairs(st.buckets) do
     if v > 0 and bucket_live(k, W) then
       total = sat(total, v)
       local ends = (k + 1) * G + W
       if free_at == 0 or ends < free_at then free_at = ends end
+      if oldest == 0 or k * G < oldest then oldest = k * G end
     end
   end
+  local accepted = total
   for _, r in pairs(st.reserves) do
     if reserve_live(r) then total = sat(total, r[1]) end
   end
-  return total, free_at
+  return total, free_at, accepted, oldest
 end
 
--- Suppressed keys: declined weight live, and the start of the oldest live bucket (0: none).
-local function attempts(st, W)
-  local declined, oldest = 0, 0
-  local function see(k, v)
-    if v > 0 and bucket_live(k, W) and (oldest == 0 or k * G < oldest) then oldest = k * G end
-  end
+-- Suppressed keys: declined weight live, and the start of the oldest live bucket, accepted
+-- (`oldest`, from live_total) or declined (0: none).
+local function attempts(st, W, oldest)
+  local declined = 0
   for k, v in pairs(st.declined) do
-    if v > 0 and bucket_live(k, W) then declined = sat(declined, v) end
-    see(k, v)
+    if v > 0 and bucket_live(k, W) then
+      declined = sat(declined, v)
+      if oldest == 0 or k * G < oldest then oldest = k * G end
+    end
   end
-  for k, v in pairs(st.buckets) do see(k, v) end
   return declined, oldest
 end
 
@@ -276,7 +278,7 @@ while pos <= len do
       put(st, 'r:' .. inst, string.format('%.17g:%d', mine[1], now))
     end
   end
-  local total, free_at = live_total(st, W)
+  local total, free_at, accepted, oldest = live_total(st, W)
   local mine = st.reserves[inst]
   local R = 0
   if mine and reserve_live(mine) then R = mine[1] end
@@ -285,11 +287,8 @@ while pos <= len do
   out[#out + 1] = total
   out[#out + 1] = free_at
   if sup then
-    local accepted = 0
-    for k, v in pairs(st.buckets) do
-      if v > 0 and bucket_live(k, W) then accepted = sat(accepted, v) end
-    end
-    local declined, oldest = attempts(st, W)
+    local declined
+    declined, oldest = attempts(st, W, oldest)
     out[#out + 1] = accepted
     out[#out + 1] = declined
     out[#out + 1] = oldest
