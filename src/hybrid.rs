@@ -182,7 +182,7 @@ impl HybridProvider {
     /// the instance before the first decision.
     #[inline]
     pub fn absolute(&self) -> &HybridAbsolute {
-        self.inner().ctx.activate();
+        self.inner().ctx.activate_strategy(false);
         &self.absolute
     }
 
@@ -191,7 +191,7 @@ impl HybridProvider {
     /// [`absolute`](Self::absolute) does.
     #[inline]
     pub fn suppressed(&self) -> &HybridSuppressed {
-        self.inner().ctx.activate();
+        self.inner().ctx.activate_strategy(true);
         &self.suppressed
     }
 

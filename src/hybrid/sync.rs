@@ -361,8 +361,17 @@ impl SyncActor {
             release_all,
             everything,
         };
-        let absolute = self.sets.absolute.each_shard_async(|_| collect()).await;
-        let suppressed = self.sets.suppressed.each_shard_async(|_| collect()).await;
+        // only the shards of a strategy in use (the other's hold nothing to report)
+        let absolute = if self.ctx.strategy_used(false) {
+            self.sets.absolute.each_shard_async(|_| collect()).await
+        } else {
+            Vec::new()
+        };
+        let suppressed = if self.ctx.strategy_used(true) {
+            self.sets.suppressed.each_shard_async(|_| collect()).await
+        } else {
+            Vec::new()
+        };
         let parts = resets
             .into_iter()
             .map(|r| (reset_seq, r))
