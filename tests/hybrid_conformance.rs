@@ -11,7 +11,7 @@
 
 mod support;
 
-use support::conformance::{random_steps, run_step, Answer, Subject, SCENARIOS};
+use support::conformance::{differential, random_steps, Subject, SCENARIOS};
 use support::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,27 +42,9 @@ async fn a_sole_hybrid_instance_answers_exactly_like_local() {
     {
         let local = Subject::local(w, g, h, draw);
         let hybrid = Subject::hybrid(&server, w, g, h, draw).await;
-        for (i, step) in random_steps(seed as u64 + 7, 2500).iter().enumerate() {
-            let a = run_step(&local, step).await;
-            let b = run_step(&hybrid, step).await;
-            assert_eq!(
-                a,
-                b,
-                "seed {seed}, step {i}: {step:?} at t = {}",
-                local.clock.ms()
-            );
-            compared += 1;
-            if let Answer::Decision(d) = a {
-                kinds[match d {
-                    eyelet::RateLimitDecision::Allowed => 0,
-                    eyelet::RateLimitDecision::Rejected { .. } => 1,
-                    eyelet::RateLimitDecision::Suppressed {
-                        is_allowed: true, ..
-                    } => 2,
-                    _ => 3,
-                }] += 1;
-            }
-        }
+        let steps = random_steps(seed as u64 + 7, 2500);
+        differential(&local, &hybrid, &steps, &format!("seed {seed}"), &mut kinds).await;
+        compared += steps.len();
         hybrid.rl.hybrid().shutdown().await.expect("shutdown");
     }
     eprintln!(

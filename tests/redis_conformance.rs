@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::conformance::{dense_steps, random_steps, run_step, Subject, SCENARIOS};
+use support::conformance::{dense_steps, differential, random_steps, run_step, Subject, SCENARIOS};
 use support::redis_server::RedisServer;
 
 /// The scenarios to run: all, or those whose name contains `EYELET_SCENARIO`.
@@ -58,27 +58,9 @@ async fn redis_answers_exactly_like_local() {
     {
         let local = Subject::local(w, g, h, draw);
         let redis = Subject::redis(&server, w, g, h, draw).await;
-        for (i, step) in random_steps(seed as u64 + 7, 4000).iter().enumerate() {
-            let a = run_step(&local, step).await;
-            let b = run_step(&redis, step).await;
-            assert_eq!(
-                a,
-                b,
-                "seed {seed}, step {i}: {step:?} at t = {}",
-                local.clock.ms()
-            );
-            compared += 1;
-            if let support::conformance::Answer::Decision(d) = a {
-                kinds[match d {
-                    eyelet::RateLimitDecision::Allowed => 0,
-                    eyelet::RateLimitDecision::Rejected { .. } => 1,
-                    eyelet::RateLimitDecision::Suppressed {
-                        is_allowed: true, ..
-                    } => 2,
-                    _ => 3,
-                }] += 1;
-            }
-        }
+        let steps = random_steps(seed as u64 + 7, 4000);
+        differential(&local, &redis, &steps, &format!("seed {seed}"), &mut kinds).await;
+        compared += steps.len();
     }
     eprintln!(
         "{compared} steps compared; allowed / rejected / suppressed-in / suppressed-out: {kinds:?}"

@@ -724,3 +724,29 @@ pub async fn run_step(s: &Subject, step: &Step) -> Answer {
         Step::Reset(st, k) => Answer::Reset(s.reset(*st, k).await),
     }
 }
+
+/// Runs `steps` on `a` and `b` (the same clock moves for both), asserting every answer equal;
+/// adds each decision's kind to `kinds` (allowed, rejected, suppressed-in, suppressed-out).
+pub async fn differential(
+    a: &Subject,
+    b: &Subject,
+    steps: &[Step],
+    label: &str,
+    kinds: &mut [usize; 4],
+) {
+    for (i, step) in steps.iter().enumerate() {
+        let x = run_step(a, step).await;
+        let y = run_step(b, step).await;
+        assert_eq!(x, y, "{label}, step {i}: {step:?} at t = {}", a.clock.ms());
+        if let Answer::Decision(d) = x {
+            kinds[match d {
+                RateLimitDecision::Allowed => 0,
+                RateLimitDecision::Rejected { .. } => 1,
+                RateLimitDecision::Suppressed {
+                    is_allowed: true, ..
+                } => 2,
+                _ => 3,
+            }] += 1;
+        }
+    }
+}
