@@ -291,7 +291,10 @@ async fn the_hybrid_syncs_hostile_keys_of_both_strategies_on_a_cluster() {
         rl.hybrid().flush().await.expect("sync on the cluster");
         let status = rl.hybrid().status();
         eprintln!("instance {i}: {status:?}");
-        assert_eq!(status.pending_parts, 0, "instance {i}");
+        // (not `pending_parts == 0`: the timer's next sync may already be under way, and it
+        // lists every key still holding a reserve; what the flush promises is checked below,
+        // in Redis)
+        assert_eq!((status.failures, status.dropped_parts), (0, 0), "instance {i}");
     }
     for rl in &rls {
         rl.hybrid().flush().await.expect("sync");
