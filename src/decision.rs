@@ -140,3 +140,29 @@ pub enum Source {
     /// [`OutagePolicy`](crate::OutagePolicy) decided.
     HybridOutage,
 }
+
+impl Source {
+    /// A number for the source, for tables shared with callers (a lease's grant).
+    pub(crate) fn code(self) -> u64 {
+        match self {
+            Source::Local => 0,
+            Source::Redis => 1,
+            Source::HybridSolo => 2,
+            Source::HybridReserve => 3,
+            Source::HybridProvisional => 4,
+            Source::HybridOutage => 5,
+        }
+    }
+
+    /// The source of a [`code`](Self::code) (`Local` for any other number).
+    pub(crate) fn from_code(code: u64) -> Self {
+        match code {
+            1 => Source::Redis,
+            2 => Source::HybridSolo,
+            3 => Source::HybridReserve,
+            4 => Source::HybridProvisional,
+            5 => Source::HybridOutage,
+            _ => Source::Local,
+        }
+    }
+}

@@ -88,10 +88,12 @@ pub use state::OutagePolicy;
 pub use sync::HybridStatus;
 
 pub(crate) use state::HybridCtx;
-#[cfg(eyelet_loom)]
+#[cfg(any(eyelet_loom, test))]
 pub(crate) use state::{Answer, Collect, Settle};
+#[cfg(any(eyelet_loom, test))]
+pub(crate) use state::HybridRules;
 #[cfg(eyelet_loom)]
-pub(crate) use state::{HybridRules, HybridSuppressedRules};
+pub(crate) use state::HybridSuppressedRules;
 pub(crate) use sync::{Counters, Sets, SyncConfig, SyncHandle};
 
 use crate::config::RandomFactory;

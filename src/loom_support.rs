@@ -264,6 +264,7 @@ impl Leases {
                 at: 0,
                 until: 100,
                 units,
+                source: 0,
             },
         );
     }
@@ -308,6 +309,9 @@ pub struct Reported {
 struct HybridCell<S: crate::shard::Strategy> {
     cell: ActorCell<ShardActor<S>>,
     hasher: ahash::RandomState,
+    /// The shard's stamp table (fingerprints) and lease pools, for callers taking units.
+    stamps: StdArc<crate::shard::stamps::StampTable>,
+    leases: StdArc<crate::shard::leases::LeaseTable>,
 }
 
 #[cfg(feature = "redis")]
@@ -315,8 +319,39 @@ impl<S: crate::shard::Strategy<Ctx = crate::hybrid::HybridCtx>> HybridCell<S> {
     /// A shard whose last sync saw `instances` live instances and stays valid (no outage), at
     /// W = 1 s, G = 1 ms and hard-limit factor `h`.
     fn new(instances: u64, h: f64) -> Self {
-        let (cell, hasher) = hybrid_cell(instances, h);
-        Self { cell, hasher }
+        let seeds = (
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+            ahash::RandomState::with_seeds(5, 6, 7, 8),
+        );
+        let stamps = StdArc::new(crate::shard::stamps::StampTable::new(seeds));
+        let leases = StdArc::new(crate::shard::leases::LeaseTable::new());
+        let (cell, hasher) = hybrid_cell(instances, h, stamps.clone(), leases.clone());
+        Self {
+            cell,
+            hasher,
+            stamps,
+            leases,
+        }
+    }
+
+    /// A caller of `key` takes `n` units of its lease pool without the shard's token (lane 0,
+    /// at the model's time); whether it got them.
+    fn take(&self, key: &str, per_second: f64, n: u64) -> bool {
+        let Ok(rate) = RateLimit::per_second(per_second) else {
+            return false;
+        };
+        let k = self.key(key);
+        self.leases
+            .take(
+                &self.stamps,
+                key.as_bytes(),
+                k.hash,
+                rate.as_per_second().to_bits(),
+                n,
+                0,
+                || 1,
+            )
+            .is_some()
     }
 
     fn key(&self, key: &str) -> KeyRef<'static> {
@@ -344,7 +379,12 @@ impl<S: crate::shard::Strategy<Ctx = crate::hybrid::HybridCtx>> HybridCell<S> {
 }
 
 #[cfg(feature = "redis")]
-fn hybrid_cell<S>(instances: u64, h: f64) -> (ActorCell<ShardActor<S>>, ahash::RandomState)
+fn hybrid_cell<S>(
+    instances: u64,
+    h: f64,
+    stamps: StdArc<crate::shard::stamps::StampTable>,
+    leases: StdArc<crate::shard::leases::LeaseTable>,
+) -> (ActorCell<ShardActor<S>>, ahash::RandomState)
 where
     S: crate::shard::Strategy<Ctx = crate::hybrid::HybridCtx>,
 {
@@ -368,8 +408,8 @@ where
         shared,
         Box::new(SplitMix64::new(1)),
         hasher.clone(),
-        None,
-        None,
+        Some(stamps),
+        Some(leases),
         StdArc::new(ctx),
     ));
     (cell, hasher)
@@ -385,9 +425,16 @@ impl HybridShard {
         }
     }
 
-    /// `inc(key, rate, n)`; whether it was admitted.
+    /// `inc(key, rate, n)`; whether it was admitted. A second admission of a key at the same
+    /// (model) time finds it hot and grants a lease.
     pub fn inc(&self, key: &str, per_second: f64, n: u64) -> bool {
         self.c.inc(key, per_second, n)
+    }
+
+    /// A caller takes `n` units of `key`'s lease pool without the shard's token, as `inc` does
+    /// before it goes to the shard; whether it got them (then it was admitted).
+    pub fn take(&self, key: &str, per_second: f64, n: u64) -> bool {
+        self.c.take(key, per_second, n)
     }
 
     /// One `Collect`: what it reported for `key` (zeros if nothing), and the shard's own

@@ -42,7 +42,7 @@ impl<S: Strategy> ShardSet<S> {
     where
         S: Strategy<Ctx = ()>,
     {
-        Self::build(count, shared, hasher, rng, S::STAMPED, Arc::new(()))
+        Self::build(count, shared, hasher, rng, S::STAMPED || S::LEASED, Arc::new(()))
     }
 
     /// [`new`](Self::new) for a strategy whose shards share `ctx`.
@@ -54,7 +54,7 @@ impl<S: Strategy> ShardSet<S> {
         rng: impl FnMut(usize) -> Box<dyn RandomSource>,
         ctx: Arc<S::Ctx>,
     ) -> Self {
-        Self::build(count, shared, hasher, rng, S::STAMPED, ctx)
+        Self::build(count, shared, hasher, rng, S::STAMPED || S::LEASED, ctx)
     }
 
     /// The hash a key is routed and stored by.
@@ -160,7 +160,7 @@ impl<S: Strategy> ShardSet<S> {
         let s = self.shard_of(key.hash);
         let table = self.stamps.get(s)?;
         if record && n > 0 {
-            if let Some(at_ms) = self.leases.get(s).and_then(|l| {
+            if let Some((at_ms, source)) = self.leases.get(s).and_then(|l| {
                 l.take(
                     table,
                     key.key.as_bytes(),
@@ -174,7 +174,7 @@ impl<S: Strategy> ShardSet<S> {
                 return Some(Stamped::new(
                     RateLimitDecision::Allowed,
                     at_ms,
-                    crate::decision::Source::Local,
+                    crate::decision::Source::from_code(source),
                 ));
             }
         }
@@ -520,6 +520,184 @@ mod tests {
             }
             assert!(from_stamps > 500, "stamps answered {from_stamps}");
             assert!(from_leases > 200, "leases answered {from_leases}");
+        }
+    }
+
+    /// The hybrid absolute strategy's shards (every mode: sole instance, reserves, room,
+    /// shares, outage) answer and report exactly as without leases, through collects and
+    /// settles of a model Redis: a lease only moves admissions the shard would make anyway
+    /// off its token, and its unspent units are back before any report or answer.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn hybrid_leases_answer_and_report_exactly_like_the_shards_alone() {
+        use crate::hybrid::{Answer, Collect, HybridCtx, HybridRules, OutagePolicy, Settle};
+        use std::collections::HashMap;
+
+        let keys = ["a", "b", "a key longer than sixteen bytes", "c"];
+        let rates: Vec<RateLimit> = [300.0, 2000.0, 40.0, 5000.0]
+            .iter()
+            .map(|&r| RateLimit::try_from(r).unwrap_or(RateLimit::ONE))
+            .collect();
+        let policies = [
+            OutagePolicy::LocalShare,
+            OutagePolicy::FailOpen,
+            OutagePolicy::FailClosed,
+        ];
+        let mut from_leases: HashMap<crate::decision::Source, usize> = HashMap::new();
+        for seed in 1..=12u64 {
+            let clock = ManualClock::new();
+            clock.set_ms(1);
+            let policy = policies[seed as usize % policies.len()];
+            let make = |shortcuts: bool| {
+                let shared = Arc::new(Shared {
+                    window_ms: 1000,
+                    bucket_ms: 10,
+                    hard_limit_factor: 1.0,
+                    stale_after_ms: 10_000,
+                    max_keys: usize::MAX,
+                    live_keys: AtomicUsize::new(0),
+                    clock: ClockSource::Custom(Arc::new(clock.clone())),
+                });
+                let ctx = Arc::new(HybridCtx::new(policy, 1000));
+                ctx.set_reporting(true);
+                let set = ShardSet::<HybridRules>::build(
+                    2,
+                    &shared,
+                    ahash::RandomState::with_seeds(1, 2, 3, 4),
+                    |i| Box::new(SplitMix64::new(i as u64)),
+                    shortcuts,
+                    ctx.clone(),
+                );
+                (set, ctx)
+            };
+            let ((with, ctx_a), (without, ctx_b)) = (make(true), make(false));
+            let both = |f: &dyn Fn(&HybridCtx)| {
+                f(&ctx_a);
+                f(&ctx_b);
+            };
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            // the model Redis: what each key has live
+            let mut live: HashMap<String, u64> = HashMap::new();
+            let mut next_sync = 10;
+            let mut instances = 1;
+            for step in 0..30_000 {
+                clock.advance(std::time::Duration::from_millis(
+                    [0, 0, 0, 0, 1, 2, 5, 30][next(8) as usize],
+                ));
+                let now = clock.ms();
+                if now >= next_sync {
+                    next_sync = now + 10;
+                    // a sync: collect from both, the same reports; the same answers back
+                    let collect = |set: &ShardSet<HybridRules>| {
+                        let mut all: Vec<_> = set
+                            .shards
+                            .iter()
+                            .flat_map(|s| {
+                                s.call(Collect {
+                                    release_all: false,
+                                    everything: false,
+                                })
+                            })
+                            .collect();
+                        all.sort_by(|a, b| a.key.cmp(&b.key));
+                        all
+                    };
+                    let (ra, rb) = (collect(&with), collect(&without));
+                    assert_eq!(ra, rb, "seed {seed} step {step}: reports");
+                    // Redis is sometimes slow or away (the answers come late or not at all:
+                    // the shards drift into the outage policy), and instances come and go.
+                    if next(60) == 0 {
+                        instances = [1, 1, 2, 3][next(4) as usize];
+                    }
+                    if next(8) != 0 {
+                        both(&|c| {
+                            c.set_instances(instances, now);
+                            c.set_healthy_until(now + 20);
+                        });
+                        let answers: Vec<(String, Answer)> = ra
+                            .iter()
+                            .map(|r| {
+                                let l = live.entry(r.key.clone()).or_default();
+                                *l = (*l + r.deltas.iter().map(|d| d.1).sum::<u64>())
+                                    % (r.capacity + 1);
+                                // generous at times (hot keys then get leases out of it)
+                                let reserve = (r.want * [1, 1, 20][next(3) as usize])
+                                    .min(r.capacity.saturating_sub(*l));
+                                (
+                                    r.key.clone(),
+                                    Answer {
+                                        hash: r.hash,
+                                        reserve,
+                                        live: *l,
+                                        wanted: r.want > 0,
+                                        ..Default::default()
+                                    },
+                                )
+                            })
+                            .collect();
+                        for set in [&with, &without] {
+                            for shard in set.shards.iter() {
+                                shard.call(Settle {
+                                    answers: answers.clone(),
+                                    reserve_until: now + 40,
+                                    settled_at: now,
+                                });
+                            }
+                        }
+                    }
+                }
+                let k = next(keys.len() as u64) as usize;
+                let key = keys[k];
+                let rate = if next(10) == 0 {
+                    rates[next(rates.len() as u64) as usize]
+                } else {
+                    rates[k]
+                };
+                let n = if next(4) == 0 { next(4) } else { 1 };
+                match next(300) {
+                    0 => {
+                        assert_eq!(with.get(key), without.get(key), "seed {seed} step {step}");
+                        continue;
+                    }
+                    1 => {
+                        with.sweep();
+                        without.sweep();
+                        continue;
+                    }
+                    _ => {}
+                }
+                let record = next(8) != 0;
+                let kr = with.key(key);
+                let a = match with.stamped(&kr, &rate, n, record) {
+                    Some(s) => {
+                        assert!(s.decision.is_allowed(), "the hybrid publishes no rejections");
+                        *from_leases.entry(s.source).or_default() += 1;
+                        s
+                    }
+                    None => with.inc(key, &rate, n, record),
+                };
+                let b = without.inc(key, &rate, n, record);
+                assert_eq!(
+                    a, b,
+                    "seed {seed} step {step}: {key} {rate:?} n={n} record={record}"
+                );
+            }
+            for key in keys {
+                assert_eq!(with.get(key), without.get(key), "seed {seed} at the end");
+            }
+        }
+        eprintln!("leases answered {from_leases:?}");
+        // every mode served some
+        use crate::decision::Source::*;
+        for source in [HybridSolo, HybridReserve, HybridProvisional, HybridOutage] {
+            let n = from_leases.get(&source).copied().unwrap_or(0);
+            assert!(n > 100, "leases answered {from_leases:?}");
         }
     }
 

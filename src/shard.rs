@@ -98,9 +98,12 @@ pub(crate) trait Strategy: Send + 'static {
     /// Start of the newest bucket and whether any bucket may still be live at `now`.
     fn activity(value: &Self::Value, now: u64) -> (Option<u64>, bool);
 
-    /// Whether the shard publishes rejections as [`stamps`] and serves leases (absolute only;
-    /// the hooks below matter only then, and their defaults suit every other strategy).
+    /// Whether the shard publishes rejections as [`stamps`] (absolute only).
     const STAMPED: bool = false;
+
+    /// Whether the shard serves [`leases`] (absolute, local and hybrid; the hooks below matter
+    /// only then, and their defaults suit every other strategy).
+    const LEASED: bool = false;
 
     /// Until when a recording call at `w_eff` leaves the key's span state alone (see
     /// [`Window::span_steady_until`]); reads only the window's header.
@@ -116,29 +119,29 @@ pub(crate) trait Strategy: Send + 'static {
         true
     }
 
-    /// Capacity left at `cap` with everything held counted.
+    /// Records a lease right after an admission at capacity `cap`: a quarter of the room left
+    /// (at most `max` units), joining the newest bucket, if that is at least `min` units.
+    /// Returns the units, until when they may be taken (at most `bucket_until`, the end of
+    /// what the bucket and the key's span allow) and the write left for later.
     #[inline(always)]
-    fn headroom(_value: &Self::Value, _cap: u64) -> u64 {
-        0
-    }
-
-    /// Records `units` at `now` for a lease (they join the newest bucket).
-    #[inline(always)]
-    fn record_lease(
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
         _value: &mut Self::Value,
         _now: u64,
         _g: u64,
         _w_eff: u64,
-        _units: u64,
-    ) -> Option<Self::Later> {
+        _cap: u64,
+        _units: (u64, u64),
+        _bucket_until: u64,
+        _ctx: &Self::Ctx,
+    ) -> Option<(u64, u64, Option<Self::Later>)> {
         None
     }
 
     /// Returns unspent lease units to the bucket starting at `start`.
     #[inline(always)]
-    fn return_units(_value: &mut Self::Value, _start: u64, _units: u64) {}
+    fn return_units(_value: &mut Self::Value, _start: u64, _units: u64, _ctx: &Self::Ctx) {}
 }
-
 impl Slot for Window<Count> {
     /// Key (16) + window (48) = one cache line.
     type Align = CacheLine;
@@ -189,6 +192,7 @@ impl Strategy for Absolute {
     }
 
     const STAMPED: bool = true;
+    const LEASED: bool = true;
 
     fn span_steady_until(value: &Window<Count>, now: u64, w_eff: u64) -> u64 {
         value.span_steady_until(now, w_eff)
@@ -199,21 +203,28 @@ impl Strategy for Absolute {
         value.total_held().saturating_add(req.n.max(1)) > req.limits.capacity
     }
 
-    fn headroom(value: &Window<Count>, cap: u64) -> u64 {
-        cap.saturating_sub(value.total_held())
-    }
-
-    fn record_lease(
+    fn lease(
         value: &mut Window<Count>,
         now: u64,
         g: u64,
         w_eff: u64,
-        units: u64,
-    ) -> Option<RingWrite<Count>> {
-        value.record_deferred(now, g, w_eff, units)
+        cap: u64,
+        (min, max): (u64, u64),
+        bucket_until: u64,
+        _ctx: &(),
+    ) -> Option<(u64, u64, Option<RingWrite<Count>>)> {
+        let units = (cap.saturating_sub(value.total_held()) / 4).min(max);
+        if units < min {
+            return None;
+        }
+        Some((
+            units,
+            bucket_until,
+            value.record_deferred(now, g, w_eff, units),
+        ))
     }
 
-    fn return_units(value: &mut Window<Count>, start: u64, units: u64) {
+    fn return_units(value: &mut Window<Count>, start: u64, units: u64, _ctx: &()) {
         value.return_units(start, units);
     }
 }
@@ -327,8 +338,10 @@ impl<S: Strategy> ShardActor<S> {
             ctx,
             last_source: Source::Local,
             marked: Vec::new(),
-            stamps: stamps.filter(|_| S::STAMPED),
-            leases: leases.filter(|_| S::STAMPED),
+            // a leasing shard needs the stamp table's fingerprints even if it publishes no
+            // rejections
+            stamps: stamps.filter(|_| S::STAMPED || S::LEASED),
+            leases: leases.filter(|_| S::LEASED),
             granted: [None; leases::SLOTS],
             store: {
                 #[allow(unused_mut)]
@@ -442,13 +455,13 @@ impl<S: Strategy> ShardActor<S> {
         let units = self.leases.as_ref().map_or(0, |t| t.reclaim(i));
         if units > 0 {
             self.make_later_write();
-            S::return_units(self.store.value_mut(g.idx), g.start, units);
+            S::return_units(self.store.value_mut(g.idx), g.start, units, &self.ctx);
         }
     }
 
     /// Takes back every outstanding lease: before any entry is removed (removals move entries,
     /// and the records hold entry indices) or the shard is cleared.
-    fn reclaim_all(&mut self) {
+    pub(crate) fn reclaim_all(&mut self) {
         if self.leases.is_some() {
             for i in 0..leases::SLOTS {
                 self.reclaim_slot(i);
@@ -479,15 +492,13 @@ impl<S: Strategy> ShardActor<S> {
         self.make_later_write();
         let (g, w_eff, cap) = (self.bucket_ms, req.limits.window_ms, req.limits.capacity);
         let value = self.store.value_mut(idx);
-        let units = (S::headroom(value, cap) / 4).min(leases::MAX_UNITS);
-        let min_units = 2 * leases::LANES as u64;
         let (Some(start), _) = S::activity(value, now) else {
             return;
         };
-        let until = start
+        let bucket_until = start
             .saturating_add(g)
             .min(S::span_steady_until(value, now, w_eff));
-        if units < min_units || until <= now {
+        if bucket_until <= now {
             return;
         }
         let fingerprint = match &self.stamps {
@@ -495,7 +506,17 @@ impl<S: Strategy> ShardActor<S> {
             None => return,
         };
         let value = self.store.value_mut(idx);
-        let later = S::record_lease(value, now, g, w_eff, units);
+        let units = (2 * leases::LANES as u64, leases::MAX_UNITS);
+        let Some((units, until, later)) =
+            S::lease(value, now, g, w_eff, cap, units, bucket_until, &self.ctx)
+        else {
+            return;
+        };
+        let source = if S::SOURCED {
+            S::source(value)
+        } else {
+            Source::Local
+        };
         self.later = later.map(|l| (idx as u32, l));
         table.grant(
             i,
@@ -505,6 +526,7 @@ impl<S: Strategy> ShardActor<S> {
                 at: now,
                 until,
                 units,
+                source: source.code(),
             },
         );
         self.granted[i] = Some(Granted {
@@ -627,16 +649,18 @@ impl<S: Strategy> ShardActor<S> {
         let req = Request { limits, n, record };
         if let Some(idx) = self.store().find(hash, key) {
             // A key with a request in its newest bucket already is hot: worth a lease.
-            let hot = S::STAMPED
+            let hot = S::LEASED
                 && record
                 && n > 0
                 && S::activity(self.store.value_mut(idx), now)
                     .0
                     .is_some_and(|t| now.saturating_sub(t) < self.bucket_ms);
             let d = self.decide_at(idx, hash, now, req);
-            if S::STAMPED {
+            if S::STAMPED || S::LEASED {
                 if !d.is_allowed() {
-                    self.publish(key, hash, idx, now, req, &d);
+                    if S::STAMPED {
+                        self.publish(key, hash, idx, now, req, &d);
+                    }
                 } else if hot {
                     self.grant(key, hash, idx, now, req);
                 }

@@ -140,3 +140,84 @@ fn a_sync_racing_suppressed_decisions_loses_and_doubles_no_attempt() {
         );
     });
 }
+
+/// A hot key's lease: a caller takes units of its pool without the shard's token while a sync
+/// collects (which first takes the unspent units back). Every unit taken is reported exactly
+/// once, and no unit that went back is reported at all.
+#[test]
+fn lease_units_taken_while_a_sync_collects_are_reported_once() {
+    static TOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    model_capped(3, || {
+        let shard = Arc::new(HybridShard::new(1));
+        // two admissions at one instant: the key is hot, the second grants a pool
+        assert!(shard.inc("k", 1000.0, 1));
+        assert!(shard.inc("k", 1000.0, 1));
+        let caller = {
+            let shard = shard.clone();
+            thread::spawn(move || {
+                u64::from(shard.take("k", 1000.0, 1)) + 2 * u64::from(shard.take("k", 1000.0, 2))
+            })
+        };
+        let (first, own, pending) = shard.collect("k", false);
+        assert_eq!(
+            first.admitted + pending,
+            own,
+            "reported {first:?} + pending {pending} != admitted {own}"
+        );
+        let taken = caller.join().unwrap_or(0);
+        TOOK.fetch_max(taken, std::sync::atomic::Ordering::Relaxed);
+        let (second, own, pending) = shard.collect("k", true);
+        assert_eq!(pending, 0);
+        assert_eq!(own, 2 + taken, "the window holds exactly what was admitted");
+        assert_eq!(
+            first.admitted + second.admitted,
+            2 + taken,
+            "every admission reported exactly once: {first:?} {second:?}"
+        );
+    });
+    // the pool was there: some interleavings took both calls' units from it
+    assert_eq!(TOOK.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+/// A lease out of a reserve, spent while the sync collects and Redis answers: the shard never
+/// admits more than Redis reserved, and every unit spent is reported as used exactly once.
+#[test]
+fn lease_units_out_of_a_reserve_never_pass_it_and_are_reported_once() {
+    static TOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    model_capped(3, || {
+        let shard = Arc::new(HybridShard::new(2));
+        // first use: provisional; its sync reports it and Redis reserves 40 units
+        assert!(shard.inc("k", 1000.0, 1));
+        let _ = shard.collect("k", true);
+        shard.settle("k", 40);
+        // two admissions out of the reserve at one instant: the second grants a pool out of it
+        assert!(shard.inc("k", 1000.0, 1));
+        assert!(shard.inc("k", 1000.0, 1));
+        let caller = {
+            let shard = shard.clone();
+            thread::spawn(move || {
+                u64::from(shard.take("k", 1000.0, 1)) + 2 * u64::from(shard.take("k", 1000.0, 2))
+            })
+        };
+        let (first, _, _) = shard.collect("k", false);
+        // Redis: what is left of the reserve after what was spent and given back
+        let left = 40 - first.used - first.released;
+        shard.settle("k", left);
+        let taken = caller.join().unwrap_or(0);
+        TOOK.fetch_max(taken, std::sync::atomic::Ordering::Relaxed);
+        let (second, own, pending) = shard.collect("k", true);
+        assert_eq!(pending, 0);
+        assert_eq!(own, 3 + taken, "the window holds exactly what was admitted");
+        assert_eq!(
+            first.used + second.used,
+            2 + taken,
+            "every unit spent reported once: {first:?} {second:?}"
+        );
+        assert_eq!(
+            2 + taken + shard.reserve("k"),
+            40 - first.released - second.released,
+            "reserve left + spent = reserved - given back"
+        );
+    });
+    assert_eq!(TOOK.load(std::sync::atomic::Ordering::Relaxed), 3);
+}

@@ -143,6 +143,20 @@ impl HybridCtx {
         self.instances() <= 1 && (seen == 0 || now >= seen.saturating_add(self.window_ms))
     }
 
+    /// From when this instance decides alone as things stand (`u64::MAX`: not while others are
+    /// live).
+    fn solo_from(&self) -> u64 {
+        if self.instances() > 1 {
+            return u64::MAX;
+        }
+        let seen = self.multi_seen_at.load(Ordering::Relaxed);
+        if seen == 0 {
+            0
+        } else {
+            seen.saturating_add(self.window_ms)
+        }
+    }
+
     pub(crate) fn set_reporting(&self, on: bool) {
         self.reporting.store(on, Ordering::Relaxed);
     }
@@ -234,6 +248,16 @@ struct Flight {
     idle_collects: u8,
     /// Collects in a row that left this key's report for later (see [`DEFER_COLLECTS`]).
     deferred: u8,
+    /// The lease outstanding (see [`HybridKey::lease`]): what its units were counted in.
+    lease: Option<LeaseRecord>,
+}
+
+/// Where a lease's units were counted: the server bucket of their deltas, and whether they
+/// came out of the reserve (else they count as unreserved admissions).
+#[derive(Clone, Copy, Debug)]
+struct LeaseRecord {
+    k: u64,
+    from_reserve: bool,
 }
 
 impl Flight {
@@ -462,6 +486,117 @@ impl<E> HybridKey<E> {
         self.flight.as_ref().is_some_and(|f| f.has_news())
     }
 
+    /// A lease right after an admission at `cap` (see [`Strategy::lease`]): units admitted now,
+    /// in the mode that admitted the call, counted as that mode counts admissions (reserve
+    /// spent, or unreserved; deltas in the server bucket of now; demand), and valid while the
+    /// mode is: until the reserve's end, the end of the room a settle gave, and a healthy
+    /// mode's end. The shard takes unspent units back ([`return_units`](Self::return_units))
+    /// before every collect and settle, so reports and answers never see them.
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
+        &mut self,
+        now: u64,
+        g: u64,
+        w_eff: u64,
+        cap: u64,
+        (min, max): (u64, u64),
+        bucket_until: u64,
+        ctx: &HybridCtx,
+    ) -> Option<(u64, u64)> {
+        let mode = self.mode(now, cap, ctx);
+        let held = self.window.total_held();
+        let flight = self.flight.as_deref();
+        let (room, mode_until) = match mode {
+            Mode::Local(_) => (cap.saturating_sub(held), u64::MAX),
+            Mode::Share(instances, _) => {
+                ((cap / instances.max(1)).saturating_sub(held), u64::MAX)
+            }
+            Mode::Room(room) => (
+                room.saturating_sub(flight.map_or(0, |f| f.unreserved))
+                    .min(cap.saturating_sub(held)),
+                self.settled_at.saturating_add(u64::from(self.window_ms)),
+            ),
+            Mode::Reserve => (
+                flight
+                    .map_or(0, |f| f.reserve)
+                    .min(cap.saturating_sub(held)),
+                flight.map_or(0, |f| f.reserve_until),
+            ),
+            Mode::Closed => (0, 0),
+        };
+        let healthy = ctx.healthy_until();
+        // The units' deltas go to the server bucket of now: they may be taken until it ends.
+        let g = g.max(1);
+        let k = ctx.server_ms(now) / g;
+        let server_bucket_end = k
+            .saturating_add(1)
+            .saturating_mul(g)
+            .saturating_add_signed(ctx.offset().saturating_neg());
+        let until = if now < healthy {
+            // a healthy mode other than solo ends when this instance starts deciding alone
+            let solo_from = ctx.solo_from();
+            let until = mode_until.min(healthy);
+            if solo_from > now {
+                until.min(solo_from)
+            } else {
+                until
+            }
+        } else {
+            // an outage lasts until a sync succeeds, whose settle takes the units back
+            mode_until
+        }
+        .min(bucket_until)
+        .min(server_bucket_end);
+        let units = (room / 4).min(max);
+        if units < min || until <= now {
+            return None;
+        }
+        if let Some(w) = self.window.record_deferred(now, g, w_eff, units) {
+            self.window.apply(w);
+        }
+        self.source = mode.source();
+        if ctx.reporting() {
+            let f = self.flight.get_or_insert_with(Box::default);
+            f.demand = f.demand.saturating_add(units);
+            let from_reserve = matches!(mode, Mode::Reserve);
+            if from_reserve {
+                f.reserve -= units;
+                f.used = f.used.saturating_add(units);
+            } else {
+                f.unreserved = f.unreserved.saturating_add(units);
+            }
+            add_to_bucket(&mut f.pending, k, units);
+            f.lease = Some(LeaseRecord { k, from_reserve });
+        }
+        Some((units, until))
+    }
+
+    /// Takes a lease's unspent `units` back out of everything [`lease`](Self::lease) counted
+    /// them in: the window's bucket starting at `start`, and the flight's books.
+    fn return_units(&mut self, start: u64, units: u64) {
+        self.window.return_units(start, units);
+        let Some(f) = self.flight.as_deref_mut() else {
+            return;
+        };
+        let Some(l) = f.lease.take() else {
+            return;
+        };
+        f.demand = f.demand.saturating_sub(units);
+        if l.from_reserve {
+            f.reserve = f.reserve.saturating_add(units);
+            f.used = f.used.saturating_sub(units);
+        } else {
+            f.unreserved = f.unreserved.saturating_sub(units);
+        }
+        if let Some(i) = f.pending.iter().position(|p| p.0 == l.k) {
+            let w = &mut f.pending[i].1;
+            *w = w.saturating_sub(units);
+            if *w == 0 {
+                f.pending.remove(i);
+            }
+        }
+    }
+
     /// This instance's admissions held (nothing trimmed) and the weight not yet reported.
     #[cfg(eyelet_loom)]
     pub(crate) fn own_and_pending(&self) -> (u64, u64) {
@@ -487,6 +622,9 @@ impl<E> HybridKey<E> {
 /// What the hybrid's two strategies do differently; the rest (modes, reserves, reports) is
 /// [`HybridKey`]'s.
 pub(crate) trait Flavor: std::fmt::Debug + Send + Sync + 'static {
+    /// Whether hot keys get leases (absolute: its decisions are the local rule behind a gate).
+    const LEASED: bool = false;
+
     /// What a key of this strategy keeps besides [`HybridKey`]'s fields.
     type Ext: Default + std::fmt::Debug + Send + 'static;
     /// What `get` reports.
@@ -516,6 +654,8 @@ pub(crate) trait Flavor: std::fmt::Debug + Send + Sync + 'static {
 pub(crate) struct AbsoluteFlavor;
 
 impl Flavor for AbsoluteFlavor {
+    const LEASED: bool = true;
+
     type Ext = ();
     type Snapshot = (u64, u64);
 
@@ -787,6 +927,30 @@ impl<F: Flavor> Strategy for Hybrid<F> {
         F::decide(value, now, bucket_ms, req, rng, ctx)
     }
 
+    const LEASED: bool = F::LEASED;
+
+    fn span_steady_until(value: &HybridKey<F::Ext>, now: u64, w_eff: u64) -> u64 {
+        value.window.span_steady_until(now, w_eff)
+    }
+
+    fn lease(
+        value: &mut HybridKey<F::Ext>,
+        now: u64,
+        g: u64,
+        w_eff: u64,
+        cap: u64,
+        units: (u64, u64),
+        bucket_until: u64,
+        ctx: &HybridCtx,
+    ) -> Option<(u64, u64, Option<std::convert::Infallible>)> {
+        let (units, until) = value.lease(now, g, w_eff, cap, units, bucket_until, ctx)?;
+        Some((units, until, None))
+    }
+
+    fn return_units(value: &mut HybridKey<F::Ext>, start: u64, units: u64, _ctx: &HybridCtx) {
+        value.return_units(start, units);
+    }
+
     const SOURCED: bool = true;
 
     fn source(value: &HybridKey<F::Ext>) -> Source {
@@ -870,6 +1034,8 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
     }
 
     fn handle(self, shard: &mut ShardActor<Hybrid<F>>) -> Vec<Report> {
+        // Unspent lease units go back first: a report carries only what was taken.
+        shard.reclaim_all();
         let now = shard.now();
         let solo = shard.ctx().solo(now);
         let mut out = Vec::new();
@@ -996,6 +1162,9 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Settle {
     }
 
     fn handle(self, shard: &mut ShardActor<Hybrid<F>>) {
+        // Leases were granted in the mode of the last answers: take their unspent units back
+        // before the new answers change it.
+        shard.reclaim_all();
         let offset = shard.ctx().offset();
         for (key, a) in self.answers {
             if let Some(v) = shard.value_of(&key, a.hash) {

@@ -56,6 +56,8 @@ struct Descriptor {
     /// Units may be taken before this time (0: no pool).
     until: AtomicU64,
     generation: AtomicU64,
+    /// What the grant's admission was based on ([`Source::code`](crate::Source)).
+    source: AtomicU64,
 }
 
 /// A lane of the pool's units, on a line of its own: callers write it, the descriptor stays
@@ -78,6 +80,8 @@ pub(crate) struct Grant {
     pub(crate) at: u64,
     pub(crate) until: u64,
     pub(crate) units: u64,
+    /// What the admissions are based on (the hybrid's mode), as [`Source::code`](crate::Source).
+    pub(crate) source: u64,
 }
 
 /// One shard's pools, shared by its actor (the only writer of descriptors) and its callers.
@@ -109,6 +113,7 @@ impl LeaseTable {
                         at: z(),
                         until: z(),
                         generation: z(),
+                        source: z(),
                     },
                     lanes: [Word(z()), Word(z()), Word(z()), Word(z())],
                 })
@@ -158,6 +163,7 @@ impl LeaseTable {
         d.at.store(g.at, Ordering::Relaxed);
         d.until.store(g.until, Ordering::Relaxed);
         d.generation.store(generation, Ordering::Relaxed);
+        d.source.store(g.source, Ordering::Relaxed);
         d.seq.store(seq.wrapping_add(2), Ordering::Release);
         // Units last: a caller that read the new descriptor expects this generation.
         let units = g.units.min(UNITS);
@@ -174,7 +180,7 @@ impl LeaseTable {
     }
 
     /// Takes `n` units from lane `lane` for a call of `key` (hash `hash`) at `rate_bits` if a
-    /// valid pool of its has them there; returns the decision's time.
+    /// valid pool of its has them there; returns the decision's time and the grant's source.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn take(
@@ -186,7 +192,7 @@ impl LeaseTable {
         n: u64,
         lane: usize,
         now: impl FnOnce() -> u64,
-    ) -> Option<u64> {
+    ) -> Option<(u64, u64)> {
         let slot = self.slots.get(Self::slot_of(hash))?;
         let word = &slot.lanes.get(lane & (LANES - 1))?.0;
         let d = &slot.d;
@@ -203,11 +209,12 @@ impl LeaseTable {
             d.b.load(Ordering::Relaxed),
             d.len.load(Ordering::Relaxed),
         );
-        let (rate, at, until, generation) = (
+        let (rate, at, until, generation, source) = (
             d.rate_bits.load(Ordering::Relaxed),
             d.at.load(Ordering::Relaxed),
             d.until.load(Ordering::Relaxed),
             d.generation.load(Ordering::Relaxed),
+            d.source.load(Ordering::Relaxed),
         );
         fence(Ordering::Acquire);
         if d.seq.load(Ordering::Relaxed) != seq || rate != rate_bits || until == 0 {
@@ -232,7 +239,7 @@ impl LeaseTable {
                 return None;
             }
             match word.compare_exchange_weak(w, w - n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(now),
+                Ok(_) => return Some((now, source)),
                 Err(v) => w = v,
             }
         }
