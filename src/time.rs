@@ -22,6 +22,9 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock {
     clock: quanta::Clock,
     origin: u64,
+    /// Milliseconds per raw tick, as a 64.64 fixed-point fraction: `ms = ticks · per_tick >> 64`
+    /// (one multiply, no division).
+    per_tick: u64,
 }
 
 impl fmt::Debug for SystemClock {
@@ -35,7 +38,14 @@ impl SystemClock {
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
         let origin = clock.raw();
-        Self { clock, origin }
+        // quanta's own scale, read once: the nanoseconds of 2^32 ticks.
+        let ns_per_2_32_ticks = u128::from(clock.delta_as_nanos(1, 1 + (1 << 32)));
+        let per_tick = u64::try_from((ns_per_2_32_ticks << 32) / 1_000_000).unwrap_or(u64::MAX);
+        Self {
+            clock,
+            origin,
+            per_tick,
+        }
     }
 }
 
@@ -48,8 +58,17 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     #[inline]
     fn now_ms(&self) -> u64 {
-        // Raw counter delta scaled to ns (a multiply and a shift), then to ms.
-        self.clock.delta_as_nanos(self.origin, self.clock.raw()) / 1_000_000
+        // Raw counter delta scaled to ms: one multiply (a counter behind the origin, which a
+        // core's unsynchronised counter could be, reads as the origin).
+        self.ms_of(self.clock.raw().saturating_sub(self.origin))
+    }
+}
+
+impl SystemClock {
+    /// Whole milliseconds of `ticks` raw counter ticks.
+    #[inline(always)]
+    fn ms_of(&self, ticks: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(self.per_tick)) >> 64) as u64
     }
 }
 
@@ -134,6 +153,34 @@ impl ClockSource {
             ClockSource::Custom(c) => {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.now_ms())).unwrap_or(0)
             }
+        }
+    }
+}
+
+#[cfg(all(test, not(eyelet_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_converts_ticks_to_milliseconds_as_quanta_scales_them() {
+        // The one-multiply conversion against quanta's own (a multiply, a shift and a
+        // division), from a tick to years of ticks: never more than 1 ms apart (the two round
+        // down at slightly different points), and never going backwards.
+        let c = SystemClock::new();
+        let mut last = 0;
+        let mut ticks = 1u64;
+        while ticks < 1 << 60 {
+            for t in [ticks, ticks + ticks / 3, ticks * 2 - 1] {
+                let ours = c.ms_of(t);
+                let theirs = c.clock.delta_as_nanos(1, 1 + t) / 1_000_000;
+                assert!(
+                    ours.abs_diff(theirs) <= 1,
+                    "{t} ticks: {ours} vs {theirs} ms"
+                );
+                assert!(ours >= last, "{t} ticks went back");
+                last = ours;
+            }
+            ticks *= 2;
         }
     }
 }
