@@ -37,7 +37,7 @@ pub(crate) const SLOTS: usize = 8;
 /// Words a pool's units are split over (callers' threads are spread over them).
 pub(crate) const LANES: usize = 4;
 /// The most units one grant hands out.
-pub(crate) const MAX_UNITS: u64 = 1024;
+pub(crate) const MAX_UNITS: u64 = 1 << 16;
 
 const UNITS: u64 = 0xFFFF_FFFF;
 
