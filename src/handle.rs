@@ -73,8 +73,7 @@ macro_rules! shard_handle_methods {
             rate: &RateLimit,
             n: u64,
         ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
-            let call = self.set().inc_async(key, rate, n, true);
-            async move { call.await.decision }
+            crate::router::DecisionOf(self.set().inc_async(key, rate, n, true))
         }
 
         /// Async [`is_allowed`](Self::is_allowed).
@@ -87,8 +86,7 @@ macro_rules! shard_handle_methods {
             rate: &RateLimit,
             n: u64,
         ) -> impl Future<Output = RateLimitDecision> + Send + 'a {
-            let call = self.set().inc_async(key, rate, n, false);
-            async move { call.await.decision }
+            crate::router::DecisionOf(self.set().inc_async(key, rate, n, false))
         }
 
         /// Async [`inc_many`](Self::inc_many).

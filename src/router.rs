@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crossbeam_utils::CachePadded;
 
@@ -10,7 +12,7 @@ use crate::decision::{RateLimitDecision, Stamped};
 use crate::random::RandomSource;
 use crate::rate::RateLimit;
 use crate::shard::leases::LeaseTable;
-use crate::shard::mailbox::{ActorCell, Detach};
+use crate::shard::mailbox::{ActorCell, Call, Detach};
 use crate::shard::stamps::StampTable;
 use crate::shard::{
     BatchItem, Clear, Get, Inc, IncMany, IncManyAsync, KeyRef, Len, Reset, Shard, ShardActor,
@@ -42,7 +44,14 @@ impl<S: Strategy> ShardSet<S> {
     where
         S: Strategy<Ctx = ()>,
     {
-        Self::build(count, shared, hasher, rng, S::STAMPED || S::LEASED, Arc::new(()))
+        Self::build(
+            count,
+            shared,
+            hasher,
+            rng,
+            S::STAMPED || S::LEASED,
+            Arc::new(()),
+        )
     }
 
     /// [`new`](Self::new) for a strategy whose shards share `ctx`.
@@ -202,31 +211,24 @@ impl<S: Strategy> ShardSet<S> {
         })
     }
 
+    /// The async form of [`inc`](Self::inc). The shortcuts run at the first poll, not here: a
+    /// future dropped unpolled records nothing (a lease's units are taken only when it runs).
+    #[inline]
     pub(crate) fn inc_async<'a>(
         &'a self,
         key: &'a str,
         rate: &RateLimit,
         n: u64,
         record: bool,
-    ) -> impl Future<Output = Stamped> + Send + 'a {
-        let key = self.key(key);
-        let rate = *rate;
-        // The shortcuts run at the first poll, not here: a future dropped unpolled records
-        // nothing (a lease's units are taken only when the future runs).
-        async move {
-            if let Some(s) = self.stamped(&key, &rate, n, record) {
-                return s;
-            }
-            call_async(
-                self.shard(key.hash),
-                Inc {
-                    key,
-                    rate,
-                    n,
-                    record,
-                },
-            )
-            .await
+    ) -> IncAsync<'a, S> {
+        IncAsync {
+            set: self,
+            state: IncState::Start(Inc {
+                key: self.key(key),
+                rate: *rate,
+                n,
+                record,
+            }),
         }
     }
 
@@ -406,6 +408,65 @@ where
     M::Reply: Send,
 {
     cell.call_async(msg)
+}
+
+/// The future of [`ShardSet::inc_async`]: written out rather than an `async` block so that it
+/// holds the request once (the request, then the shard call that took it, in one place). A
+/// hot key's decision is answered by a shortcut at the first poll, and a caller moves this
+/// future a few times before that (into its own future, into a task): its size is most of
+/// what an async decision costs there.
+pub(crate) struct IncAsync<'a, S: Strategy> {
+    set: &'a ShardSet<S>,
+    state: IncState<'a, S>,
+}
+
+enum IncState<'a, S: Strategy> {
+    Start(Inc<'a>),
+    Calling(Call<'a, ShardActor<S>, Inc<'a>>),
+    Done,
+}
+
+impl<S: Strategy> Unpin for IncAsync<'_, S> {}
+
+impl<S: Strategy> Future for IncAsync<'_, S> {
+    type Output = Stamped;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stamped> {
+        let this = &mut *self;
+        if let IncState::Start(_) = this.state {
+            let IncState::Start(inc) = std::mem::replace(&mut this.state, IncState::Done) else {
+                return Poll::Pending;
+            };
+            if let Some(s) = this.set.stamped(&inc.key, &inc.rate, inc.n, inc.record) {
+                return Poll::Ready(s);
+            }
+            this.state = IncState::Calling(this.set.shard(inc.key.hash).call_async(inc));
+        }
+        match &mut this.state {
+            IncState::Calling(call) => {
+                let r = Pin::new(call).poll(cx);
+                if r.is_ready() {
+                    this.state = IncState::Done;
+                }
+                r
+            }
+            // polled after completion: never ready again (as an `async` block would panic)
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// A future's output mapped to its decision alone (the handles' `inc_async`).
+pub(crate) struct DecisionOf<F>(pub(crate) F);
+
+impl<F: Future<Output = Stamped> + Unpin> Future for DecisionOf<F> {
+    type Output = RateLimitDecision;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RateLimitDecision> {
+        Pin::new(&mut self.0).poll(cx).map(|s| s.decision)
+    }
 }
 
 #[cfg(all(test, not(eyelet_loom)))]
@@ -676,7 +737,10 @@ mod tests {
                 let kr = with.key(key);
                 let a = match with.stamped(&kr, &rate, n, record) {
                     Some(s) => {
-                        assert!(s.decision.is_allowed(), "the hybrid publishes no rejections");
+                        assert!(
+                            s.decision.is_allowed(),
+                            "the hybrid publishes no rejections"
+                        );
                         *from_leases.entry(s.source).or_default() += 1;
                         s
                     }
