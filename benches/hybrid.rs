@@ -324,25 +324,61 @@ mod tr {
     }
 }
 
+/// One contender of the async benchmark: a limiter and its keys, cloned once per task (as a
+/// service holds its limiter in shared state), so each call costs only the decision, not the
+/// harness's reference counting.
+trait Contender: Clone + Send + Sync + 'static {
+    /// One decision on key `i`.
+    fn inc(&self, i: usize) -> impl std::future::Future<Output = bool> + Send + '_;
+}
+
+#[derive(Clone)]
+struct Ours {
+    rl: Arc<RateLimiter>,
+    names: Arc<Vec<String>>,
+    rate: RateLimit,
+}
+
+impl Contender for Ours {
+    fn inc(&self, i: usize) -> impl std::future::Future<Output = bool> + Send + '_ {
+        let hybrid = self.rl.hybrid().absolute();
+        async move {
+            hybrid
+                .inc_async(&self.names[i], &self.rate, 1)
+                .await
+                .is_allowed()
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Theirs {
+    rl: Arc<::trypema::hybrid::HybridRateLimiterProvider>,
+    keys: Arc<Vec<::trypema::redis::RedisKey>>,
+    rate: ::trypema::RateLimit,
+}
+
+impl Contender for Theirs {
+    fn inc(&self, i: usize) -> impl std::future::Future<Output = bool> + Send + '_ {
+        tr::inc(&self.rl, &self.keys[i], &self.rate)
+    }
+}
+
 /// Decisions per second of 64 tasks over `n` keys (1: a hot key).
-async fn async_rate<F, Fut>(n: usize, secs: f64, f: F) -> f64
-where
-    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
+async fn async_rate<C: Contender>(n: usize, secs: f64, contender: C) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let dur = Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for c in 0..64u64 {
-        let (f, done) = (f.clone(), done.clone());
+        let (contender, done) = (contender.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = splitmix(c + 1);
             let mut k = 0u64;
             while start.elapsed() < dur {
                 for _ in 0..64 {
                     s = splitmix(s);
-                    black_box(f((s % n as u64) as usize).await);
+                    black_box(contender.inc((s % n as u64) as usize).await);
                 }
                 k += 64;
             }
@@ -375,25 +411,19 @@ async fn vs_trypema(url: &str, rounds: usize, secs: f64) {
             for j in 0..2 {
                 let who = (round + j) % 2;
                 if who == 0 {
-                    let (rl, names) = (ours.clone(), names.clone());
-                    got[0] = async_rate(n, secs, move |i| {
-                        let (rl, names) = (rl.clone(), names.clone());
-                        async move {
-                            rl.hybrid()
-                                .absolute()
-                                .inc_async(&names[i], &rate, 1)
-                                .await
-                                .is_allowed()
-                        }
-                    })
-                    .await;
+                    let ours = Ours {
+                        rl: ours.clone(),
+                        names: names.clone(),
+                        rate,
+                    };
+                    got[0] = async_rate(n, secs, ours).await;
                 } else {
-                    let (rl, keys) = (theirs.clone(), tkeys.clone());
-                    got[1] = async_rate(n, secs, move |i| {
-                        let (rl, keys) = (rl.clone(), keys.clone());
-                        async move { tr::inc(&rl, &keys[i], &trate).await }
-                    })
-                    .await;
+                    let theirs = Theirs {
+                        rl: theirs.clone(),
+                        keys: tkeys.clone(),
+                        rate: trate,
+                    };
+                    got[1] = async_rate(n, secs, theirs).await;
                 }
             }
             e.push(got[0]);
