@@ -89,11 +89,11 @@ pub use sync::HybridStatus;
 
 pub(crate) use state::HybridCtx;
 #[cfg(any(eyelet_loom, test))]
-pub(crate) use state::{Answer, Collect, Settle};
-#[cfg(any(eyelet_loom, test))]
 pub(crate) use state::HybridRules;
 #[cfg(eyelet_loom)]
 pub(crate) use state::HybridSuppressedRules;
+#[cfg(any(eyelet_loom, test))]
+pub(crate) use state::{Answer, Collect, Settle};
 pub(crate) use sync::{Counters, Sets, SyncConfig, SyncHandle};
 
 use crate::config::RandomFactory;

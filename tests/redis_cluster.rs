@@ -294,7 +294,11 @@ async fn the_hybrid_syncs_hostile_keys_of_both_strategies_on_a_cluster() {
         // (not `pending_parts == 0`: the timer's next sync may already be under way, and it
         // lists every key still holding a reserve; what the flush promises is checked below,
         // in Redis)
-        assert_eq!((status.failures, status.dropped_parts), (0, 0), "instance {i}");
+        assert_eq!(
+            (status.failures, status.dropped_parts),
+            (0, 0),
+            "instance {i}"
+        );
     }
     for rl in &rls {
         rl.hybrid().flush().await.expect("sync");

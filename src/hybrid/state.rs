@@ -508,9 +508,7 @@ impl<E> HybridKey<E> {
         let flight = self.flight.as_deref();
         let (room, mode_until) = match mode {
             Mode::Local(_) => (cap.saturating_sub(held), u64::MAX),
-            Mode::Share(instances, _) => {
-                ((cap / instances.max(1)).saturating_sub(held), u64::MAX)
-            }
+            Mode::Share(instances, _) => ((cap / instances.max(1)).saturating_sub(held), u64::MAX),
             Mode::Room(room) => (
                 room.saturating_sub(flight.map_or(0, |f| f.unreserved))
                     .min(cap.saturating_sub(held)),
