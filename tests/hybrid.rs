@@ -823,7 +823,8 @@ async fn four_instances_through_a_ten_second_stall() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // as long as the stall: the two p99s are read from as many decisions each
+    tokio::time::sleep(Duration::from_secs(10)).await;
     phase.store(1, Ordering::Relaxed);
     server.pause();
     tokio::time::sleep(Duration::from_secs(5)).await;
