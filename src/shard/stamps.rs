@@ -118,6 +118,39 @@ pub(crate) struct Stamp {
     pub(crate) window_ms: u64,
 }
 
+/// Eight bytes as a word.
+#[inline(always)]
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(b) = bytes.get(..8) {
+        w.copy_from_slice(b);
+    }
+    u64::from_le_bytes(w)
+}
+
+/// Up to eight bytes as a word, by loads of fixed size: for lengths 4 to 8 the first four and
+/// the last four (overlapping below 8), for 1 to 3 the first, middle and last byte. Together
+/// they cover every byte, so for a given length (which the fingerprint holds too) two different
+/// inputs never give the same word.
+#[inline(always)]
+fn pack8(bytes: &[u8]) -> u64 {
+    let len = bytes.len();
+    let u32_at = |i: usize| {
+        let mut w = [0u8; 4];
+        if let Some(b) = bytes.get(i..i + 4) {
+            w.copy_from_slice(b);
+        }
+        u64::from(u32::from_le_bytes(w))
+    };
+    let byte = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0));
+    match len {
+        8.. => le_u64(bytes),
+        4..=7 => u32_at(0) | u32_at(len - 4) << 32,
+        1..=3 => byte(0) | byte(len / 2) << 8 | byte(len - 1) << 16,
+        0 => 0,
+    }
+}
+
 /// One shard's stamps, shared by its actor (the only writer) and its callers.
 #[derive(Debug)]
 pub(crate) struct StampTable {
@@ -145,17 +178,13 @@ impl StampTable {
     pub(crate) fn fingerprint(&self, key: &[u8], hash: u64) -> Fingerprint {
         let len = key.len() as u64;
         if key.len() <= 16 {
-            let mut w = [0u8; 16];
-            w[..key.len()].copy_from_slice(key);
-            let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
-            a.copy_from_slice(&w[..8]);
-            b.copy_from_slice(&w[8..]);
-            return Fingerprint {
-                hash,
-                a: u64::from_ne_bytes(a),
-                b: u64::from_ne_bytes(b),
-                len,
+            // The key's bytes themselves, read with fixed-size loads (a copy of a variable
+            // length is a call to `memcpy`, on every lease take and stamp read)
+            let (a, b) = match key.split_at_checked(8) {
+                Some((head, tail)) => (le_u64(head), pack8(tail)),
+                None => (pack8(key), 0),
             };
+            return Fingerprint { hash, a, b, len };
         }
         Fingerprint {
             hash,
@@ -297,6 +326,45 @@ impl StampTable {
 #[cfg(all(test, not(eyelet_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_keys_have_distinct_fingerprints() {
+        // Every key of up to 16 bytes is its own fingerprint: all keys over a 3-letter alphabet
+        // up to length 5, and keys of every length to 16 that differ in one byte anywhere.
+        let t = table();
+        let mut seen = std::collections::HashMap::new();
+        let mut check = |key: Vec<u8>| {
+            let f = t.fingerprint(&key, 7).parts_with_hash();
+            if let Some(other) = seen.insert(f, key.clone()) {
+                assert_eq!(other, key, "two keys, one fingerprint");
+            }
+        };
+        let mut keys: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..5 {
+            keys = keys
+                .iter()
+                .flat_map(|k| {
+                    b"ab\0".iter().map(move |&c| {
+                        let mut k = k.clone();
+                        k.push(c);
+                        k
+                    })
+                })
+                .collect();
+            keys.iter().cloned().for_each(&mut check);
+        }
+        for len in 0..=16usize {
+            let base: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+            check(base.clone());
+            for i in 0..len {
+                for x in [1u8, 0x80, 0xff] {
+                    let mut k = base.clone();
+                    k[i] ^= x;
+                    check(k);
+                }
+            }
+        }
+    }
 
     fn table() -> StampTable {
         StampTable::new((
