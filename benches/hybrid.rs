@@ -658,10 +658,13 @@ async fn redis_cost(server: &RedisServer, secs: f64) {
     let url = server.url();
     let hot: Arc<Vec<String>> = Arc::new(vec!["hot".to_string()]);
     let many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("user_{i:07}")).collect());
+    let sparse: Arc<Vec<String>> = Arc::new(many[..KEYS / 10].to_vec());
     for (i, (name, keys, pace)) in [
         ("hot key, full speed", &hot, None),
         ("hot key, 1,000/s", &hot, Some(1000.0)),
         ("100k keys, full speed", &many, None),
+        // each key about once a second: most keys are idle between their uses
+        ("10k keys, 10,000/s", &sparse, Some(10_000.0)),
     ]
     .into_iter()
     .enumerate()

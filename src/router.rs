@@ -765,6 +765,94 @@ mod tests {
         }
     }
 
+    /// A key that went quiet while holding a reserve is not reported again until it gives the
+    /// reserve back (before the reserve would need a refresh): before, each idle collect sent
+    /// Redis a report with nothing in it until the fourth gave the reserve back.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_quiet_key_holding_a_reserve_reports_only_to_give_it_back() {
+        use crate::hybrid::{Answer, Collect, HybridCtx, HybridRules, OutagePolicy, Settle};
+
+        let clock = ManualClock::new();
+        clock.set_ms(1);
+        let shared = Arc::new(Shared {
+            window_ms: 1000,
+            bucket_ms: 10,
+            hard_limit_factor: 1.0,
+            stale_after_ms: 10_000,
+            max_keys: usize::MAX,
+            live_keys: AtomicUsize::new(0),
+            clock: ClockSource::Custom(Arc::new(clock.clone())),
+        });
+        let ctx = Arc::new(HybridCtx::new(OutagePolicy::LocalShare, 1000));
+        ctx.set_reporting(true);
+        ctx.set_instances(2, 1);
+        ctx.set_healthy_until(u64::MAX);
+        let set = ShardSet::<HybridRules>::build(
+            1,
+            &shared,
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+            |i| Box::new(SplitMix64::new(i as u64)),
+            true,
+            ctx,
+        );
+        let rate = RateLimit::try_from(100.0).unwrap_or(RateLimit::ONE);
+        let collect = |everything: bool| {
+            clock.advance(std::time::Duration::from_millis(10));
+            set.shards[0].call(Collect {
+                release_all: false,
+                everything,
+            })
+        };
+        assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
+        let first = collect(false);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].want, 2, "twice the interval's demand");
+        let now = clock.ms();
+        set.shards[0].call(Settle {
+            answers: vec![(
+                "k".to_string(),
+                Answer {
+                    hash: first[0].hash,
+                    reserve: 2,
+                    live: 1,
+                    wanted: true,
+                    ..Default::default()
+                },
+            )],
+            reserve_until: now + 40,
+            settled_at: now,
+        });
+        // idle: the first collect finds nothing to say; the second, in the second half of the
+        // reserve's use (40 ms from the settle), gives it back rather than refresh it
+        assert!(collect(false).is_empty(), "the first idle collect reported");
+        let back = collect(false);
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].release, back[0].want, back[0].used), (2, 0, 0));
+        assert!(back[0].deltas.is_empty());
+        assert!(collect(false).is_empty(), "nothing left to report");
+        // a flush still reports a quiet key holding a reserve
+        assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
+        let used = collect(false);
+        let now = clock.ms();
+        set.shards[0].call(Settle {
+            answers: vec![(
+                "k".to_string(),
+                Answer {
+                    hash: used[0].hash,
+                    reserve: 2,
+                    live: 2,
+                    wanted: true,
+                    ..Default::default()
+                },
+            )],
+            reserve_until: now + 40,
+            settled_at: now,
+        });
+        let flushed = collect(true);
+        assert_eq!(flushed.len(), 1, "a flush reports every key with a reserve");
+    }
+
     #[test]
     fn unspent_units_go_back_to_their_key_when_other_keys_are_removed() {
         // One shard: "b" and "c" are inserted before the hot key "a", whose pool is out when

@@ -1070,13 +1070,30 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
                 return true;
             }
             f.deferred = 0;
-            f.collected_unreserved = f.unreserved;
             if f.demand == 0 {
                 f.idle_collects = f.idle_collects.saturating_add(1);
             } else {
                 f.idle_collects = 0;
             }
-            let give_back = self.release_all || solo || f.idle_collects >= KEEP_IDLE;
+            // A key gone quiet that keeps its reserve for a while has nothing to say until it
+            // gives the reserve back: no admission, no attempt, nothing spent. It gives it back
+            // before the reserve would need a refresh (in the second half of what it may use
+            // it for; Redis holds it twice that long from the last report, then counts it as
+            // admitted), or after `KEEP_IDLE` idle collects. Most keys of a large key space
+            // are such keys most of the time; a report at every collect was most of a sync's
+            // work and of Redis's.
+            let quiet =
+                f.demand == 0 && f.used == 0 && f.pending.is_empty() && f.declined.is_empty();
+            let expiring = f.reserve_until.saturating_sub(now)
+                <= f.reserve_until.saturating_sub(v.settled_at) / 2;
+            let give_back = self.release_all
+                || solo
+                || f.idle_collects >= KEEP_IDLE
+                || (quiet && f.reserve > 0 && expiring);
+            if quiet && !give_back && !self.everything {
+                return true;
+            }
+            f.collected_unreserved = f.unreserved;
             // Twice the demand of the last interval; a key idle for a moment keeps what it has
             // (asking for no more).
             let want = if give_back {
