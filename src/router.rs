@@ -804,6 +804,12 @@ mod tests {
                 everything,
             })
         };
+        // used in one interval: reported, asking for no reserve
+        assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
+        let once = collect(false);
+        assert_eq!(once.len(), 1);
+        assert_eq!(once[0].want, 0, "a key used once asks for nothing");
+        // used again the next interval: asks for twice the interval's demand
         assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
         let first = collect(false);
         assert_eq!(first.len(), 1);
@@ -833,7 +839,10 @@ mod tests {
         assert!(collect(false).is_empty(), "nothing left to report");
         // a flush still reports a quiet key holding a reserve
         assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
+        let _ = collect(false);
+        assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
         let used = collect(false);
+        assert_eq!(used[0].want, 2);
         let now = clock.ms();
         set.shards[0].call(Settle {
             answers: vec![(

@@ -248,6 +248,8 @@ struct Flight {
     idle_collects: u8,
     /// Collects in a row that left this key's report for later (see [`DEFER_COLLECTS`]).
     deferred: u8,
+    /// Collects in a row that found demand (a key asks for a reserve from the second on).
+    busy_collects: u8,
     /// The lease outstanding (see [`HybridKey::lease`]): what its units were counted in.
     lease: Option<LeaseRecord>,
 }
@@ -1072,8 +1074,10 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
             f.deferred = 0;
             if f.demand == 0 {
                 f.idle_collects = f.idle_collects.saturating_add(1);
+                f.busy_collects = 0;
             } else {
                 f.idle_collects = 0;
+                f.busy_collects = f.busy_collects.saturating_add(1);
             }
             // A key gone quiet that keeps its reserve for a while has nothing to say until it
             // gives the reserve back: no admission, no attempt, nothing spent. It gives it back
@@ -1095,8 +1099,15 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
             }
             f.collected_unreserved = f.unreserved;
             // Twice the demand of the last interval; a key idle for a moment keeps what it has
-            // (asking for no more).
-            let want = if give_back {
+            // (asking for no more). A key used in one interval only, far below its limit (a
+            // quarter), all of whose demand was admitted, asks for nothing: most keys of a
+            // large key space are such keys, and a reserve they would give back unused two
+            // collects later cost two more reports each. A key used again the next interval,
+            // refused, or nearer its limit asks.
+            let sparse = f.busy_collects < 2
+                && f.demand == admitted
+                && v.global_live.saturating_add(own).saturating_mul(4) <= v.capacity;
+            let want = if give_back || sparse {
                 0
             } else {
                 f.demand.saturating_mul(2).min(v.capacity)
