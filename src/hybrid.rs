@@ -15,8 +15,15 @@
 //! - It sends each shard the answers (one message per shard): the key's new reserve.
 //! - On a sole instance, a key far below its limit (under a quarter of `C`) reports every 10
 //!   intervals only: such keys are most of a large key space, and their reports most of a
-//!   sync's work. With other instances live every key reports at every sync (their shares
-//!   depend on what Redis knows). A [`flush`](HybridProvider::flush) reports every key.
+//!   sync's work. With other instances live every key with news reports at every sync (their
+//!   shares depend on what Redis knows). A key asks for a reserve once it is used in two
+//!   intervals in a row, refused, or past a quarter of its limit; a key gone quiet reports
+//!   again only to give its reserve back. A [`flush`](HybridProvider::flush) reports every
+//!   key.
+//! - A hot key of the absolute strategy gets leases, as on the local provider: units admitted
+//!   at once in the mode of the call that found it hot (out of the reserve, the share, or the
+//!   local limit), taken by callers without the shard's token while that mode and the bucket
+//!   last, and taken back before every collect and settle.
 //!
 //! A decision on a key then runs in one of these modes, reported as its
 //! [`Source`](crate::Source) by `inc_stamped`:
