@@ -483,6 +483,17 @@ mod tests {
     }
 
     fn set_of(clock: &ManualClock, shortcuts: bool, shards: usize) -> ShardSet<Absolute> {
+        set_with(clock, shortcuts, shards, Arc::new(()))
+    }
+
+    /// A set of `shards` shards at W = 1 s, G = 10 ms on `clock`, with or without `shortcuts`
+    /// (stamps and leases).
+    fn set_with<S: Strategy>(
+        clock: &ManualClock,
+        shortcuts: bool,
+        shards: usize,
+        ctx: Arc<S::Ctx>,
+    ) -> ShardSet<S> {
         let shared = Arc::new(Shared {
             window_ms: 1000,
             bucket_ms: 10,
@@ -499,8 +510,41 @@ mod tests {
             hasher,
             |i| Box::new(SplitMix64::new(i as u64)),
             shortcuts,
-            Arc::new(()),
+            ctx,
         )
+    }
+
+    /// A xorshift stream for the random histories: `next(m)` in `0..m`.
+    fn stream(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        }
+    }
+
+    /// One call through `with` (its shortcuts first, called directly so that what they
+    /// answered is known) and through `without` (the shards alone): the answers must be equal.
+    /// Returns the answer and whether a shortcut gave it.
+    fn both_answer<S: Strategy>(
+        with: &ShardSet<S>,
+        without: &ShardSet<S>,
+        key: &str,
+        rate: &RateLimit,
+        n: u64,
+        record: bool,
+        at: &str,
+    ) -> (Stamped, bool) {
+        let kr = with.key(key);
+        let (a, shortcut) = match with.stamped(&kr, rate, n, record) {
+            Some(s) => (s, true),
+            None => (with.inc(key, rate, n, record), false),
+        };
+        let b = without.inc(key, rate, n, record);
+        assert_eq!(a, b, "{at}: {key} {rate:?} n={n} record={record}");
+        (a, shortcut)
     }
 
     #[test]
@@ -517,13 +561,7 @@ mod tests {
         for seed in 1..=16u64 {
             let clock = ManualClock::new();
             let (with, without) = (set(&clock, true), set(&clock, false));
-            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut next = move |m: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % m
-            };
+            let mut next = stream(seed);
             let (mut from_stamps, mut from_leases) = (0, 0);
             for step in 0..40_000 {
                 clock.advance(std::time::Duration::from_millis(
@@ -556,25 +594,14 @@ mod tests {
                     _ => {}
                 }
                 let record = next(6) != 0;
-                // `inc` tries the shortcuts first; calling them directly counts what they
-                // answered (a pool's units are taken only when it answers).
-                let kr = with.key(key);
-                let a = match with.stamped(&kr, &rate, n, record) {
-                    Some(s) => {
-                        if s.decision.is_allowed() {
-                            from_leases += 1;
-                        } else {
-                            from_stamps += 1;
-                        }
-                        s
+                let at = format!("seed {seed} step {step}");
+                if let (a, true) = both_answer(&with, &without, key, &rate, n, record, &at) {
+                    if a.decision.is_allowed() {
+                        from_leases += 1;
+                    } else {
+                        from_stamps += 1;
                     }
-                    None => with.inc(key, &rate, n, record),
-                };
-                let b = without.inc(key, &rate, n, record);
-                assert_eq!(
-                    a, b,
-                    "seed {seed} step {step}: {key} {rate:?} n={n} record={record}"
-                );
+                }
             }
             for key in keys {
                 assert_eq!(with.get(key), without.get(key), "seed {seed} at the end");
@@ -610,25 +637,9 @@ mod tests {
             clock.set_ms(1);
             let policy = policies[seed as usize % policies.len()];
             let make = |shortcuts: bool| {
-                let shared = Arc::new(Shared {
-                    window_ms: 1000,
-                    bucket_ms: 10,
-                    hard_limit_factor: 1.0,
-                    stale_after_ms: 10_000,
-                    max_keys: usize::MAX,
-                    live_keys: AtomicUsize::new(0),
-                    clock: ClockSource::Custom(Arc::new(clock.clone())),
-                });
                 let ctx = Arc::new(HybridCtx::new(policy, 1000));
                 ctx.set_reporting(true);
-                let set = ShardSet::<HybridRules>::build(
-                    2,
-                    &shared,
-                    ahash::RandomState::with_seeds(1, 2, 3, 4),
-                    |i| Box::new(SplitMix64::new(i as u64)),
-                    shortcuts,
-                    ctx.clone(),
-                );
+                let set: ShardSet<HybridRules> = set_with(&clock, shortcuts, 2, ctx.clone());
                 (set, ctx)
             };
             let ((with, ctx_a), (without, ctx_b)) = (make(true), make(false));
@@ -636,13 +647,7 @@ mod tests {
                 f(&ctx_a);
                 f(&ctx_b);
             };
-            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut next = move |m: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % m
-            };
+            let mut next = stream(seed);
             // the model Redis: what each key has live
             let mut live: HashMap<String, u64> = HashMap::new();
             let mut next_sync = 10;
@@ -734,23 +739,14 @@ mod tests {
                     _ => {}
                 }
                 let record = next(8) != 0;
-                let kr = with.key(key);
-                let a = match with.stamped(&kr, &rate, n, record) {
-                    Some(s) => {
-                        assert!(
-                            s.decision.is_allowed(),
-                            "the hybrid publishes no rejections"
-                        );
-                        *from_leases.entry(s.source).or_default() += 1;
-                        s
-                    }
-                    None => with.inc(key, &rate, n, record),
-                };
-                let b = without.inc(key, &rate, n, record);
-                assert_eq!(
-                    a, b,
-                    "seed {seed} step {step}: {key} {rate:?} n={n} record={record}"
-                );
+                let at = format!("seed {seed} step {step}");
+                if let (a, true) = both_answer(&with, &without, key, &rate, n, record, &at) {
+                    assert!(
+                        a.decision.is_allowed(),
+                        "the hybrid publishes no rejections"
+                    );
+                    *from_leases.entry(a.source).or_default() += 1;
+                }
             }
             for key in keys {
                 assert_eq!(with.get(key), without.get(key), "seed {seed} at the end");
@@ -775,27 +771,11 @@ mod tests {
 
         let clock = ManualClock::new();
         clock.set_ms(1);
-        let shared = Arc::new(Shared {
-            window_ms: 1000,
-            bucket_ms: 10,
-            hard_limit_factor: 1.0,
-            stale_after_ms: 10_000,
-            max_keys: usize::MAX,
-            live_keys: AtomicUsize::new(0),
-            clock: ClockSource::Custom(Arc::new(clock.clone())),
-        });
         let ctx = Arc::new(HybridCtx::new(OutagePolicy::LocalShare, 1000));
         ctx.set_reporting(true);
         ctx.set_instances(2, 1);
         ctx.set_healthy_until(u64::MAX);
-        let set = ShardSet::<HybridRules>::build(
-            1,
-            &shared,
-            ahash::RandomState::with_seeds(1, 2, 3, 4),
-            |i| Box::new(SplitMix64::new(i as u64)),
-            true,
-            ctx,
-        );
+        let set: ShardSet<HybridRules> = set_with(&clock, true, 1, ctx);
         let rate = RateLimit::try_from(100.0).unwrap_or(RateLimit::ONE);
         let collect = |everything: bool| {
             clock.advance(std::time::Duration::from_millis(10));
