@@ -761,9 +761,9 @@ mod tests {
         }
     }
 
-    /// A key that went quiet while holding a reserve is not reported again until it gives the
-    /// reserve back (before the reserve would need a refresh): before, each idle collect sent
-    /// Redis a report with nothing in it until the fourth gave the reserve back.
+    /// A key that went quiet while holding a reserve reports only to keep the reserve alive
+    /// (once it is half used up) and to give it back (after `KEEP_IDLE` idle collects): before,
+    /// each idle collect sent Redis a report with nothing in it.
     #[cfg(feature = "redis")]
     #[test]
     fn a_quiet_key_holding_a_reserve_reports_only_to_give_it_back() {
@@ -810,8 +810,31 @@ mod tests {
             settled_at: now,
         });
         // idle: the first collect finds nothing to say; the second, in the second half of the
-        // reserve's use (40 ms from the settle), gives it back rather than refresh it
+        // reserve's use (40 ms from the settle), keeps it alive (its answer extends the use)
         assert!(collect(false).is_empty(), "the first idle collect reported");
+        let refresh = collect(false);
+        assert_eq!(refresh.len(), 1);
+        assert_eq!(
+            (refresh[0].release, refresh[0].want, refresh[0].used),
+            (0, 0, 0)
+        );
+        let now = clock.ms();
+        set.shards[0].call(Settle {
+            answers: vec![(
+                "k".to_string(),
+                Answer {
+                    hash: refresh[0].hash,
+                    reserve: 2,
+                    live: 1,
+                    wanted: false,
+                    ..Default::default()
+                },
+            )],
+            reserve_until: now + 40,
+            settled_at: now,
+        });
+        // the third idle collect has nothing to say, the fourth gives the reserve back
+        assert!(collect(false).is_empty(), "the third idle collect reported");
         let back = collect(false);
         assert_eq!(back.len(), 1);
         assert_eq!((back[0].release, back[0].want, back[0].used), (2, 0, 0));

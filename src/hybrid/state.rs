@@ -1079,22 +1079,19 @@ impl<F: Flavor> Message<ShardActor<Hybrid<F>>> for Collect {
                 f.idle_collects = 0;
                 f.busy_collects = f.busy_collects.saturating_add(1);
             }
-            // A key gone quiet that keeps its reserve for a while has nothing to say until it
-            // gives the reserve back: no admission, no attempt, nothing spent. It gives it back
-            // before the reserve would need a refresh (in the second half of what it may use
-            // it for; Redis holds it twice that long from the last report, then counts it as
-            // admitted), or after `KEEP_IDLE` idle collects. Most keys of a large key space
-            // are such keys most of the time; a report at every collect was most of a sync's
-            // work and of Redis's.
+            // A key gone quiet that keeps its reserve for a while (`KEEP_IDLE` idle collects)
+            // has nothing to say but to keep the reserve alive: no admission, no attempt,
+            // nothing spent. It reports once the reserve is in the second half of what it may
+            // be used for (Redis holds it twice that long from the last report, then counts it
+            // as admitted), and to give it back. Most keys of a large key space are such keys
+            // most of the time; a report at every collect was most of a sync's work and of
+            // Redis's.
             let quiet =
                 f.demand == 0 && f.used == 0 && f.pending.is_empty() && f.declined.is_empty();
             let expiring = f.reserve_until.saturating_sub(now)
                 <= f.reserve_until.saturating_sub(v.settled_at) / 2;
-            let give_back = self.release_all
-                || solo
-                || f.idle_collects >= KEEP_IDLE
-                || (quiet && f.reserve > 0 && expiring);
-            if quiet && !give_back && !self.everything {
+            let give_back = self.release_all || solo || f.idle_collects >= KEEP_IDLE;
+            if quiet && !give_back && !expiring && !self.everything {
                 return true;
             }
             f.collected_unreserved = f.unreserved;
