@@ -567,6 +567,10 @@ impl<E> HybridKey<E> {
             }
             add_to_bucket(&mut f.pending, k, units);
             f.lease = Some(LeaseRecord { k, from_reserve });
+        } else if let Some(f) = self.flight.as_deref_mut() {
+            // nothing counted beyond the window: the units' return must not touch the books
+            // (a record left by an earlier, fully spent lease would)
+            f.lease = None;
         }
         Some((units, until))
     }
