@@ -187,6 +187,10 @@ impl<S: Strategy> ShardSet<S> {
                 ));
             }
         }
+        if !S::STAMPED {
+            // (a leasing strategy that publishes no rejections: the hybrid's)
+            return None;
+        }
         table.answer(
             key.key.as_bytes(),
             key.hash,
