@@ -139,8 +139,7 @@ impl HybridCtx {
     /// (another instance's admissions, counted in Redis, have all expired; until then
     /// decisions go through Redis's count).
     fn solo(&self, now: u64) -> bool {
-        let seen = self.multi_seen_at.load(Ordering::Relaxed);
-        self.instances() <= 1 && (seen == 0 || now >= seen.saturating_add(self.window_ms))
+        now >= self.solo_from()
     }
 
     /// From when this instance decides alone as things stand (`u64::MAX`: not while others are
@@ -532,21 +531,17 @@ impl<E> HybridKey<E> {
             .saturating_add(1)
             .saturating_mul(g)
             .saturating_add_signed(ctx.offset().saturating_neg());
-        let until = if now < healthy {
-            // a healthy mode other than solo ends when this instance starts deciding alone
+        let mut until = mode_until.min(bucket_until).min(server_bucket_end);
+        // A healthy mode ends with health, and one other than solo when this instance starts
+        // deciding alone. (An outage lasts until a sync succeeds, whose settle takes the units
+        // back.)
+        if now < healthy {
+            until = until.min(healthy);
             let solo_from = ctx.solo_from();
-            let until = mode_until.min(healthy);
             if solo_from > now {
-                until.min(solo_from)
-            } else {
-                until
+                until = until.min(solo_from);
             }
-        } else {
-            // an outage lasts until a sync succeeds, whose settle takes the units back
-            mode_until
         }
-        .min(bucket_until)
-        .min(server_bucket_end);
         let units = (room / 4).min(max);
         if units < min || until <= now {
             return None;
