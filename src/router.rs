@@ -793,6 +793,24 @@ mod tests {
                 everything,
             })
         };
+        // Redis's answer to a report: a reserve of 2 for the next 40 ms
+        let settle = |hash: u64, live: u64, wanted: bool| {
+            let now = clock.ms();
+            set.shards[0].call(Settle {
+                answers: vec![(
+                    "k".to_string(),
+                    Answer {
+                        hash,
+                        reserve: 2,
+                        live,
+                        wanted,
+                        ..Default::default()
+                    },
+                )],
+                reserve_until: now + 40,
+                settled_at: now,
+            });
+        };
         // used in one interval: reported, asking for no reserve
         assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
         let once = collect(false);
@@ -803,21 +821,7 @@ mod tests {
         let first = collect(false);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].want, 2, "twice the interval's demand");
-        let now = clock.ms();
-        set.shards[0].call(Settle {
-            answers: vec![(
-                "k".to_string(),
-                Answer {
-                    hash: first[0].hash,
-                    reserve: 2,
-                    live: 1,
-                    wanted: true,
-                    ..Default::default()
-                },
-            )],
-            reserve_until: now + 40,
-            settled_at: now,
-        });
+        settle(first[0].hash, 1, true);
         // idle: the first collect finds nothing to say; the second, in the second half of the
         // reserve's use (40 ms from the settle), keeps it alive (its answer extends the use)
         assert!(collect(false).is_empty(), "the first idle collect reported");
@@ -827,21 +831,7 @@ mod tests {
             (refresh[0].release, refresh[0].want, refresh[0].used),
             (0, 0, 0)
         );
-        let now = clock.ms();
-        set.shards[0].call(Settle {
-            answers: vec![(
-                "k".to_string(),
-                Answer {
-                    hash: refresh[0].hash,
-                    reserve: 2,
-                    live: 1,
-                    wanted: false,
-                    ..Default::default()
-                },
-            )],
-            reserve_until: now + 40,
-            settled_at: now,
-        });
+        settle(refresh[0].hash, 1, false);
         // the third idle collect has nothing to say, the fourth gives the reserve back
         assert!(collect(false).is_empty(), "the third idle collect reported");
         let back = collect(false);
@@ -855,21 +845,7 @@ mod tests {
         assert!(set.inc("k", &rate, 1, true).decision.is_allowed());
         let used = collect(false);
         assert_eq!(used[0].want, 2);
-        let now = clock.ms();
-        set.shards[0].call(Settle {
-            answers: vec![(
-                "k".to_string(),
-                Answer {
-                    hash: used[0].hash,
-                    reserve: 2,
-                    live: 2,
-                    wanted: true,
-                    ..Default::default()
-                },
-            )],
-            reserve_until: now + 40,
-            settled_at: now,
-        });
+        settle(used[0].hash, 2, true);
         let flushed = collect(true);
         assert_eq!(flushed.len(), 1, "a flush reports every key with a reserve");
     }
