@@ -75,8 +75,9 @@
 //!
 //! # Redis state
 //! A key's global window lives in `<prefix>:h:{<escaped key>}` (`:p:` for the suppressed
-//! strategy; a hash of buckets, reserves and per-instance sequence numbers) with a TTL past its
-//! last bucket; a key longer than 512 bytes is stored under its SHA-256 digest instead
+//! strategy; one string of packed doubles: buckets, reserves and per-instance sequence
+//! numbers, read with one `GET` and written with one `SET` per sync) with a TTL past its last
+//! bucket; a key longer than 512 bytes is stored under its SHA-256 digest instead
 //! (`{\#<64 hex digits>}`, a name no escaped key can take), so keys of any length work.
 //! On a Redis Cluster a sync makes one script call per hash slot (64 in flight; 4 on a single
 //! server); with many keys, watch [`HybridStatus::last_sync_ms`] against 4 sync intervals. The

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eyelet::{RateLimitDecision, RateLimiter, Source};
+use support::hybrid_value::HybridValue;
 use support::rate;
 use support::redis_server::RedisServer;
 
@@ -60,21 +61,8 @@ async fn flush_only(url: &str, prefix: &str, deadline: Duration) -> Arc<RateLimi
 /// Weight Redis holds in live buckets of a hybrid key (all instances), and the reserves.
 fn redis_totals(server: &RedisServer, prefix: &str, key: &str) -> (u64, u64) {
     let mut c = server.conn();
-    let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg(format!("{prefix}:h:{{{key}}}"))
-        .query(&mut c)
-        .expect("HGETALL");
-    let mut buckets = 0u64;
-    let mut reserves = 0u64;
-    for (f, v) in fields {
-        if f.starts_with('b') {
-            buckets += v.parse::<f64>().expect("bucket count") as u64;
-        } else if f.starts_with("r:") {
-            let r = v.split(':').next().expect("reserve");
-            reserves += r.parse::<f64>().expect("reserve units") as u64;
-        }
-    }
-    (buckets, reserves)
+    HybridValue::read(&mut c, &format!("{prefix}:h:{{{key}}}"))
+        .map_or((0, 0), |v| (v.admitted(), v.reserved()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,18 +343,11 @@ async fn a_single_instance_suppressed_decides_like_the_local_provider() {
     assert_eq!((own.total, own.accepted), (local.total, local.accepted));
     rl.hybrid().flush().await.expect("sync");
     let mut c = server.conn();
-    let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg("solo-sup:p:{k}")
-        .query(&mut c)
-        .expect("HGETALL");
-    let sum = |p: char| -> u64 {
-        fields
-            .iter()
-            .filter(|(f, _)| f.starts_with(p))
-            .map(|(_, v)| v.parse::<f64>().expect("count") as u64)
-            .sum()
-    };
-    assert_eq!((sum('b'), sum('x')), (accepted, 120 - accepted));
+    let v = HybridValue::read(&mut c, "solo-sup:p:{k}").expect("the key is in Redis");
+    assert_eq!(
+        (v.admitted(), v.declined_weight()),
+        (accepted, 120 - accepted)
+    );
     let (_, global_after) = rl.hybrid().suppressed().get("k");
     assert_eq!(
         (global_after.accepted, global_after.declined),
@@ -438,15 +419,8 @@ async fn long_keys_are_stored_under_a_digest() {
             name.starts_with("long:h:{\\#") && name.len() == "long:h:{\\#}".len() + 64,
             "{name}"
         );
-        let fields: Vec<(String, String)> =
-            redis::cmd("HGETALL").arg(k).query(&mut c).expect("HGETALL");
-        counts.push(
-            fields
-                .iter()
-                .filter(|(f, _)| f.starts_with('b'))
-                .map(|(_, v)| v.parse::<f64>().expect("count") as u64)
-                .sum::<u64>(),
-        );
+        let v = HybridValue::read(&mut c, &name).expect("the key is in Redis");
+        counts.push(v.admitted());
     }
     counts.sort_unstable();
     assert_eq!(counts, vec![1, 2, 3], "three keys, apart");
@@ -930,16 +904,9 @@ async fn every_changed_key_reaches_redis_even_when_evictions_move_entries() {
     rl.hybrid().flush().await.expect("sync");
     let mut c = server.conn();
     for i in 0..300 {
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(format!("moves:h:{{new{i}}}"))
-            .query(&mut c)
-            .expect("HGETALL");
-        let total: f64 = fields
-            .iter()
-            .filter(|(f, _)| f.starts_with('b'))
-            .map(|(_, v)| v.parse::<f64>().expect("count"))
-            .sum();
-        assert_eq!(total, 2.0, "key new{i} reached Redis once: {fields:?}");
+        let v = HybridValue::read(&mut c, &format!("moves:h:{{new{i}}}"));
+        let total = v.as_ref().map_or(0, HybridValue::admitted);
+        assert_eq!(total, 2, "key new{i} reached Redis once: {v:?}");
     }
 }
 

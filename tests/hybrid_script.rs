@@ -11,6 +11,7 @@
 
 mod support;
 
+use support::hybrid_value::HybridValue;
 use support::redis_server::RedisServer;
 
 const SCRIPT: &str = include_str!("../lua/hybrid_sync.lua");
@@ -100,7 +101,7 @@ fn call(c: &mut redis::Connection, inst: &str, now: u64, parts: &[Part]) -> Vec<
 }
 
 fn field(c: &mut redis::Connection, f: &str) -> Option<String> {
-    redis::cmd("HGET").arg("hk").arg(f).query(c).expect("HGET")
+    HybridValue::read(c, "hk").and_then(|v| v.field(f))
 }
 
 /// Parts sent again after lost replies arrive together: one that gives the reserve back and a
@@ -295,4 +296,115 @@ fn a_reserve_counted_at_expiry_comes_back_out_when_its_instance_reports() {
         ..part(2)
     };
     assert_eq!(call(&mut c, "a", now + LEASE_TTL + 60, &[again])[4], 4.0);
+}
+
+/// A key with more buckets and records than one struct call packs (1,000 doubles) is stored
+/// and read back whole, and deltas older than the newest bucket land in their own buckets,
+/// in order, whichever order they arrive in.
+#[test]
+fn a_key_with_thousands_of_buckets_and_hundreds_of_instances_is_kept_whole() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 7_000_000;
+    let k0 = now / G - 2_999;
+    let w = 100_000;
+    // two parts of instance a: the even buckets, then the odd ones between them
+    let evens = Part {
+        w,
+        c: 1_000_000,
+        deltas: (0..1_500).map(|i| (k0 + 2 * i, 1)).collect(),
+        ..part(1)
+    };
+    assert_eq!(call(&mut c, "a", now, &[evens])[4], 1_500.0);
+    let odds = Part {
+        w,
+        c: 1_000_000,
+        deltas: (0..1_500).map(|i| (k0 + 2 * i + 1, 2)).rev().collect(),
+        ..part(2)
+    };
+    assert_eq!(call(&mut c, "a", now + 1, &[odds])[4], 4_500.0);
+    // 400 other instances take a reserve of 1 each
+    for i in 0..400 {
+        let p = Part {
+            w,
+            c: 1_000_000,
+            want: 1,
+            ..part(1)
+        };
+        assert_eq!(call(&mut c, &format!("i{i}"), now + 2, &[p])[3], 1.0);
+    }
+    let v = HybridValue::read(&mut c, "hk").expect("stored");
+    assert_eq!(v.buckets.len(), 3_000);
+    assert!(v.buckets.windows(2).all(|p| p[0].0 < p[1].0), "sorted");
+    assert_eq!(v.buckets[0], (k0, 1));
+    assert_eq!(v.buckets[1], (k0 + 1, 2));
+    assert_eq!((v.admitted(), v.reserved()), (4_500, 400));
+    assert_eq!((v.reserves.len(), v.seqs.len()), (400, 401));
+    // and one more delta into the middle, read back by a call
+    let mid = Part {
+        w,
+        c: 1_000_000,
+        deltas: vec![(k0 + 1_000, 5)],
+        ..part(3)
+    };
+    assert_eq!(call(&mut c, "a", now + 3, &[mid])[4], 4_905.0);
+    let v = HybridValue::read(&mut c, "hk").expect("stored");
+    assert_eq!(v.field(&format!("b{}", k0 + 1_000)).as_deref(), Some("6"));
+}
+
+/// A key left by an older format (a hash) is replaced, as a restarted server's would be, not
+/// an error that would fail the whole sync.
+#[test]
+fn a_value_of_an_older_format_is_replaced() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let _: () = redis::cmd("HSET")
+        .arg("hk")
+        .arg("b1")
+        .arg("5")
+        .query(&mut c)
+        .expect("HSET");
+    let now = 9_000_000;
+    let p = Part {
+        deltas: vec![(now / G, 2)],
+        ..part(1)
+    };
+    assert_eq!(call(&mut c, "a", now, &[p])[4], 2.0);
+    assert_eq!(
+        HybridValue::read(&mut c, "hk").expect("stored").admitted(),
+        2
+    );
+}
+
+/// A write sets a TTL of twice what the key needs and keeps it while it lasts long enough
+/// (`KEEPTTL`); a longer window sets a longer one.
+#[test]
+fn the_ttl_is_set_with_room_and_kept_while_it_suffices() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = 11_000_000;
+    let pttl =
+        |c: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg("hk").query(c).expect("PTTL") };
+    let keep = 1_000 + G + LEASE_TTL + 1_000;
+    call(&mut c, "a", now, &[part(1)]);
+    let first = pttl(&mut c);
+    // twice what is needed, plus the floor a call with its own clock adds (60 s)
+    assert!(
+        (2 * keep as i64 + 59_000..=2 * keep as i64 + 60_000).contains(&first),
+        "{first}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    call(&mut c, "a", now + 100, &[part(2)]);
+    let kept = pttl(&mut c);
+    assert!(kept < first, "kept, not set again: {kept} vs {first}");
+    // past half of it, a write sets it again
+    call(&mut c, "a", now + keep + 1, &[part(3)]);
+    assert!(pttl(&mut c) > kept, "set again when it would not last");
+    // a longer window needs a longer TTL
+    let long = Part {
+        w: 100_000,
+        ..part(4)
+    };
+    call(&mut c, "a", now + keep + 2, &[long]);
+    assert!(pttl(&mut c) > 200_000 + 60_000, "{}", pttl(&mut c));
 }

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use eyelet::{RandomSource, RateLimitDecision, RateLimiter, SplitMix64};
+use support::hybrid_value::HybridValue;
 use support::rate;
 use support::redis_server::{scan_all, RedisCluster};
 
@@ -209,26 +210,18 @@ async fn ask_and_moved_are_followed_while_a_slot_moves() {
     assert!(on_target);
 }
 
-/// Field sums of every hybrid key under `pattern` on every node: `(b…, x…)` (accepted and
-/// declined weight in buckets).
+/// Sums over every hybrid key under `pattern` on every node: accepted and declined weight in
+/// buckets, and the number of keys.
 fn hybrid_sums(cluster: &RedisCluster, pattern: &str) -> (u64, u64, usize) {
     let (mut accepted, mut declined, mut keys) = (0u64, 0u64, 0usize);
     for node in &cluster.nodes {
         let mut conn = node.conn();
         for k in scan_all(&mut conn, pattern) {
             keys += 1;
-            let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-                .arg(&k)
-                .query(&mut conn)
-                .expect("HGETALL");
-            for (f, v) in fields {
-                let n = || v.parse::<f64>().expect("count") as u64;
-                if f.starts_with('b') {
-                    accepted += n();
-                } else if f.starts_with('x') {
-                    declined += n();
-                }
-            }
+            let raw: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut conn).expect("GET");
+            let v = HybridValue::decode(&raw);
+            accepted += v.admitted();
+            declined += v.declined_weight();
         }
     }
     (accepted, declined, keys)

@@ -94,6 +94,9 @@ pub mod conformance;
 #[cfg(feature = "redis")]
 pub mod proxy;
 
+#[cfg(feature = "redis")]
+pub mod hybrid_value;
+
 /// A random source that always draws one half: suppressed decisions then depend only on the
 /// window, so two limiters fed the same calls answer alike.
 #[derive(Clone, Copy, Debug)]
