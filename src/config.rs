@@ -59,6 +59,8 @@ pub enum ConfigError {
     /// that switch exists for tests driving Redis with a `ManualClock`; in production every
     /// process must share the server's time.
     ClientClockWithoutCustomClock,
+    /// The `acquire` jitter is NaN or outside `0..=1`.
+    InvalidAcquireJitter(f64),
 }
 
 impl fmt::Display for ConfigError {
@@ -94,6 +96,9 @@ impl fmt::Display for ConfigError {
             ConfigError::ClientClockWithoutCustomClock => f.write_str(
                 "redis time from the limiter's clock needs an injected clock (a test switch)",
             ),
+            ConfigError::InvalidAcquireJitter(j) => {
+                write!(f, "acquire jitter must be within 0..=1, got {j}")
+            }
         }
     }
 }
@@ -134,6 +139,7 @@ pub struct RateLimiterBuilder {
     pub(crate) seed: Option<u64>,
     pub(crate) key_hash_seed: Option<u64>,
     pub(crate) random: Option<RandomFactory>,
+    pub(crate) acquire_jitter: f64,
     #[cfg(feature = "redis")]
     pub(crate) redis: RedisOptions,
 }
@@ -164,7 +170,8 @@ impl fmt::Debug for RateLimiterBuilder {
             .field("custom_clock", &self.clock.is_some())
             .field("seed", &self.seed)
             .field("key_hash_seed", &self.key_hash_seed.is_some())
-            .field("custom_random", &self.random.is_some());
+            .field("custom_random", &self.random.is_some())
+            .field("acquire_jitter", &self.acquire_jitter);
         #[cfg(feature = "redis")]
         d.field("redis", &self.redis);
         d.finish()
@@ -186,6 +193,7 @@ impl Default for RateLimiterBuilder {
             seed: None,
             key_hash_seed: None,
             random: None,
+            acquire_jitter: 0.0,
             #[cfg(feature = "redis")]
             redis: RedisOptions {
                 sync_interval: crate::hybrid::DEFAULT_SYNC_INTERVAL,
@@ -304,6 +312,15 @@ impl RateLimiterBuilder {
         self.random = Some(Arc::new(move |i| {
             Box::new(make(i)) as Box<dyn RandomSource>
         }));
+        self
+    }
+
+    /// Jitter for the `acquire` methods, a fraction in `0..=1` (default 0): each wait is
+    /// stretched by a random part of up to this fraction of it, so waiters woken by the same
+    /// retry hint do not all decide again at the same instant. Waits are never shortened (a
+    /// retry before the hint would be rejected again).
+    pub fn acquire_jitter(mut self, fraction: f64) -> Self {
+        self.acquire_jitter = fraction;
         self
     }
 

@@ -116,6 +116,110 @@ macro_rules! shard_handle_methods {
             self.set().get_async(key)
         }
 
+        /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records it
+        /// (as [`inc`](Self::inc) does when it admits). Between tries it sleeps on tokio's
+        /// timer for what the last decision implies: a rejection's retry hint, or one bucket
+        /// width `G` after a suppressed denial or [`KeyCapacityExceeded`] (which carry none),
+        /// stretched by the limiter's
+        /// [`acquire_jitter`](crate::RateLimiterBuilder::acquire_jitter). It never busy-loops.
+        ///
+        /// Returns the admitting decision. A weight the key can never take at this rate fails
+        /// at once with [`AcquireError::NeverAdmissible`](crate::AcquireError::NeverAdmissible).
+        /// Waits follow the system clock: with an injected clock, retry hints are in its time,
+        /// not tokio's.
+        ///
+        /// # Cancel safety
+        /// Dropped while sleeping, nothing is recorded for the current try; dropped while a
+        /// try is being decided, that try is as [`inc_async`](Self::inc_async) describes.
+        ///
+        /// [`KeyCapacityExceeded`]: crate::RateLimitDecision::KeyCapacityExceeded
+        #[cfg(feature = "tokio")]
+        pub async fn acquire(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            self.acquire_by(key, rate, n, None).await
+        }
+
+        /// [`acquire`](Self::acquire) that gives up at `deadline`: it returns
+        /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded) with the
+        /// last decision when the deadline passes first (a wait that would end after the
+        /// deadline is slept up to the deadline only, so the call returns at it).
+        ///
+        /// # Cancel safety
+        /// As [`acquire`](Self::acquire).
+        #[cfg(feature = "tokio")]
+        pub async fn acquire_until(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+            deadline: std::time::Instant,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            self.acquire_by(key, rate, n, Some(deadline)).await
+        }
+
+        #[cfg(feature = "tokio")]
+        async fn acquire_by(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+            deadline: Option<std::time::Instant>,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            crate::acquire::waiting(
+                self.set().pacing(),
+                deadline,
+                || async { Ok::<_, std::convert::Infallible>(self.inc_async(key, rate, n).await) },
+                |e| match e {},
+            )
+            .await
+        }
+
+        /// Blocking [`acquire_until`](Self::acquire_until) (no deadline with `None`): sleeps
+        /// the calling thread between tries. For threads that may block, never from async
+        /// code (use [`acquire`](Self::acquire) there). Shown on the local absolute handle; every
+        /// shard-backed handle has it.
+        ///
+        /// ```
+        /// use std::time::{Duration, Instant};
+        /// use eyelet::{AcquireError, RateLimit, RateLimiter};
+        ///
+        /// let rl = RateLimiter::builder()
+        ///     .window(Duration::from_millis(100))
+        ///     .build()
+        ///     .unwrap();
+        /// let rate = RateLimit::per_second(20.0).unwrap(); // 2 per 100 ms window
+        /// let abs = rl.local().absolute();
+        /// let start = Instant::now();
+        /// for _ in 0..3 {
+        ///     // the third waits for the first to leave the window
+        ///     abs.acquire_blocking("job", &rate, 1, None).unwrap();
+        /// }
+        /// assert!(start.elapsed() >= Duration::from_millis(90));
+        /// // more than the key can ever hold fails at once
+        /// assert!(matches!(
+        ///     abs.acquire_blocking("job", &rate, 3, None),
+        ///     Err(AcquireError::NeverAdmissible { .. })
+        /// ));
+        /// ```
+        pub fn acquire_blocking(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+            deadline: Option<std::time::Instant>,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            crate::acquire::blocking(
+                self.set().pacing(),
+                deadline,
+                || Ok::<_, std::convert::Infallible>(self.inc(key, rate, n)),
+                |e| match e {},
+            )
+        }
+
         /// Number of keys holding state under this strategy.
         pub fn len(&self) -> usize {
             self.set().len()

@@ -78,6 +78,7 @@
 #[macro_use]
 mod handle;
 
+mod acquire;
 mod config;
 mod decision;
 #[cfg(feature = "redis")]
@@ -95,6 +96,7 @@ mod sweeper;
 mod sync;
 mod time;
 
+pub use acquire::AcquireError;
 pub use config::{
     ConfigError, RateLimiterBuilder, DEFAULT_BUCKET, DEFAULT_HARD_LIMIT_FACTOR,
     DEFAULT_STALE_AFTER_WINDOWS, DEFAULT_WINDOW, MAX_HARD_LIMIT_FACTOR, MAX_SHARDS, MAX_WINDOW,

@@ -153,6 +153,9 @@ impl RateLimiter {
         if !(1.0..=MAX_HARD_LIMIT_FACTOR).contains(&h) {
             return Err(ConfigError::InvalidHardLimitFactor(h));
         }
+        if !(0.0..=1.0).contains(&b.acquire_jitter) {
+            return Err(ConfigError::InvalidAcquireJitter(b.acquire_jitter));
+        }
         let shards = b.shards.unwrap_or(DEFAULT_SHARDS);
         if shards == 0 || shards > MAX_SHARDS {
             return Err(ConfigError::InvalidShardCount(shards));
@@ -181,6 +184,7 @@ impl RateLimiter {
             hard_limit_factor: h,
             stale_after_ms,
             max_keys: b.max_keys.unwrap_or(usize::MAX),
+            acquire_jitter: b.acquire_jitter,
             live_keys: AtomicUsize::new(0),
             clock,
         });

@@ -117,6 +117,7 @@ impl AbsoluteShard {
             hard_limit_factor: 1.0,
             stale_after_ms: window_ms,
             max_keys: usize::MAX,
+            acquire_jitter: 0.0,
             live_keys: AtomicUsize::new(0),
             clock: ClockSource::Custom(StdArc::new(clock.clone())),
         });
@@ -396,6 +397,7 @@ where
         hard_limit_factor: h,
         stale_after_ms: 1000,
         max_keys: usize::MAX,
+        acquire_jitter: 0.0,
         live_keys: AtomicUsize::new(0),
         clock: ClockSource::Custom(StdArc::new(clock)),
     });

@@ -82,6 +82,8 @@ pub const DEFAULT_PREFIX: &str = "eyelet";
 /// What both strategy handles share.
 struct Inner {
     batcher: Option<BatcherHandle>,
+    /// The runtime `connect` ran on (blocking `acquire` drives its calls there).
+    runtime: Option<tokio::runtime::Handle>,
     shared: Arc<Shared>,
     prefix: String,
     cluster: bool,
@@ -226,6 +228,9 @@ impl RedisProvider {
         cluster: bool,
     ) -> Self {
         let inner = Arc::new(Inner {
+            runtime: batcher
+                .as_ref()
+                .and_then(|_| tokio::runtime::Handle::try_current().ok()),
             batcher,
             shared,
             prefix,
@@ -347,6 +352,104 @@ macro_rules! redis_strategy {
             pub async fn get(&self, key: &str) -> Result<$snapshot, RedisError> {
                 match self.inner.run($kind, key, Inner::plain($get)).await? {
                     (_, r) => ($from_get)(r),
+                }
+            }
+
+            /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records
+            /// it (as [`inc`](Self::inc) does when it admits), sleeping on tokio's timer for
+            /// what each decision implies (a rejection's retry hint; one bucket width after a
+            /// suppressed denial), stretched by the limiter's
+            /// [`acquire_jitter`](crate::RateLimiterBuilder::acquire_jitter); never a busy
+            /// loop. Returns the admitting decision.
+            ///
+            /// # Errors
+            /// [`AcquireError::NeverAdmissible`](crate::AcquireError::NeverAdmissible) at once
+            /// for a weight the key can never take; [`AcquireError::Redis`] at once when a
+            /// call fails (whether to retry is the caller's choice).
+            ///
+            /// # Cancel safety
+            /// Dropped while sleeping, nothing is recorded for the current try; dropped while
+            /// a try is in flight, that try is as [`inc`](Self::inc) describes.
+            ///
+            /// [`AcquireError::Redis`]: crate::AcquireError::Redis
+            pub async fn acquire(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+            ) -> Result<RateLimitDecision, crate::AcquireError> {
+                self.acquire_by(key, rate, n, None).await
+            }
+
+            /// [`acquire`](Self::acquire) that gives up at `deadline` with
+            /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded) and
+            /// the last decision.
+            ///
+            /// # Errors
+            /// As [`acquire`](Self::acquire), and the deadline.
+            ///
+            /// # Cancel safety
+            /// As [`acquire`](Self::acquire).
+            pub async fn acquire_until(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+                deadline: std::time::Instant,
+            ) -> Result<RateLimitDecision, crate::AcquireError> {
+                self.acquire_by(key, rate, n, Some(deadline)).await
+            }
+
+            async fn acquire_by(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+                deadline: Option<std::time::Instant>,
+            ) -> Result<RateLimitDecision, crate::AcquireError> {
+                crate::acquire::waiting(
+                    self.pacing(),
+                    deadline,
+                    || self.inc(key, rate, n),
+                    crate::AcquireError::Redis,
+                )
+                .await
+            }
+
+            /// Blocking [`acquire_until`](Self::acquire_until) (no deadline with `None`): each
+            /// try runs on the runtime the limiter connected on, and the calling thread sleeps
+            /// between tries. For threads outside any tokio runtime.
+            ///
+            /// # Errors
+            /// As [`acquire_until`](Self::acquire_until);
+            /// [`AcquireError::InsideRuntime`](crate::AcquireError::InsideRuntime) when called
+            /// on a thread that runs tokio tasks (blocking it could stall the very calls it
+            /// waits for).
+            pub fn acquire_blocking(
+                &self,
+                key: &str,
+                rate: &RateLimit,
+                n: u64,
+                deadline: Option<std::time::Instant>,
+            ) -> Result<RateLimitDecision, crate::AcquireError> {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    return Err(crate::AcquireError::InsideRuntime);
+                }
+                let Some(runtime) = self.inner.runtime.clone() else {
+                    return Err(crate::AcquireError::Redis(RedisError::NotConfigured));
+                };
+                crate::acquire::blocking(
+                    self.pacing(),
+                    deadline,
+                    || runtime.block_on(self.inc(key, rate, n)),
+                    crate::AcquireError::Redis,
+                )
+            }
+
+            fn pacing(&self) -> crate::acquire::Pacing {
+                crate::acquire::Pacing {
+                    bucket_ms: self.inner.shared.bucket_ms,
+                    jitter: self.inner.shared.acquire_jitter,
                 }
             }
 

@@ -31,6 +31,8 @@ pub(crate) struct ShardSet<S: Strategy> {
     /// Each shard's lease pools (absolute; empty otherwise), taken from without its token.
     leases: Box<[Arc<LeaseTable>]>,
     clock: ClockSource,
+    /// How `acquire` waits.
+    pacing: crate::acquire::Pacing,
 }
 
 impl<S: Strategy> ShardSet<S> {
@@ -64,6 +66,11 @@ impl<S: Strategy> ShardSet<S> {
         ctx: Arc<S::Ctx>,
     ) -> Self {
         Self::build(count, shared, hasher, rng, S::STAMPED || S::LEASED, ctx)
+    }
+
+    /// How `acquire` waits on this set's decisions.
+    pub(crate) fn pacing(&self) -> crate::acquire::Pacing {
+        self.pacing
     }
 
     /// The hash a key is routed and stored by.
@@ -139,6 +146,10 @@ impl<S: Strategy> ShardSet<S> {
             stamps,
             leases,
             clock: shared.clock.clone(),
+            pacing: crate::acquire::Pacing {
+                bucket_ms: shared.bucket_ms,
+                jitter: shared.acquire_jitter,
+            },
         }
     }
 
@@ -504,6 +515,7 @@ mod tests {
             hard_limit_factor: 1.0,
             stale_after_ms: 10_000,
             max_keys: usize::MAX,
+            acquire_jitter: 0.0,
             live_keys: AtomicUsize::new(0),
             clock: ClockSource::Custom(Arc::new(clock.clone())),
         });

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) stale_after_ms: u64,
     /// `usize::MAX` when unlimited.
     pub(crate) max_keys: usize,
+    /// `acquire` waits are stretched by up to this fraction at random.
+    pub(crate) acquire_jitter: f64,
     /// Keys alive across all shards of both strategies (maintained only when capped).
     pub(crate) live_keys: AtomicUsize,
     pub(crate) clock: ClockSource,
