@@ -79,6 +79,8 @@
 mod handle;
 
 mod acquire;
+#[cfg(feature = "actix")]
+pub mod actix;
 mod config;
 mod decision;
 #[cfg(feature = "redis")]
