@@ -41,7 +41,38 @@ macro_rules! shard_handle_methods {
             n: u64,
         ) -> Vec<RateLimitDecision> {
             let mut out = Vec::with_capacity(keys.len());
-            self.set().inc_many_into(keys, rate, n, true, &mut out);
+            self.inc_many_into(keys, rate, n, &mut out);
+            out
+        }
+
+        /// [`inc_many`](Self::inc_many) with a weight per request: `(key, n)` pairs, decided
+        /// in input order per key (a tenant's messages of different sizes in one batch).
+        ///
+        /// ```
+        /// use eyelet::{RateLimit, RateLimiter};
+        ///
+        /// let rl = RateLimiter::builder().build().unwrap();
+        /// let rate = RateLimit::try_from(10.0).unwrap(); // 10 per second
+        /// let d = rl.local().absolute().inc_many_weighted(
+        ///     &[("tenant-a", 6), ("tenant-b", 3), ("tenant-a", 6), ("tenant-a", 4)],
+        ///     &rate,
+        /// );
+        /// let admitted: Vec<bool> = d.iter().map(|d| d.is_allowed()).collect();
+        /// assert_eq!(admitted, [true, true, false, true]); // a: 6, then 6 > 4 left, then 4
+        /// ```
+        pub fn inc_many_weighted<K: AsRef<str>>(
+            &self,
+            requests: &[(K, u64)],
+            rate: &RateLimit,
+        ) -> Vec<RateLimitDecision> {
+            let mut out = Vec::with_capacity(requests.len());
+            self.set().inc_many_into(
+                requests.iter().map(|(k, n)| (k.as_ref(), *n)),
+                requests.len(),
+                rate,
+                true,
+                &mut out,
+            );
             out
         }
 
@@ -53,7 +84,13 @@ macro_rules! shard_handle_methods {
             n: u64,
             out: &mut Vec<RateLimitDecision>,
         ) {
-            self.set().inc_many_into(keys, rate, n, true, out)
+            self.set().inc_many_into(
+                keys.iter().map(|k| (k.as_ref(), n)),
+                keys.len(),
+                rate,
+                true,
+                out,
+            )
         }
 
         /// Async [`inc`](Self::inc) for tokio tasks and actix actors: served inline when the
@@ -102,7 +139,29 @@ macro_rules! shard_handle_methods {
             rate: &'a RateLimit,
             n: u64,
         ) -> impl Future<Output = Vec<RateLimitDecision>> + Send + 'a {
-            self.set().inc_many_async(keys, rate, n, true)
+            self.set().inc_many_async(
+                keys.iter().map(move |k| (k.as_ref(), n)),
+                keys.len(),
+                rate,
+                true,
+            )
+        }
+
+        /// Async [`inc_many_weighted`](Self::inc_many_weighted).
+        ///
+        /// # Cancel safety
+        /// As [`inc_many_async`](Self::inc_many_async).
+        pub fn inc_many_weighted_async<'a, K: AsRef<str> + Sync>(
+            &'a self,
+            requests: &'a [(K, u64)],
+            rate: &'a RateLimit,
+        ) -> impl Future<Output = Vec<RateLimitDecision>> + Send + 'a {
+            self.set().inc_many_async(
+                requests.iter().map(|(k, n)| (k.as_ref(), *n)),
+                requests.len(),
+                rate,
+                true,
+            )
         }
 
         /// Async [`get`](Self::get).

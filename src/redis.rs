@@ -177,14 +177,13 @@ impl Inner {
         &self,
         kind: Kind,
         code: OpCode,
-        keys: &[K],
+        requests: impl ExactSizeIterator<Item = (K, u64)>,
         rate: &RateLimit,
-        n: u64,
     ) -> Result<Vec<RateLimitDecision>, RedisError> {
         let b = self.batcher()?;
         // Validate everything before sending anything.
-        let mut prepared = Vec::with_capacity(keys.len());
-        for k in keys {
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (k, n) in requests {
             let (key, slot) = self.key(kind, k.as_ref())?;
             prepared.push((key, slot, self.args(code, rate, n)?));
         }
@@ -341,7 +340,23 @@ macro_rules! redis_strategy {
                 rate: &RateLimit,
                 n: u64,
             ) -> Result<Vec<RateLimitDecision>, RedisError> {
-                self.inner.decide_many($kind, $inc, keys, rate, n).await
+                self.inner
+                    .decide_many($kind, $inc, keys.iter().map(|k| (k.as_ref(), n)), rate)
+                    .await
+            }
+
+            /// [`inc_many`](Self::inc_many) with a weight per request: `(key, n)` pairs.
+            ///
+            /// # Errors
+            /// As [`inc_many`](Self::inc_many).
+            pub async fn inc_many_weighted<K: AsRef<str>>(
+                &self,
+                requests: &[(K, u64)],
+                rate: &RateLimit,
+            ) -> Result<Vec<RateLimitDecision>, RedisError> {
+                self.inner
+                    .decide_many($kind, $inc, requests.iter().map(|(k, n)| (k.as_ref(), *n)), rate)
+                    .await
             }
 
             #[doc = $get_doc]

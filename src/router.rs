@@ -273,22 +273,20 @@ impl<S: Strategy> ShardSet<S> {
         call_async(self.shard(key.hash), Reset { key })
     }
 
-    /// Groups `keys` by shard (counting sort, stable) into batch items, and returns the item
-    /// range of each shard that has any. A batch on one shard (a hot key) skips the sort.
-    fn group<'a, K: AsRef<str>>(
+    /// Groups requests `(key, weight)` by shard (counting sort, stable) into batch items, and
+    /// returns the item range of each shard that has any. A batch on one shard (a hot key)
+    /// skips the sort.
+    fn group<'a>(
         &self,
-        keys: &'a [K],
+        requests: impl Iterator<Item = (&'a str, u64)>,
     ) -> (Vec<BatchItem<'a>>, Vec<(usize, usize, usize)>) {
-        let mut items: Vec<BatchItem<'a>> = keys
-            .iter()
+        let mut items: Vec<BatchItem<'a>> = requests
             .enumerate()
-            .map(|(pos, k)| {
-                let key = k.as_ref();
-                BatchItem {
-                    key,
-                    hash: self.hasher.hash_one(key),
-                    pos,
-                }
+            .map(|(pos, (key, n))| BatchItem {
+                key,
+                hash: self.hasher.hash_one(key),
+                pos,
+                n,
             })
             .collect();
         let first = items.first().map_or(0, |it| self.shard_of(it.hash));
@@ -316,21 +314,23 @@ impl<S: Strategy> ShardSet<S> {
         (sorted, ranges)
     }
 
-    pub(crate) fn inc_many_into<K: AsRef<str>>(
+    /// Decides `len` requests `(key, weight)` into `out` (cleared first), in input order per
+    /// key.
+    pub(crate) fn inc_many_into<'a>(
         &self,
-        keys: &[K],
+        requests: impl Iterator<Item = (&'a str, u64)>,
+        len: usize,
         rate: &RateLimit,
-        n: u64,
         record: bool,
         out: &mut Vec<RateLimitDecision>,
     ) {
         out.clear();
-        if keys.is_empty() {
+        if len == 0 {
             return;
         }
         // Every slot is written by its shard; the filler never admits.
-        out.resize(keys.len(), RateLimitDecision::KeyCapacityExceeded);
-        let (items, ranges) = self.group(keys);
+        out.resize(len, RateLimitDecision::KeyCapacityExceeded);
+        let (items, ranges) = self.group(requests);
         // Shards are visited one at a time in ascending order; no two tokens are ever held.
         // A shard's keys go in messages of at most `BATCH_MESSAGE_KEYS` (one turn each).
         for (shard, lo, hi) in ranges {
@@ -339,32 +339,31 @@ impl<S: Strategy> ShardSet<S> {
                     items: part,
                     out: out.as_mut_slice(),
                     rate: *rate,
-                    n,
                     record,
                 });
             }
         }
     }
 
-    pub(crate) async fn inc_many_async<K: AsRef<str> + Sync>(
+    /// Async [`inc_many_into`](Self::inc_many_into) into a new vector.
+    pub(crate) async fn inc_many_async<'a>(
         &self,
-        keys: &[K],
+        requests: impl Iterator<Item = (&'a str, u64)>,
+        len: usize,
         rate: &RateLimit,
-        n: u64,
         record: bool,
     ) -> Vec<RateLimitDecision> {
         // Every slot is written by its shard; the filler never admits.
-        let mut out = vec![RateLimitDecision::KeyCapacityExceeded; keys.len()];
-        if keys.is_empty() {
+        let mut out = vec![RateLimitDecision::KeyCapacityExceeded; len];
+        if len == 0 {
             return out;
         }
-        let (items, ranges) = self.group(keys);
+        let (items, ranges) = self.group(requests);
         for (shard, lo, hi) in ranges {
             for part in items[lo..hi].chunks(BATCH_MESSAGE_KEYS) {
                 let msg = IncManyAsync {
                     items: part,
                     rate: *rate,
-                    n,
                     record,
                 };
                 for (pos, d) in call_async(&self.shards[shard], msg)
@@ -918,8 +917,8 @@ mod tests {
         both(1, &small); // hot: a pool of 100/s units is out
         clock.set_ms(2);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        with.inc_many_into(&["k"], &big, 900, true, &mut a);
-        without.inc_many_into(&["k"], &big, 900, true, &mut b);
+        with.inc_many_into([("k", 900)].into_iter(), 1, &big, true, &mut a);
+        without.inc_many_into([("k", 900)].into_iter(), 1, &big, true, &mut b);
         assert_eq!(a, b);
         clock.set_ms(3);
         for _ in 0..30 {

@@ -817,12 +817,13 @@ impl<S: Strategy> Detach<ShardActor<S>> for Inc<'_> {
     }
 }
 
-/// One key of a batch: its key, hash and position in the caller's input.
+/// One request of a batch: its key, hash, position in the caller's input and weight.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BatchItem<'a> {
     pub(crate) key: &'a str,
     pub(crate) hash: u64,
     pub(crate) pos: usize,
+    pub(crate) n: u64,
 }
 
 /// Decide a batch of keys that all live on one shard, in order, writing each decision to
@@ -832,7 +833,6 @@ pub(crate) struct IncMany<'a> {
     pub(crate) items: &'a [BatchItem<'a>],
     pub(crate) out: &'a mut [RateLimitDecision],
     pub(crate) rate: RateLimit,
-    pub(crate) n: u64,
     pub(crate) record: bool,
 }
 
@@ -841,9 +841,8 @@ impl<S: Strategy> ShardActor<S> {
     #[inline]
     fn serve_batch<'k>(
         &mut self,
-        items: impl Iterator<Item = (&'k str, u64, usize)>,
+        items: impl Iterator<Item = (&'k str, u64, usize, u64)>,
         rate: &RateLimit,
-        n: u64,
         record: bool,
         mut emit: impl FnMut(usize, RateLimitDecision),
     ) {
@@ -851,8 +850,8 @@ impl<S: Strategy> ShardActor<S> {
         let limits = self.limits(rate);
         // (key, hash, entry index) of the last key found
         let mut last: Option<(&str, u64, usize)> = None;
-        let req = Request { limits, n, record };
-        for (key, hash, pos) in items {
+        for (key, hash, pos, n) in items {
+            let req = Request { limits, n, record };
             // Consecutive items with the same key reuse the index (no probe).
             let cached = last.filter(|&(k, h, _)| h == hash && k == key).map(|l| l.2);
             let idx = cached.or_else(|| self.store().find(hash, key.as_bytes()));
@@ -874,13 +873,12 @@ impl<S: Strategy> ShardActor<S> {
     /// [`serve_batch`](Self::serve_batch) into a new vector of `(position, decision)`.
     fn batch_to_vec<'k>(
         &mut self,
-        items: impl ExactSizeIterator<Item = (&'k str, u64, usize)>,
+        items: impl ExactSizeIterator<Item = (&'k str, u64, usize, u64)>,
         rate: &RateLimit,
-        n: u64,
         record: bool,
     ) -> Vec<(usize, RateLimitDecision)> {
         let mut out = Vec::with_capacity(items.len());
-        self.serve_batch(items, rate, n, record, |pos, d| out.push((pos, d)));
+        self.serve_batch(items, rate, record, |pos, d| out.push((pos, d)));
         out
     }
 }
@@ -896,9 +894,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
         let out = self.out;
         shard.serve_batch(
-            self.items.iter().map(|it| (it.key, it.hash, it.pos)),
+            self.items.iter().map(|it| (it.key, it.hash, it.pos, it.n)),
             &self.rate,
-            self.n,
             self.record,
             |pos, d| {
                 if let Some(slot) = out.get_mut(pos) {
@@ -913,9 +910,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncMany<'_> {
 /// The owned form of [`IncMany`], queued by async callers; replies with the decisions.
 #[derive(Debug)]
 pub(crate) struct IncManyOwned {
-    items: Vec<(Box<str>, u64, usize)>,
+    items: Vec<(Box<str>, u64, usize, u64)>,
     rate: RateLimit,
-    n: u64,
     record: bool,
 }
 
@@ -927,8 +923,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
     }
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
-        let items = self.items.iter().map(|(k, h, p)| (&**k, *h, *p));
-        Some(shard.batch_to_vec(items, &self.rate, self.n, self.record))
+        let items = self.items.iter().map(|(k, h, p, n)| (&**k, *h, *p, *n));
+        Some(shard.batch_to_vec(items, &self.rate, self.record))
     }
 }
 
@@ -937,7 +933,6 @@ impl<S: Strategy> Message<ShardActor<S>> for IncManyOwned {
 pub(crate) struct IncManyAsync<'a> {
     pub(crate) items: &'a [BatchItem<'a>],
     pub(crate) rate: RateLimit,
-    pub(crate) n: u64,
     pub(crate) record: bool,
 }
 
@@ -949,8 +944,8 @@ impl<S: Strategy> Message<ShardActor<S>> for IncManyAsync<'_> {
     }
 
     fn handle(self, shard: &mut ShardActor<S>) -> Self::Reply {
-        let items = self.items.iter().map(|it| (it.key, it.hash, it.pos));
-        Some(shard.batch_to_vec(items, &self.rate, self.n, self.record))
+        let items = self.items.iter().map(|it| (it.key, it.hash, it.pos, it.n));
+        Some(shard.batch_to_vec(items, &self.rate, self.record))
     }
 }
 
@@ -961,10 +956,9 @@ impl<S: Strategy> Detach<ShardActor<S>> for IncManyAsync<'_> {
             items: self
                 .items
                 .iter()
-                .map(|it| (Box::<str>::from(it.key), it.hash, it.pos))
+                .map(|it| (Box::<str>::from(it.key), it.hash, it.pos, it.n))
                 .collect(),
             rate: self.rate,
-            n: self.n,
             record: self.record,
         }
     }

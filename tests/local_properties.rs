@@ -143,4 +143,29 @@ proptest! {
             prop_assert_eq!(many, one);
         }
     }
+
+    #[test]
+    fn inc_many_weighted_decides_like_single_calls(
+        batches in prop::collection::vec(
+            (0u64..30, prop::collection::vec((0usize..12, 0u64..5), 0..40)),
+            1..30,
+        ),
+        r in prop::sample::select(vec![2.0, 7.5, 40.0]),
+    ) {
+        let (a, ca) = manual(500, 10);
+        let (b, cb) = manual(500, 10);
+        let rate = rate(r);
+        let names: Vec<String> = (0..12).map(|i| format!("key-{i}")).collect();
+        for (dt, reqs) in batches {
+            ca.advance(Duration::from_millis(dt));
+            cb.advance(Duration::from_millis(dt));
+            let reqs: Vec<(&str, u64)> = reqs.iter().map(|&(i, n)| (names[i].as_str(), n)).collect();
+            let many = a.local().absolute().inc_many_weighted(&reqs, &rate);
+            let one: Vec<_> = reqs.iter().map(|(k, n)| b.local().absolute().inc(k, &rate, *n)).collect();
+            prop_assert_eq!(many, one);
+            let many = a.local().suppressed().inc_many_weighted(&reqs, &rate);
+            let one: Vec<_> = reqs.iter().map(|(k, n)| b.local().suppressed().inc(k, &rate, *n)).collect();
+            prop_assert_eq!(many, one);
+        }
+    }
 }

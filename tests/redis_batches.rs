@@ -127,3 +127,40 @@ async fn a_reset_beside_a_huge_batch_is_answered() {
     assert_eq!(reset, Ok(true));
     assert_eq!(abs.get("victim").await.unwrap(), 0);
 }
+
+/// Weighted batches: each request's own weight, decided in input order per key, on both
+/// strategies; the async local form agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_batches_decide_each_request_at_its_own_weight() {
+    let server = RedisServer::start();
+    let rl = limiter(&server, "bw").await;
+    let r = rate(10.0 / 60.0); // C = 10 per 60 s
+    let reqs = [("a", 6), ("b", 3), ("a", 6), ("a", 4), ("b", 8), ("a", 0)];
+    let d = rl
+        .redis()
+        .absolute()
+        .inc_many_weighted(&reqs, &r)
+        .await
+        .expect("decided");
+    let allowed: Vec<bool> = d.iter().map(RateLimitDecision::is_allowed).collect();
+    assert_eq!(allowed, [true, true, false, true, false, false]);
+    assert_eq!(rl.redis().absolute().get("a").await.unwrap(), 10);
+    assert_eq!(rl.redis().absolute().get("b").await.unwrap(), 3);
+    let local = rl
+        .local()
+        .absolute()
+        .inc_many_weighted_async(&reqs, &r)
+        .await;
+    assert_eq!(
+        local, d,
+        "the local provider decides the same batch the same way"
+    );
+    let s = rl
+        .redis()
+        .suppressed()
+        .inc_many_weighted(&[("s", 2), ("s", 3)], &r)
+        .await
+        .expect("decided");
+    assert!(s.iter().all(RateLimitDecision::is_allowed));
+    assert_eq!(rl.redis().suppressed().get("s").await.unwrap().total, 5);
+}
