@@ -29,15 +29,17 @@ fn limiter(jitter: f64) -> Arc<RateLimiter> {
         .expect("valid")
 }
 
-/// Checks admissions `(time, weight)` against C in every window, measured as the test saw them
-/// (after each call returned, so a window is taken 5 ms short of W for the measuring lag).
+/// Checks admissions `(time, weight)` against C in every window, measured as the test saw them.
+/// The contract's one imprecision (a request joins a bucket up to G = 10 ms old and expires with
+/// it, up to G early) and the lag of measuring after each call returned make the checked
+/// window W - G - 5 ms.
 fn assert_no_window_over(admissions: &[(Instant, u64)], c: u64) {
     let mut a = admissions.to_vec();
     a.sort_by_key(|x| x.0);
     for (i, &(t, _)) in a.iter().enumerate() {
         let inside: u64 = a[..=i]
             .iter()
-            .filter(|x| t.duration_since(x.0) < W - Duration::from_millis(5))
+            .filter(|x| t.duration_since(x.0) < W - Duration::from_millis(15))
             .map(|x| x.1)
             .sum();
         assert!(inside <= c, "{inside} admitted within one window (C = {c})");
