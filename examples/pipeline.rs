@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (tx, rx) = bounded::<Msg>(4_096);
     let (dead_tx, dead_rx) = bounded::<Msg>(4_096);
     // the delay queue: messages by the instant they may be tried again
-    let delayed: Arc<Mutex<BinaryHeap<Reverse<(Instant, u64, MsgOrd)>>>> = Arc::default();
+    let delayed: Arc<Mutex<DelayQueue>> = Arc::default();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -145,6 +145,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Delayed messages, earliest retry first (then by sequence number).
+type DelayQueue = BinaryHeap<Reverse<(Instant, u64, MsgOrd)>>;
+
 /// A message in the delay queue (ordered by its sequence number only).
 #[derive(Debug)]
 struct MsgOrd(Msg);
@@ -172,7 +175,7 @@ fn worker(
     dead: &Sender<Msg>,
     limiter: &RateLimiter,
     rate: &RateLimit,
-    delayed: &Mutex<BinaryHeap<Reverse<(Instant, u64, MsgOrd)>>>,
+    delayed: &Mutex<DelayQueue>,
     tally: &Mutex<Tally>,
     stop: &AtomicBool,
 ) {
