@@ -28,8 +28,9 @@ pub enum AcquireError {
     /// The Redis provider failed; returned at once (the caller decides whether to retry).
     #[cfg(feature = "redis")]
     Redis(crate::RedisError),
-    /// A Redis handle's `acquire_blocking` was called on a thread that runs tokio tasks:
-    /// blocking it could stall the calls it waits for. Use `acquire` there.
+    /// A Redis handle's `acquire_blocking` was called where a tokio runtime drives async
+    /// code on the calling thread (inside `block_on`): blocking it could stall the calls it
+    /// waits for. Use `acquire` there, or call from `spawn_blocking`.
     #[cfg(feature = "redis")]
     InsideRuntime,
 }

@@ -432,14 +432,16 @@ macro_rules! redis_strategy {
             }
 
             /// Blocking [`acquire_until`](Self::acquire_until) (no deadline with `None`): each
-            /// try runs on the runtime the limiter connected on, and the calling thread sleeps
-            /// between tries. For threads outside any tokio runtime.
+            /// try runs as a task on the runtime the limiter connected on, and the calling
+            /// thread sleeps between tries. For plain threads and `spawn_blocking`; from async
+            /// code use [`acquire`](Self::acquire) (blocking a runtime thread could stall the
+            /// very calls it waits for).
             ///
             /// # Errors
             /// As [`acquire_until`](Self::acquire_until);
             /// [`AcquireError::InsideRuntime`](crate::AcquireError::InsideRuntime) when called
-            /// on a thread that runs tokio tasks (blocking it could stall the very calls it
-            /// waits for).
+            /// where a runtime is driving async code on this thread (`block_on`), and
+            /// [`RedisError::Shutdown`] once that runtime is gone.
             pub fn acquire_blocking(
                 &self,
                 key: &str,
@@ -447,7 +449,8 @@ macro_rules! redis_strategy {
                 n: u64,
                 deadline: Option<std::time::Instant>,
             ) -> Result<RateLimitDecision, crate::AcquireError> {
-                if tokio::runtime::Handle::try_current().is_ok() {
+                // inside `block_on` (a runtime, no task, no blocking pool thread)
+                if tokio::runtime::Handle::try_current().is_ok() && tokio::task::try_id().is_none() {
                     return Err(crate::AcquireError::InsideRuntime);
                 }
                 let Some(runtime) = self.inner.runtime.clone() else {
@@ -456,7 +459,15 @@ macro_rules! redis_strategy {
                 crate::acquire::blocking(
                     self.pacing(),
                     deadline,
-                    || runtime.block_on(self.inc(key, rate, n)),
+                    || {
+                        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                        let (this, key, rate) = (self.clone(), key.to_owned(), *rate);
+                        runtime.spawn(async move {
+                            let _ = tx.send(this.inc(&key, &rate, n).await);
+                        });
+                        // a runtime shut down drops the task, and the sender with it
+                        rx.recv().unwrap_or(Err(RedisError::Shutdown))
+                    },
                     crate::AcquireError::Redis,
                 )
             }

@@ -280,6 +280,22 @@ mod redis_and_hybrid {
             rl.redis().absolute().acquire_blocking("b", &r, 1, None),
             Err(AcquireError::InsideRuntime)
         );
+        // from the blocking pool it works, and waits its turn
+        let rl3 = rl.clone();
+        let t = Instant::now();
+        let d = tokio::task::spawn_blocking(move || {
+            rl3.redis()
+                .absolute()
+                .acquire_blocking("b", &r, 1, Some(Instant::now() + 10 * W))
+        })
+        .await
+        .unwrap();
+        assert_eq!(d, Ok(RateLimitDecision::Allowed));
+        assert!(
+            t.elapsed() >= W / 2,
+            "it waited for the window: {:?}",
+            t.elapsed()
+        );
         assert!(matches!(
             rl.redis().absolute().acquire("b", &r, 11).await,
             Err(AcquireError::NeverAdmissible { .. })
