@@ -2,7 +2,9 @@
 //! accepted rate under absolute and under suppressed is printed side by side, so the cliff of a
 //! hard limit and the smooth shedding of the suppressed strategy are visible.
 //!
-//! `cargo run --release --example fan_in [load-factor] [seconds]` (defaults: 3, 4).
+//! `cargo run --release --example fan_in [load-factor] [seconds] [--svg PATH]` (defaults: 3,
+//! 4); with `--svg` it also writes the series as an SVG line chart (the README's picture is
+//! `cargo run --release --example fan_in -- 3 6 --svg docs/fan_in.svg`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,17 @@ fn bar(value: u64, full_scale: u64) -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let svg = match argv.iter().position(|a| a == "--svg") {
+        Some(i) if i + 1 < argv.len() => {
+            let path = argv.remove(i + 1);
+            argv.remove(i);
+            Some(path)
+        }
+        Some(_) => return Err("--svg needs a path".into()),
+        None => None,
+    };
+    let mut args = argv.into_iter();
     let load: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3.0);
     let seconds: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(4);
     if !(load.is_finite() && load > 0.0) {
@@ -103,6 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (mut last_o, mut last_a, mut last_s) = (0, 0, 0);
     let (mut sum_a, mut sum_s, mut ticks) = (0u64, 0u64, 0u64);
+    let mut series: Vec<[u64; 3]> = Vec::new();
     let begin = Instant::now();
     for tick in 1..=(seconds * 1000 / TICK.as_millis() as u64) {
         let due = begin + TICK * tick as u32;
@@ -114,6 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let (d_o, d_a, d_s) = (o - last_o, a - last_a, s - last_s);
         (last_o, last_a, last_s) = (o, a, s);
+        series.push([d_o, d_a, d_s]);
         if tick > 10 {
             sum_a += d_a;
             sum_s += d_s;
@@ -142,5 +156,101 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sum_s as f64 / ticks as f64
         );
     }
+    if let Some(path) = svg {
+        std::fs::write(&path, chart(&series, per_tick_target, load))?;
+        println!("wrote {path}");
+    }
     Ok(())
+}
+
+/// A line chart of accepted requests per tick, absolute vs suppressed, with the offered load
+/// and the target, as a standalone SVG.
+fn chart(series: &[[u64; 3]], target: u64, load: f64) -> String {
+    let (w, h) = (920.0, 380.0);
+    let (left, right, top, bottom) = (60.0, 20.0, 50.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(target)
+        .div_ceil(50)
+        * 50;
+    let n = series.len().max(1) as f64;
+    let x = |i: f64| left + pw * i / n;
+    let y = |v: f64| top + ph * (1.0 - v / y_max as f64);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"15\">eyelet fan-in: one key offered {load}x \
+         its rate ({RATE} req/s, W = 1 s, G = 10 ms, h = 1.5): accepted per {} ms</text>\n",
+        TICK.as_millis()
+    );
+    // grid and axes
+    for k in 0..=(y_max / 50) {
+        let v = (k * 50) as f64;
+        svg += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v}</text>\n",
+            left + pw,
+            left - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    let ticks_per_s = (1000 / TICK.as_millis()) as usize;
+    for sec in 0..=(series.len() / ticks_per_s) {
+        let xs = x((sec * ticks_per_s) as f64);
+        svg += &format!(
+            "<line x1=\"{xs:.1}\" x2=\"{xs:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#e4e4e4\"/>\
+             <text x=\"{xs:.1}\" y=\"{}\" text-anchor=\"middle\">{sec} s</text>\n",
+            top + ph,
+            top + ph + 18.0
+        );
+    }
+    svg += &format!(
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{t:.1}\" y2=\"{t:.1}\" stroke=\"#2a9d3a\" \
+         stroke-dasharray=\"6 4\"/>\n",
+        left + pw,
+        t = y(target as f64)
+    );
+    let line = |idx: usize, color: &str, dash: &str| {
+        let pts: Vec<String> = series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{:.1},{:.1}", x(i as f64 + 1.0), y(s[idx] as f64)))
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" {dash} points=\"{}\"/>\n",
+            pts.join(" ")
+        )
+    };
+    svg += &line(0, "#9a9a9a", "stroke-dasharray=\"3 3\"");
+    svg += &line(1, "#d1495b", "");
+    svg += &line(2, "#2e6fd8", "");
+    // legend
+    let legend = [
+        ("#9a9a9a", "offered"),
+        (
+            "#d1495b",
+            "absolute (hard limit: a burst at each window start)",
+        ),
+        ("#2e6fd8", "suppressed (sheds a fraction: an even rate)"),
+        ("#2a9d3a", "target per tick"),
+    ];
+    let mut lx = left;
+    for (color, label) in legend {
+        let ly = h - 14.0;
+        svg += &format!(
+            "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/>\
+             <text x=\"{}\" y=\"{ly}\" font-size=\"11\">{label}</text>\n",
+            ly - 5.0,
+            lx + 18.0
+        );
+        lx += 28.0 + 5.9 * label.len() as f64;
+    }
+    svg += "</svg>\n";
+    svg
 }

@@ -75,6 +75,8 @@
 //! # let _ = d; Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[macro_use]
 mod handle;
 
