@@ -1,6 +1,62 @@
 //! The methods every shard-backed handle shares (the local provider's and the hybrid's): one
 //! definition, so the two providers cannot drift apart in what they offer or document.
 
+/// Emits `acquire` and `acquire_until` for a handle that has
+/// `async fn acquire_by(&self, key, rate, n, deadline: Option<Instant>)`; `$try_doc` ends the
+/// cancel-safety sentence about a try in flight, `$errors_doc` tells the errors besides the
+/// deadline.
+macro_rules! async_acquire_methods {
+    ($try_doc:literal, $errors_doc:literal) => {
+        /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records it
+        /// (as [`inc`](Self::inc) does when it admits). Between tries it sleeps on tokio's
+        /// timer for what the last decision implies: a rejection's retry hint, or one bucket
+        /// width `G` after a suppressed denial or a full key table (which carry none),
+        /// stretched by the limiter's
+        /// [`acquire_jitter`](crate::RateLimiterBuilder::acquire_jitter). It never busy-loops.
+        /// Returns the admitting decision.
+        ///
+        /// Waits follow the system clock: with an injected clock, retry hints are in its time,
+        /// not tokio's.
+        ///
+        /// # Errors
+        /// [`AcquireError::NeverAdmissible`](crate::AcquireError::NeverAdmissible) at once for
+        /// a weight the key can never take at this rate.
+        #[doc = $errors_doc]
+        ///
+        /// # Cancel safety
+        /// Dropped while sleeping, nothing is recorded for the current try; dropped while a
+        #[doc = $try_doc]
+        pub async fn acquire(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            self.acquire_by(key, rate, n, None).await
+        }
+
+        /// [`acquire`](Self::acquire) that gives up at `deadline`: it returns
+        /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded) with the
+        /// last decision when the deadline passes first (a wait that would end after the
+        /// deadline is slept up to the deadline only, so the call returns at it).
+        ///
+        /// # Errors
+        /// As [`acquire`](Self::acquire), and the deadline.
+        ///
+        /// # Cancel safety
+        /// As [`acquire`](Self::acquire).
+        pub async fn acquire_until(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            n: u64,
+            deadline: std::time::Instant,
+        ) -> Result<RateLimitDecision, crate::AcquireError> {
+            self.acquire_by(key, rate, n, Some(deadline)).await
+        }
+    };
+}
+
 /// Emits the decision, read and size methods of a handle type that has
 /// `fn set(&self) -> &ShardSet<S>`; `$inc_doc` is the first paragraph of `inc`'s docs,
 /// `$snapshot` what `get` returns and `$get_doc` its docs.
@@ -175,50 +231,11 @@ macro_rules! shard_handle_methods {
             self.set().get_async(key)
         }
 
-        /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records it
-        /// (as [`inc`](Self::inc) does when it admits). Between tries it sleeps on tokio's
-        /// timer for what the last decision implies: a rejection's retry hint, or one bucket
-        /// width `G` after a suppressed denial or [`KeyCapacityExceeded`] (which carry none),
-        /// stretched by the limiter's
-        /// [`acquire_jitter`](crate::RateLimiterBuilder::acquire_jitter). It never busy-loops.
-        ///
-        /// Returns the admitting decision. A weight the key can never take at this rate fails
-        /// at once with [`AcquireError::NeverAdmissible`](crate::AcquireError::NeverAdmissible).
-        /// Waits follow the system clock: with an injected clock, retry hints are in its time,
-        /// not tokio's.
-        ///
-        /// # Cancel safety
-        /// Dropped while sleeping, nothing is recorded for the current try; dropped while a
-        /// try is being decided, that try is as [`inc_async`](Self::inc_async) describes.
-        ///
-        /// [`KeyCapacityExceeded`]: crate::RateLimitDecision::KeyCapacityExceeded
         #[cfg(feature = "tokio")]
-        pub async fn acquire(
-            &self,
-            key: &str,
-            rate: &RateLimit,
-            n: u64,
-        ) -> Result<RateLimitDecision, crate::AcquireError> {
-            self.acquire_by(key, rate, n, None).await
-        }
-
-        /// [`acquire`](Self::acquire) that gives up at `deadline`: it returns
-        /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded) with the
-        /// last decision when the deadline passes first (a wait that would end after the
-        /// deadline is slept up to the deadline only, so the call returns at it).
-        ///
-        /// # Cancel safety
-        /// As [`acquire`](Self::acquire).
-        #[cfg(feature = "tokio")]
-        pub async fn acquire_until(
-            &self,
-            key: &str,
-            rate: &RateLimit,
-            n: u64,
-            deadline: std::time::Instant,
-        ) -> Result<RateLimitDecision, crate::AcquireError> {
-            self.acquire_by(key, rate, n, Some(deadline)).await
-        }
+        async_acquire_methods!(
+            "try is being decided, that try is as [`inc_async`](Self::inc_async) describes.",
+            "Only the outcomes of [`AcquireError`](crate::AcquireError): a decision never fails."
+        );
 
         #[cfg(feature = "tokio")]
         async fn acquire_by(

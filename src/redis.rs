@@ -370,50 +370,11 @@ macro_rules! redis_strategy {
                 }
             }
 
-            /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records
-            /// it (as [`inc`](Self::inc) does when it admits), sleeping on tokio's timer for
-            /// what each decision implies (a rejection's retry hint; one bucket width after a
-            /// suppressed denial), stretched by the limiter's
-            /// [`acquire_jitter`](crate::RateLimiterBuilder::acquire_jitter); never a busy
-            /// loop. Returns the admitting decision.
-            ///
-            /// # Errors
-            /// [`AcquireError::NeverAdmissible`](crate::AcquireError::NeverAdmissible) at once
-            /// for a weight the key can never take; [`AcquireError::Redis`] at once when a
-            /// call fails (whether to retry is the caller's choice).
-            ///
-            /// # Cancel safety
-            /// Dropped while sleeping, nothing is recorded for the current try; dropped while
-            /// a try is in flight, that try is as [`inc`](Self::inc) describes.
-            ///
-            /// [`AcquireError::Redis`]: crate::AcquireError::Redis
-            pub async fn acquire(
-                &self,
-                key: &str,
-                rate: &RateLimit,
-                n: u64,
-            ) -> Result<RateLimitDecision, crate::AcquireError> {
-                self.acquire_by(key, rate, n, None).await
-            }
-
-            /// [`acquire`](Self::acquire) that gives up at `deadline` with
-            /// [`AcquireError::DeadlineExceeded`](crate::AcquireError::DeadlineExceeded) and
-            /// the last decision.
-            ///
-            /// # Errors
-            /// As [`acquire`](Self::acquire), and the deadline.
-            ///
-            /// # Cancel safety
-            /// As [`acquire`](Self::acquire).
-            pub async fn acquire_until(
-                &self,
-                key: &str,
-                rate: &RateLimit,
-                n: u64,
-                deadline: std::time::Instant,
-            ) -> Result<RateLimitDecision, crate::AcquireError> {
-                self.acquire_by(key, rate, n, Some(deadline)).await
-            }
+            async_acquire_methods!(
+                "try is in flight, that try is as [`inc`](Self::inc) describes.",
+                "[`AcquireError::Redis`](crate::AcquireError::Redis) at once when a call fails \
+                 (whether to retry is the caller's choice)."
+            );
 
             async fn acquire_by(
                 &self,

@@ -46,6 +46,38 @@ fn assert_no_window_over(admissions: &[(Instant, u64)], c: u64) {
     }
 }
 
+/// `count` waiters of weight 3, each a task running the future `acquire` makes once:
+/// all admitted, within three windows of the start, and no window over C = 10.
+#[cfg(feature = "tokio")]
+async fn waiters_admitted_within_three_windows<F, Fut>(count: usize, acquire: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<RateLimitDecision, AcquireError>> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let waiter = acquire();
+            tokio::spawn(async move {
+                let d = waiter.await.expect("admitted");
+                assert!(d.is_allowed(), "{d:?}");
+                (Instant::now(), 3)
+            })
+        })
+        .collect();
+    let mut log = Vec::new();
+    for t in tasks {
+        log.push(t.await.unwrap());
+    }
+    let last = log.iter().map(|x| x.0).max().unwrap();
+    assert!(
+        last.duration_since(start) < 3 * W,
+        "all admitted within three windows: {:?}",
+        last.duration_since(start)
+    );
+    assert_no_window_over(&log, 10);
+}
+
 /// Eight waiters of weight 3 on a key with C = 10: all admitted, within three windows, and no
 /// window over C.
 #[test]
@@ -88,33 +120,11 @@ fn blocking_waiters_are_all_admitted_within_three_windows_and_no_window_exceeds_
 async fn async_waiters_are_all_admitted_within_three_windows_and_no_window_exceeds_c() {
     let rl = limiter(0.2);
     let r = rate(R);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let rl = rl.clone();
-            tokio::spawn(async move {
-                let d = rl
-                    .local()
-                    .absolute()
-                    .acquire("k", &r, 3)
-                    .await
-                    .expect("admitted");
-                assert_eq!(d, RateLimitDecision::Allowed);
-                (Instant::now(), 3)
-            })
-        })
-        .collect();
-    let mut log = Vec::new();
-    for t in tasks {
-        log.push(t.await.unwrap());
-    }
-    let last = log.iter().map(|x| x.0).max().unwrap();
-    assert!(
-        last.duration_since(start) < 3 * W,
-        "{:?}",
-        last.duration_since(start)
-    );
-    assert_no_window_over(&log, 10);
+    waiters_admitted_within_three_windows(8, || {
+        let rl = rl.clone();
+        async move { rl.local().absolute().acquire("k", &r, 3).await }
+    })
+    .await;
 }
 
 /// A waiter on a full key gives up at its deadline, with the last decision, a few ms after it
@@ -241,31 +251,11 @@ mod redis_and_hybrid {
             .await
             .expect("connect");
         let r = rate(R);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..6)
-            .map(|_| {
-                let rl = rl.clone();
-                tokio::spawn(async move {
-                    rl.redis()
-                        .absolute()
-                        .acquire("k", &r, 3)
-                        .await
-                        .expect("admitted");
-                    (Instant::now(), 3)
-                })
-            })
-            .collect();
-        let mut log = Vec::new();
-        for t in tasks {
-            log.push(t.await.unwrap());
-        }
-        let last = log.iter().map(|x| x.0).max().unwrap();
-        assert!(
-            last.duration_since(start) < 3 * W,
-            "{:?}",
-            last.duration_since(start)
-        );
-        assert_no_window_over(&log, 10);
+        waiters_admitted_within_three_windows(6, || {
+            let rl = rl.clone();
+            async move { rl.redis().absolute().acquire("k", &r, 3).await }
+        })
+        .await;
 
         let rl2 = rl.clone();
         let d = std::thread::spawn(move || {
@@ -321,31 +311,11 @@ mod redis_and_hybrid {
             .expect("connect");
         rl.hybrid().flush().await.expect("first sync");
         let r = rate(R);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let rl = rl.clone();
-                tokio::spawn(async move {
-                    rl.hybrid()
-                        .absolute()
-                        .acquire("k", &r, 3)
-                        .await
-                        .expect("admitted");
-                    (Instant::now(), 3)
-                })
-            })
-            .collect();
-        let mut log = Vec::new();
-        for t in tasks {
-            log.push(t.await.unwrap());
-        }
-        let last = log.iter().map(|x| x.0).max().unwrap();
-        assert!(
-            last.duration_since(start) < 3 * W,
-            "{:?}",
-            last.duration_since(start)
-        );
-        assert_no_window_over(&log, 10);
+        waiters_admitted_within_three_windows(8, || {
+            let rl = rl.clone();
+            async move { rl.hybrid().absolute().acquire("k", &r, 3).await }
+        })
+        .await;
         let rl2 = rl.clone();
         let d = tokio::task::spawn_blocking(move || {
             rl2.hybrid()
