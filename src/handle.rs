@@ -5,6 +5,7 @@
 /// `async fn acquire_by(&self, key, rate, n, deadline: Option<Instant>)`; `$try_doc` ends the
 /// cancel-safety sentence about a try in flight, `$errors_doc` tells the errors besides the
 /// deadline.
+#[cfg(feature = "tokio")]
 macro_rules! async_acquire_methods {
     ($try_doc:literal, $errors_doc:literal) => {
         /// Waits until a request of weight `n` for `key` at `rate` is admitted, and records it
@@ -26,6 +27,7 @@ macro_rules! async_acquire_methods {
         /// # Cancel safety
         /// Dropped while sleeping, nothing is recorded for the current try; dropped while a
         #[doc = $try_doc]
+        #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
         pub async fn acquire(
             &self,
             key: &str,
@@ -45,6 +47,7 @@ macro_rules! async_acquire_methods {
         ///
         /// # Cancel safety
         /// As [`acquire`](Self::acquire).
+        #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
         pub async fn acquire_until(
             &self,
             key: &str,
