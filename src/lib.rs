@@ -90,6 +90,7 @@ pub mod hybrid;
 mod limiter;
 mod local;
 mod math;
+mod owned;
 mod random;
 mod rate;
 #[cfg(feature = "redis")]
@@ -110,6 +111,7 @@ pub use decision::{RateLimitDecision, Source, Stamped, SuppressedSnapshot, RETRY
 pub use hybrid::{HybridAbsolute, HybridProvider, HybridStatus, HybridSuppressed, OutagePolicy};
 pub use limiter::{RateLimiter, DEFAULT_SHARDS};
 pub use local::{LocalAbsolute, LocalProvider, LocalSuppressed};
+pub use owned::Owned;
 pub use random::{RandomSource, SplitMix64};
 pub use rate::{RateError, RateLimit, MAX_RATE_PER_SECOND, MIN_RATE_PER_SECOND};
 #[cfg(feature = "redis")]

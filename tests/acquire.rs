@@ -13,7 +13,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eyelet::{AcquireError, RateLimitDecision, RateLimiter};
+#[cfg_attr(not(feature = "tokio"), allow(unused_imports))]
+use eyelet::AcquireError;
+use eyelet::{RateLimitDecision, RateLimiter};
 use support::rate;
 
 const W: Duration = Duration::from_millis(200);
