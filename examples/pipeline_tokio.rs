@@ -1,8 +1,9 @@
 //! The tokio form of `examples/pipeline.rs`: producer tasks feed an mpsc channel; worker tasks
 //! wait for each message's turn with `acquire_until` (its tenant's limit, its size as the
 //! weight, a deadline per message) instead of routing rejections to a delay queue; a message
-//! that can never fit, or whose deadline passes, is a dead letter. Each task owns an
-//! `Arc<RateLimiter>` clone, so the stages are plain `tokio::spawn`ed futures.
+//! that can never fit, or whose deadline passes, is a dead letter. Workers hold an owned handle
+//! (`RateLimiter::owned`), whose futures are `'static`: each decision could itself be
+//! `tokio::spawn`ed.
 //!
 //! `cargo run --release --features tokio --example pipeline_tokio [seconds]` (default 3; the
 //! last messages may wait up to their 2 s deadline after the producer stops).
@@ -69,18 +70,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (limiter, rx, admitted, dead) =
-                (limiter.clone(), rx.clone(), admitted.clone(), dead.clone());
+            let tenants = limiter.owned(|rl| rl.local().absolute());
+            let (rx, admitted, dead) = (rx.clone(), admitted.clone(), dead.clone());
             tokio::spawn(async move {
                 loop {
                     let Some(m) = rx.lock().await.recv().await else {
                         break;
                     };
-                    let abs = limiter.local().absolute();
-                    match abs
-                        .acquire_until(&m.tenant, &rate, m.size, m.deadline)
-                        .await
-                    {
+                    let turn = tenants.acquire(m.tenant.clone(), rate, m.size, Some(m.deadline));
+                    match turn.await {
                         Ok(_) => *admitted.lock().await.entry(m.tenant).or_default() += m.size,
                         Err(AcquireError::NeverAdmissible { .. })
                         | Err(AcquireError::DeadlineExceeded { .. }) => *dead.lock().await += 1,
