@@ -77,6 +77,22 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// `$fut` inside a `tracing` span at debug level (feature `tracing`); `$fut` itself without.
+#[cfg(feature = "tracing")]
+#[allow(unused_macros)]
+macro_rules! traced {
+    ($fut:expr, $($span:tt)+) => {
+        tracing::Instrument::instrument($fut, tracing::debug_span!($($span)+))
+    };
+}
+#[cfg(not(feature = "tracing"))]
+#[allow(unused_macros)]
+macro_rules! traced {
+    ($fut:expr, $($span:tt)+) => {
+        $fut
+    };
+}
+
 #[macro_use]
 mod handle;
 

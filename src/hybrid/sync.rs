@@ -318,6 +318,20 @@ impl SyncActor {
 
     /// One sync: collect, send, settle.
     async fn cycle(&mut self, release_all: bool, everything: bool) -> Result<(), RedisError> {
+        traced!(
+            self.cycle_untraced(release_all, everything),
+            "eyelet.hybrid.sync",
+            release_all,
+            everything
+        )
+        .await
+    }
+
+    async fn cycle_untraced(
+        &mut self,
+        release_all: bool,
+        everything: bool,
+    ) -> Result<(), RedisError> {
         self.started = true;
         let t0 = self.clock.now_ms();
         let interval_ms = self.config.interval.as_millis() as u64;
@@ -604,6 +618,7 @@ impl SyncActor {
                 r => r,
             }
         };
+        let work = traced!(work, "eyelet.hybrid.script_call", keys = p.redis_keys.len());
         let value = match tokio::time::timeout(deadline, work).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return Err(RedisError::from_client(&e, deadline)),

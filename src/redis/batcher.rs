@@ -531,6 +531,7 @@ async fn script_call(
             }
         }
     };
+    let work = traced!(work, "eyelet.redis.script_call", ops = ops.len(), cluster);
     let result: Result<Value, RedisError> = match tokio::time::timeout(deadline, work).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
