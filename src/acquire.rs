@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::decision::{RateLimitDecision, RETRY_NEVER};
+use crate::random::{RandomSource, SplitMix64};
+use crate::shard::Shared;
 
 /// Why an `acquire` call returned without admitting its request.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,19 +83,22 @@ pub(crate) enum Step {
     Sleep(Duration),
 }
 
-/// A jitter draw in `[0, 1)`: SplitMix64 over a process-wide sequence (waiters need spread,
-/// not reproducibility).
+/// A jitter draw in `[0, 1)`: the crate's SplitMix64, seeded from a process-wide sequence
+/// (waiters need spread, not reproducibility).
 fn jitter_draw() -> f64 {
-    static SEQ: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
-    let mut z = SEQ
-        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SplitMix64::new(SEQ.fetch_add(1, Ordering::Relaxed)).next_f64()
 }
 
 impl Pacing {
+    /// A limiter's pacing.
+    pub(crate) fn of(shared: &Shared) -> Self {
+        Self {
+            bucket_ms: shared.bucket_ms,
+            jitter: shared.acquire_jitter,
+        }
+    }
+
     /// The next step after decision `d`: done if admitted or never admissible, else the wait
     /// it implies (at least 1 ms; the retry hint, or `G` without one) stretched by up to the
     /// jitter fraction.

@@ -241,7 +241,7 @@ macro_rules! shard_handle_methods {
         );
 
         #[cfg(feature = "tokio")]
-        async fn acquire_by(
+        pub(crate) async fn acquire_by(
             &self,
             key: &str,
             rate: &RateLimit,

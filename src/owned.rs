@@ -132,13 +132,7 @@ macro_rules! owned_shard_methods {
             ) -> impl Future<Output = Result<RateLimitDecision, crate::AcquireError>> + Send + 'static
             {
                 let (this, key) = (self.clone(), key.into());
-                async move {
-                    let h = this.handle();
-                    match deadline {
-                        Some(d) => h.acquire_until(&key, &rate, n, d).await,
-                        None => h.acquire(&key, &rate, n).await,
-                    }
-                }
+                async move { this.handle().acquire_by(&key, &rate, n, deadline).await }
             }
         }
     };
@@ -219,13 +213,7 @@ macro_rules! owned_redis_methods {
             ) -> impl Future<Output = Result<RateLimitDecision, crate::AcquireError>> + Send + 'static
             {
                 let (this, key) = (self.clone(), key.into());
-                async move {
-                    let h = this.handle();
-                    match deadline {
-                        Some(d) => h.acquire_until(&key, &rate, n, d).await,
-                        None => h.acquire(&key, &rate, n).await,
-                    }
-                }
+                async move { this.handle().acquire_by(&key, &rate, n, deadline).await }
             }
         }
     };

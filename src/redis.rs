@@ -376,7 +376,7 @@ macro_rules! redis_strategy {
                  (whether to retry is the caller's choice)."
             );
 
-            async fn acquire_by(
+            pub(crate) async fn acquire_by(
                 &self,
                 key: &str,
                 rate: &RateLimit,
@@ -434,10 +434,7 @@ macro_rules! redis_strategy {
             }
 
             fn pacing(&self) -> crate::acquire::Pacing {
-                crate::acquire::Pacing {
-                    bucket_ms: self.inner.shared.bucket_ms,
-                    jitter: self.inner.shared.acquire_jitter,
-                }
+                crate::acquire::Pacing::of(&self.inner.shared)
             }
 
             /// Forgets `key`; returns whether it had state. The next call sees a new key.

@@ -146,10 +146,7 @@ impl<S: Strategy> ShardSet<S> {
             stamps,
             leases,
             clock: shared.clock.clone(),
-            pacing: crate::acquire::Pacing {
-                bucket_ms: shared.bucket_ms,
-                jitter: shared.acquire_jitter,
-            },
+            pacing: crate::acquire::Pacing::of(shared),
         }
     }
 
