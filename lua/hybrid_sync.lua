@@ -84,31 +84,15 @@ local function sat(a, b)
   return x
 end
 
--- Struct formats, made once per call: n doubles; n records (id, a, b); a key's value with p
--- pairs and r records.
-local dfmts, rfmts, vfmts = {}, {}, {}
-local function dfmt(n)
-  local f = dfmts[n]
+-- Struct formats, made once per call: d doubles, then r records (id, a, b); keyed by shape
+-- (d and r stay below 4096: at most CHUNK values go through one struct call).
+local fmts = {}
+local function fmt(d, r)
+  local id = d * 4096 + r
+  local f = fmts[id]
   if f == nil then
-    f = '<' .. string.rep('d', n)
-    dfmts[n] = f
-  end
-  return f
-end
-local function rfmt(n)
-  local f = rfmts[n]
-  if f == nil then
-    f = '<' .. string.rep('sdd', n)
-    rfmts[n] = f
-  end
-  return f
-end
-local function vfmt(p, r)
-  local id = p * 4096 + r
-  local f = vfmts[id]
-  if f == nil then
-    f = '<ddddddd' .. string.rep('d', 2 * p) .. string.rep('sdd', r)
-    vfmts[id] = f
+    f = '<' .. string.rep('d', d) .. string.rep('sdd', r)
+    fmts[id] = f
   end
   return f
 end
@@ -133,7 +117,7 @@ end
 -- m doubles from raw at pos, as a list; and the position after them.
 local function read_doubles(raw, pos, m)
   if m <= CHUNK then
-    local v = { sunpack(dfmt(m), raw, pos) }
+    local v = { sunpack(fmt(m, 0), raw, pos) }
     pos = v[m + 1]
     v[m + 1] = nil
     return v, pos
@@ -142,7 +126,7 @@ local function read_doubles(raw, pos, m)
   while m > 0 do
     local c = m
     if c > CHUNK then c = CHUNK end
-    local v = { sunpack(dfmt(c), raw, pos) }
+    local v = { sunpack(fmt(c, 0), raw, pos) }
     pos = v[c + 1]
     local base = #t
     for j = 1, c do t[base + j] = v[j] end
@@ -154,7 +138,7 @@ end
 -- n records (id, a, b) from raw at pos, as a flat list; and the position after them.
 local function read_records(raw, pos, n)
   if 3 * n <= CHUNK then
-    local v = { sunpack(rfmt(n), raw, pos) }
+    local v = { sunpack(fmt(0, n), raw, pos) }
     pos = v[3 * n + 1]
     v[3 * n + 1] = nil
     return v, pos
@@ -464,13 +448,13 @@ for i, st in pairs(states) do
   v[3], v[4], v[5], v[6], v[7] = nb, (nd - 7) / 2 - nb, nr, ns, nrec - nr - ns
   local value
   if n <= CHUNK then
-    value = spack(vfmt((nd - 7) / 2, nrec), unpack(v, 1, n))
+    value = spack(fmt(nd, nrec), unpack(v, 1, n))
   else
     local pieces = {}
     for a = 1, nd, CHUNK do
       local e = a + CHUNK - 1
       if e > nd then e = nd end
-      pieces[#pieces + 1] = spack(dfmt(e - a + 1), unpack(v, a, e))
+      pieces[#pieces + 1] = spack(fmt(e - a + 1, 0), unpack(v, a, e))
     end
     for a = nd + 1, n, 3 do
       pieces[#pieces + 1] = spack('<sdd', v[a], v[a + 1], v[a + 2])
@@ -488,6 +472,6 @@ local packed = {}
 for i = 1, #out, CHUNK do
   local j = i + CHUNK - 1
   if j > #out then j = #out end
-  packed[#packed + 1] = spack(dfmt(j - i + 1), unpack(out, i, j))
+  packed[#packed + 1] = spack(fmt(j - i + 1, 0), unpack(out, i, j))
 end
 return table.concat(packed)
