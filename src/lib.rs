@@ -99,8 +99,12 @@ mod handle;
 mod acquire;
 #[cfg(feature = "actix")]
 pub mod actix;
+#[cfg(feature = "actix-web")]
+pub mod actix_web;
 mod config;
 mod decision;
+#[cfg(any(feature = "actix-web", feature = "tower"))]
+pub mod http;
 #[cfg(feature = "redis")]
 pub mod hybrid;
 mod limiter;
@@ -116,6 +120,8 @@ mod shard;
 mod sweeper;
 mod sync;
 mod time;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use acquire::AcquireError;
 pub use config::{

@@ -314,6 +314,12 @@ impl RateLimiter {
     pub fn now_ms(&self) -> u64 {
         self.shared.clock.now_ms()
     }
+
+    /// The suppressed strategy's hard-limit factor `h`.
+    #[cfg(any(feature = "actix-web", feature = "tower"))]
+    pub(crate) fn hard_limit_factor(&self) -> f64 {
+        self.shared.hard_limit_factor
+    }
 }
 
 impl Drop for RateLimiter {

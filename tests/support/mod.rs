@@ -97,6 +97,9 @@ pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod hybrid_value;
 
+#[cfg(any(feature = "actix-web", feature = "tower"))]
+pub mod http_client;
+
 /// A random source that always draws one half: suppressed decisions then depend only on the
 /// window, so two limiters fed the same calls answer alike.
 #[derive(Clone, Copy, Debug)]
