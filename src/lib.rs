@@ -110,6 +110,10 @@ pub mod hybrid;
 mod limiter;
 mod local;
 mod math;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod owned;
 mod random;
 mod rate;

@@ -57,6 +57,9 @@ pub struct RateLimiter {
     hybrid: crate::hybrid::HybridProvider,
     shared: Arc<Shared>,
     sweeper: OnceLock<Sweeper>,
+    /// What this limiter last added to the `eyelet_live_keys` gauges.
+    #[cfg(feature = "metrics")]
+    live_keys: crate::metrics::LiveKeys,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -259,6 +262,8 @@ impl RateLimiter {
             hybrid,
             shared,
             sweeper: OnceLock::new(),
+            #[cfg(feature = "metrics")]
+            live_keys: crate::metrics::LiveKeys::default(),
         });
         if b.sweeper {
             let sweeper = Sweeper::spawn(Arc::downgrade(&rl), sweep_interval)
@@ -315,6 +320,24 @@ impl RateLimiter {
         self.shared.clock.now_ms()
     }
 
+    /// Moves the `eyelet_live_keys` gauges to this limiter's key counts (after a sweep).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_live_keys(&self) {
+        #[cfg(feature = "redis")]
+        let (ha, hs) = (self.hybrid.absolute().len(), self.hybrid.suppressed().len());
+        #[cfg(not(feature = "redis"))]
+        let (ha, hs) = (0, 0);
+        let now = [
+            self.local.absolute().len(),
+            self.local.suppressed().len(),
+            0, // the Redis provider holds no keys here
+            0,
+            ha,
+            hs,
+        ];
+        crate::metrics::live_keys(&self.live_keys, now.map(|n| n as u64));
+    }
+
     /// The suppressed strategy's hard-limit factor `h`.
     #[cfg(any(feature = "actix-web", feature = "tower"))]
     pub(crate) fn hard_limit_factor(&self) -> f64 {
@@ -327,6 +350,8 @@ impl Drop for RateLimiter {
         if let Some(s) = self.sweeper.get() {
             s.stop();
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::live_keys(&self.live_keys, [0; 6]);
     }
 }
 

@@ -164,11 +164,14 @@ impl Inner {
     ) -> Result<Stamped, RedisError> {
         let args = self.args(code, rate, n)?;
         match self.run(kind, key, args).await? {
-            (at_ms, OpReply::Decision(decision)) => Ok(Stamped::new(
-                decision,
-                at_ms,
-                crate::decision::Source::Redis,
-            )),
+            (at_ms, OpReply::Decision(decision)) => {
+                counted(code, &decision);
+                Ok(Stamped::new(
+                    decision,
+                    at_ms,
+                    crate::decision::Source::Redis,
+                ))
+            }
             (_, r) => Err(unexpected(&r)),
         }
     }
@@ -190,11 +193,25 @@ impl Inner {
         let mut out = Vec::with_capacity(prepared.len());
         for answer in b.call_many(prepared).await? {
             match answer? {
-                (_, OpReply::Decision(d)) => out.push(d),
+                (_, OpReply::Decision(d)) => {
+                    counted(code, &d);
+                    out.push(d)
+                }
                 (_, r) => return Err(unexpected(&r)),
             }
         }
         Ok(out)
+    }
+}
+
+/// Counts a recorded decision in the metrics (feature `metrics`; nothing otherwise).
+fn counted(code: OpCode, d: &RateLimitDecision) {
+    match code {
+        OpCode::AbsoluteInc => crate::metrics::decision(crate::metrics::Series::RedisAbsolute, d),
+        OpCode::SuppressedInc => {
+            crate::metrics::decision(crate::metrics::Series::RedisSuppressed, d)
+        }
+        _ => {}
     }
 }
 

@@ -188,6 +188,7 @@ impl<S: Strategy> ShardSet<S> {
                     || self.clock.now_ms(),
                 )
             }) {
+                crate::metrics::decision(S::SERIES, &RateLimitDecision::Allowed);
                 return Some(Stamped::new(
                     RateLimitDecision::Allowed,
                     at_ms,
@@ -199,14 +200,18 @@ impl<S: Strategy> ShardSet<S> {
             // (a leasing strategy that publishes no rejections: the hybrid's)
             return None;
         }
-        table.answer(
+        let s = table.answer(
             key.key.as_bytes(),
             key.hash,
             rate.as_per_second().to_bits(),
             n,
             record,
             || self.clock.now_ms(),
-        )
+        )?;
+        if record {
+            crate::metrics::decision(S::SERIES, &s.decision);
+        }
+        Some(s)
     }
 
     #[inline]

@@ -69,6 +69,9 @@ pub(crate) trait Strategy: Send + 'static {
         ctx: &Self::Ctx,
     ) -> RateLimitDecision;
 
+    /// The `eyelet_decisions_total` series its decisions count in (feature `metrics`).
+    const SERIES: crate::metrics::Series;
+
     /// Whether decisions have other sources than [`Source::Local`] (then [`source`] is asked
     /// after each; the local strategies skip that write on their hot path).
     ///
@@ -158,6 +161,7 @@ impl Slot for SuppressedKey {
 pub(crate) struct Absolute;
 
 impl Strategy for Absolute {
+    const SERIES: crate::metrics::Series = crate::metrics::Series::LocalAbsolute;
     type Value = Window<Count>;
     type Ctx = ();
     type Snapshot = u64;
@@ -236,6 +240,7 @@ impl Strategy for Absolute {
 pub(crate) struct Suppressed;
 
 impl Strategy for Suppressed {
+    const SERIES: crate::metrics::Series = crate::metrics::Series::LocalSuppressed;
     type Value = SuppressedKey;
     type Ctx = ();
     type Snapshot = SuppressedSnapshot;
@@ -796,6 +801,9 @@ impl<S: Strategy> Message<ShardActor<S>> for Inc<'_> {
             self.record,
             now,
         );
+        if self.record {
+            crate::metrics::decision(S::SERIES, &decision);
+        }
         let source = if S::SOURCED {
             shard.last_source
         } else {
@@ -866,6 +874,9 @@ impl<S: Strategy> ShardActor<S> {
                     d
                 }
             };
+            if record {
+                crate::metrics::decision(S::SERIES, &d);
+            }
             emit(pos, d);
         }
     }

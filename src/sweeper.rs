@@ -57,6 +57,8 @@ fn run(limiter: Weak<RateLimiter>, every: Duration, stopped: &AtomicBool) {
         }
         let Some(rl) = limiter.upgrade() else { return };
         rl.sweep();
+        #[cfg(feature = "metrics")]
+        rl.publish_live_keys();
         // `rl` is dropped here: if it was the last reference, the limiter is dropped on this
         // thread and `stopped` is set before the next check.
     }

@@ -10,7 +10,10 @@
 # run) to see the noise floor: differences below it are not findings. Prints one line per measurement and, per workload, the
 # median ns of each build and the median of governor ÷ eyelet within each process (above 1:
 # eyelet faster), with its range. NEW_REV defaults to the working tree; ROUNDS to 6;
-# AB_WORKLOADS="uniform 1;hot 2" runs only those workloads.
+# AB_WORKLOADS="uniform 1;hot 2" runs only those workloads. AB_OLD_FEATURES / AB_NEW_FEATURES
+# build a side with eyelet features, e.g. the cost of the metrics feature (no recorder
+# installed: metrics' no-op recorder) on one revision:
+#   AB_NEW_FEATURES=metrics benches/ab/run.sh HEAD HEAD
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 old_rev="$1"
@@ -19,8 +22,8 @@ rounds="${3:-6}"
 work="$root/target/ab"
 mkdir -p "$work"
 
-build() { # name rev
-    local name="$1" rev="$2" src
+build() { # name rev features
+    local name="$1" rev="$2" features="$3" src
     if [ "$rev" = WORKTREE ]; then
         src="$root"
     else
@@ -34,12 +37,12 @@ build() { # name rev
     cp -r "$root/benches/ab/src" "$work/ab-$name/"
     sed "s|path = \"../..\"|path = \"$src\"|" "$root/benches/ab/Cargo.toml" > "$work/ab-$name/Cargo.toml"
     cp "$root/Cargo.lock" "$work/ab-$name/Cargo.lock"
-    (cd "$work/ab-$name" && CARGO_TARGET_DIR="$work/target-$name" cargo build --release --quiet)
+    (cd "$work/ab-$name" && CARGO_TARGET_DIR="$work/target-$name" cargo build --release --quiet ${features:+--features "eyelet/$features"})
     cp "$work/target-$name/release/eyelet-ab" "$work/bin-$name"
 }
 
-build old "$old_rev"
-build new "$new_rev"
+build old "$old_rev" "${AB_OLD_FEATURES:-}"
+build new "$new_rev" "${AB_NEW_FEATURES:-}"
 # AB_WORKLOADS="uniform 1;hot 2" narrows the workloads (default: all five)
 IFS=';' read -r -a workloads <<< "${AB_WORKLOADS:-hot 1;hot 2;hot 4;uniform 1;uniform 2}"
 out="$work/results.txt"

@@ -621,6 +621,9 @@ impl<E> HybridKey<E> {
 /// What the hybrid's two strategies do differently; the rest (modes, reserves, reports) is
 /// [`HybridKey`]'s.
 pub(crate) trait Flavor: std::fmt::Debug + Send + Sync + 'static {
+    /// The `eyelet_decisions_total` series of this strategy's decisions.
+    const SERIES: crate::metrics::Series;
+
     /// Whether hot keys get leases (absolute: its decisions are the local rule behind a gate).
     const LEASED: bool = false;
 
@@ -654,6 +657,7 @@ pub(crate) struct AbsoluteFlavor;
 
 impl Flavor for AbsoluteFlavor {
     const LEASED: bool = true;
+    const SERIES: crate::metrics::Series = crate::metrics::Series::HybridAbsolute;
 
     type Ext = ();
     type Snapshot = (u64, u64);
@@ -837,6 +841,7 @@ impl HybridKey<SuppressedExt> {
 }
 
 impl Flavor for SuppressedFlavor {
+    const SERIES: crate::metrics::Series = crate::metrics::Series::HybridSuppressed;
     type Ext = SuppressedExt;
     /// `(this instance's attempts, every instance's at the last sync)`.
     type Snapshot = (SuppressedSnapshot, SuppressedSnapshot);
@@ -908,6 +913,7 @@ pub(crate) type HybridRules = Hybrid<AbsoluteFlavor>;
 pub(crate) type HybridSuppressedRules = Hybrid<SuppressedFlavor>;
 
 impl<F: Flavor> Strategy for Hybrid<F> {
+    const SERIES: crate::metrics::Series = F::SERIES;
     type Value = HybridKey<F::Ext>;
     type Ctx = HybridCtx;
     type Snapshot = F::Snapshot;

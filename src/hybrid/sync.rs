@@ -318,13 +318,41 @@ impl SyncActor {
 
     /// One sync: collect, send, settle.
     async fn cycle(&mut self, release_all: bool, everything: bool) -> Result<(), RedisError> {
-        traced!(
+        #[cfg(feature = "metrics")]
+        let (started, dropped_before) = (
+            std::time::Instant::now(),
+            self.counters.dropped_parts.load(Ordering::Relaxed),
+        );
+        let r = traced!(
             self.cycle_untraced(release_all, everything),
             "eyelet.hybrid.sync",
             release_all,
             everything
         )
-        .await
+        .await;
+        #[cfg(feature = "metrics")]
+        {
+            let c = &self.counters;
+            let last_ok = c.last_ok_ms.load(Ordering::Relaxed);
+            crate::metrics::hybrid_sync(crate::metrics::SyncReport {
+                prefix: &self.config.prefix,
+                ok: r.is_ok(),
+                took: started.elapsed(),
+                // (never synced: the lag is unknown, shown as 0 until a first success)
+                lag_ms: if last_ok == 0 {
+                    0
+                } else {
+                    self.clock.now_ms().saturating_sub(last_ok)
+                },
+                pending: c.pending_parts.load(Ordering::Relaxed),
+                dropped_now: c
+                    .dropped_parts
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(dropped_before),
+                instances: self.ctx.instances(),
+            });
+        }
+        r
     }
 
     async fn cycle_untraced(

@@ -532,12 +532,17 @@ async fn script_call(
         }
     };
     let work = traced!(work, "eyelet.redis.script_call", ops = ops.len(), cluster);
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
     let result: Result<Value, RedisError> = match tokio::time::timeout(deadline, work).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(RedisError::from_client(&e, deadline)),
         Err(_) => Err(RedisError::Timeout { deadline }),
     };
-    match result.and_then(|v| decode(&v, ops.iter().map(|p| &p.args))) {
+    let result = result.and_then(|v| decode(&v, ops.iter().map(|p| &p.args)));
+    #[cfg(feature = "metrics")]
+    crate::metrics::redis_call(ops.len(), started.elapsed(), result.as_ref().err());
+    match result {
         Ok((t, replies)) => {
             for (p, r) in ops.into_iter().zip(replies) {
                 let _ = p.reply.send(Ok((t, r)));

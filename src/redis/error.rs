@@ -184,6 +184,29 @@ impl RedisError {
     }
 
     /// Maps a client error to the typed error.
+    /// A short snake-case name of the variant (the metrics' `kind` label).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            RedisError::NotConfigured => "not_configured",
+            RedisError::Config(_) => "config",
+            RedisError::KeyTooLong { .. } => "key_too_long",
+            RedisError::WeightTooLarge { .. } => "weight_too_large",
+            RedisError::RateTooHigh { .. } => "rate_too_high",
+            RedisError::Timeout { .. } => "timeout",
+            RedisError::Connection(_) => "connection",
+            RedisError::ConnectionLost(_) => "connection_lost",
+            RedisError::ReadOnly => "read_only",
+            RedisError::OutOfMemory => "out_of_memory",
+            RedisError::Busy => "busy",
+            RedisError::NoScript => "no_script",
+            RedisError::Cluster(_) => "cluster",
+            RedisError::Protocol(_) => "protocol",
+            RedisError::Server { .. } => "server",
+            RedisError::Shutdown => "shutdown",
+        }
+    }
+
     pub(crate) fn from_client(e: &redis::RedisError, deadline: Duration) -> Self {
         if e.is_timeout() {
             return RedisError::Timeout { deadline };
