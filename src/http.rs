@@ -459,11 +459,24 @@ impl HttpLimit {
     }
 
     fn namespaced(&self, key: &str) -> String {
-        // U+001F (unit separator) cannot be typed into a URL or most headers, so a client
+        // U+001F (unit separator) cannot be sent in a header value or a URL path, so a client
         // cannot forge a key of another namespace.
         let mut s = String::with_capacity(self.name.len() + 1 + key.len());
         s.push_str(&self.name);
         s.push('\u{1f}');
+        #[cfg(feature = "redis")]
+        if self.name.len() + 1 + key.len() > crate::redis::MAX_KEY_LEN {
+            // The Redis provider refuses longer keys (the request would follow the store
+            // failure policy: a client could pass unlimited by sending a long key). A second
+            // separator marks the digest, which no header-derived key can spell.
+            use sha2::Digest;
+            use std::fmt::Write;
+            s.push('\u{1f}');
+            for b in sha2::Sha256::digest(key.as_bytes()) {
+                let _ = write!(s, "{b:02x}");
+            }
+            return s;
+        }
         s.push_str(key);
         s
     }
@@ -871,6 +884,22 @@ mod tests {
             panic!()
         };
         assert_eq!(headers.len(), 1);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn keys_too_long_for_redis_go_by_digest() {
+        let l = limit().key(KeyBy::Header("x-api-key".into()));
+        let long: &'static str = Box::leak("k".repeat(4000).into_boxed_str());
+        let other: &'static str = Box::leak(format!("{}j", "k".repeat(3999)).into_boxed_str());
+        let key = |v| match l.key_of(&req("1.2.3.4", vec![("x-api-key", v)]), None) {
+            KeyOutcome::Key(k) => k,
+            o => panic!("{o:?}"),
+        };
+        let (a, b) = (key(long), key(other));
+        assert!(a.len() <= crate::redis::MAX_KEY_LEN && a.starts_with("default\u{1f}\u{1f}"));
+        assert_ne!(a, b);
+        assert_eq!(key(long), a);
     }
 
     #[test]

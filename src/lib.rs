@@ -74,6 +74,16 @@
 //! // rl.local() keeps working on the same limiter
 //! # let _ = d; Ok(()) }
 //! ```
+//!
+//! ## Features
+//! - `redis`: the Redis and hybrid providers ([`redis`], [`hybrid`]).
+//! - `tokio`: async `acquire` on the local handles (on with `redis` and `actix`).
+//! - `actix`: [`actix::LimiterActor`], typed limiter messages for actix actors.
+//! - `actix-web`: [`actix_web::RateLimiting`], HTTP middleware (429, `Retry-After`, the
+//!   `RateLimit-Policy` / `RateLimit` fields; see [`http`]).
+//! - `tower`: [`tower::RateLimitLayer`], the same middleware as a `tower::Layer` (axum, tonic).
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade ([`metrics`]).
+//! - `tracing`: debug spans around Redis calls and hybrid syncs.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -16,12 +16,15 @@
 //! | `eyelet_hybrid_dropped_reports_total` | counter | `prefix` | reports dropped unsent because they left their window |
 //! | `eyelet_hybrid_instances` | gauge | `prefix` | live instances at the last successful sync |
 //!
-//! **Cost.** A decision adds one increment of a counter owned by the calling thread (no atomic
-//! read-modify-write, no lock, no call into the recorder). A background thread
-//! (`eyelet-metrics`, started with the first counted decision) publishes the sums every second
-//! as absolute counter values; [`publish`] does it at once (before a scrape in a test, or at
-//! shutdown). Counters reach a recorder installed at any time, at the next publication.
-//! Without the feature nothing is compiled in.
+//! **Cost.** A decision adds one increment of a counter owned by the calling thread (a plain
+//! thread-local cell: no atomic read-modify-write, no lock, no call into the recorder). Every
+//! 64 decisions, at its first and when it exits, a thread moves its counts where the
+//! publisher reads them; a background thread (`eyelet-metrics`, started with the first counted
+//! decision) publishes the sums every second as absolute counter values. So a thread's last
+//! few decisions (fewer than 64) show once it decides again or exits. [`publish`] publishes at
+//! once, the calling thread's counts included (before a scrape in a test, or at shutdown).
+//! Counters reach a recorder installed at any time, at the next publication. Without the
+//! feature nothing is compiled in.
 //!
 //! Shard mailbox depth is not exported: a shard's mailbox holds only callers that found the
 //! shard busy, for the length of one turn, so its depth is not a load signal (contention shows
@@ -59,6 +62,7 @@ pub(crate) use imp::{live_keys, LiveKeys};
 
 #[cfg(feature = "metrics")]
 mod imp {
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
     use std::time::Duration;
@@ -114,6 +118,7 @@ mod imp {
 
     impl Drop for Local {
         fn drop(&mut self) {
+            let _ = PENDING.try_with(|p| drain(p, &self.0));
             let mut r = registry().lock().unwrap_or_else(PoisonError::into_inner);
             for (sum, c) in r.retired.iter_mut().zip(&self.0 .0) {
                 *sum += c.load(Ordering::Relaxed);
@@ -122,7 +127,25 @@ mod imp {
         }
     }
 
+    /// Decisions this thread has counted but not yet moved to its [`Cells`]: plain cells in
+    /// a const-initialised thread-local (no lazy-init check, no destructor), so a decision
+    /// costs one increment.
+    struct Pending {
+        cells: [Cell<u32>; CELLS],
+        ticks: Cell<u32>,
+    }
+
+    /// Pending counts move to the shared cells on a thread's first decision, then every
+    /// `FLUSH_EVERY` decisions, when it exits, and on [`publish`] from it.
+    const FLUSH_EVERY: u32 = 64;
+
     thread_local! {
+        static PENDING: Pending = const {
+            Pending {
+                cells: [const { Cell::new(0) }; CELLS],
+                ticks: Cell::new(0),
+            }
+        };
         static LOCAL: Local = Local::register();
     }
 
@@ -138,12 +161,37 @@ mod imp {
             RateLimitDecision::KeyCapacityExceeded => 3,
         };
         let i = series as usize * OUTCOMES + outcome;
-        // `try_with`: a decision made while this thread's counters are being torn down (from
-        // another thread-local's destructor) goes uncounted.
-        let _ = LOCAL.try_with(|l| {
-            let c = &l.0 .0[i];
-            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        PENDING.with(|p| {
+            let c = &p.cells[i];
+            c.set(c.get().wrapping_add(1));
+            let t = p.ticks.get().wrapping_add(1);
+            p.ticks.set(t);
+            if t % FLUSH_EVERY == 1 {
+                flush_thread();
+            }
         });
+    }
+
+    /// Moves this thread's pending counts to its shared cells (registering them first).
+    #[cold]
+    #[inline(never)]
+    fn flush_thread() {
+        // `try_with`: while this thread's cells are being torn down, `Local::drop` takes the
+        // pending counts itself.
+        let _ = LOCAL.try_with(|l| PENDING.with(|p| drain(p, &l.0)));
+    }
+
+    fn drain(p: &Pending, into: &Cells) {
+        for (c, shared) in p.cells.iter().zip(&into.0) {
+            let n = c.replace(0);
+            if n > 0 {
+                // only this thread writes `shared`: a load and a store suffice
+                shared.store(
+                    shared.load(Ordering::Relaxed).wrapping_add(u64::from(n)),
+                    Ordering::Relaxed,
+                );
+            }
+        }
     }
 
     /// Publishes the decision counters to the installed recorder now (a background thread
@@ -157,6 +205,7 @@ mod imp {
     /// # }
     /// ```
     pub fn publish() {
+        flush_thread();
         let sums = {
             let r = registry().lock().unwrap_or_else(PoisonError::into_inner);
             let mut sums = r.retired;
