@@ -142,35 +142,13 @@ fn router_and_route_layers_stack() {
 mod redis_backed {
     use super::*;
     use eyelet::http::{Provider, StoreFailure, Strategy};
-    use eyelet::{RateLimit, RateLimiter};
-    use std::time::Duration;
+    use eyelet::RateLimit;
     use support::redis_server::RedisServer;
-
-    /// A limiter connected to `server` (a minute-long window, so a slow machine cannot spread
-    /// a burst over two windows), and the runtime its Redis tasks run on.
-    fn connect(server: &RedisServer) -> (std::sync::Arc<RateLimiter>, tokio::runtime::Runtime) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let rl = rt
-            .block_on(
-                RateLimiter::builder()
-                    .window(Duration::from_secs(60))
-                    .redis_url(server.url())
-                    .prefix("http-test")
-                    .redis_deadline(Duration::from_millis(300))
-                    .connect(),
-            )
-            .expect("connect");
-        (rl, rt)
-    }
 
     #[test]
     fn redis_provider_is_exact_and_a_dead_redis_follows_the_policy() {
         let mut server = RedisServer::start();
-        let (rl, _rt) = connect(&server);
+        let (rl, _rt) = http_client::connect(&server);
         let per_min = RateLimit::per_minute(10.0).unwrap();
         let open = HttpLimit::new(rl.clone(), per_min)
             .name("open")
@@ -190,39 +168,24 @@ mod redis_backed {
                 .route("/closed", one(closed))
                 .route("/shed", one(shed)),
         );
-        let replies = http_client::burst(&format!("{base}/closed"), 8, 4, &[]);
-        assert_eq!(http_client::statuses(&replies).get(&200), Some(&10));
         let replies = http_client::burst(&format!("{base}/shed"), 8, 4, &[]);
         let ok = http_client::statuses(&replies)
             .get(&200)
             .copied()
             .unwrap_or(0);
         assert!((10..=15).contains(&ok), "suppressed on Redis: {ok}");
-        let r = get(&format!("{base}/open"), &[]);
-        assert_eq!(r.header("ratelimit"), Some("\"open\";r=9;t=60"), "{r:?}");
-        server.kill();
-        let r = get(&format!("{base}/open"), &[]);
-        assert_eq!(r.status, 200, "fail open: {r:?}");
-        assert_eq!(r.header("ratelimit"), None, "no fields without a decision");
-        let r = get(&format!("{base}/closed"), &[]);
-        assert_eq!(
-            (r.status, r.header("retry-after")),
-            (502, Some("1")),
-            "{r:?}"
-        );
+        http_client::redis_exact_then_dead(&base, &mut server, 502);
     }
 
     #[test]
     fn hybrid_provider_sole_instance_is_exact() {
         let server = RedisServer::start();
-        let (rl, rt) = connect(&server);
+        let (rl, rt) = http_client::connect(&server);
         let limit = HttpLimit::new(rl.clone(), RateLimit::per_minute(10.0).unwrap())
             .name("hybrid")
             .provider(Provider::Hybrid);
         let base = serve(Router::new().route("/", one(limit)));
-        let replies = http_client::burst(&format!("{base}/"), 8, 4, &[]);
-        assert_eq!(http_client::statuses(&replies).get(&200), Some(&10));
-        assert_eq!(http_client::statuses(&replies).get(&429), Some(&22));
+        http_client::sole_instance_is_exact(&base);
         rt.block_on(rl.hybrid().shutdown()).expect("shutdown");
     }
 }

@@ -289,3 +289,70 @@ pub fn suppressed_sheds_with_its_status(base: &str) {
         assert_eq!(r.remaining(), Some(0));
     }
 }
+
+/// A limiter connected to `server` (a minute-long window, so a slow machine cannot spread a
+/// burst over two windows), and the runtime its Redis tasks run on.
+#[cfg(feature = "redis")]
+pub fn connect(
+    server: &super::redis_server::RedisServer,
+) -> (std::sync::Arc<RateLimiter>, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rl = rt
+        .block_on(
+            RateLimiter::builder()
+                .window(Duration::from_secs(60))
+                .redis_url(server.url())
+                .prefix("http-test")
+                .redis_deadline(Duration::from_millis(300))
+                .connect(),
+        )
+        .expect("connect");
+    (rl, rt)
+}
+
+/// `GET /closed` (Redis provider, 10 per minute, fail closed with `closed_status`) admits
+/// exactly 10 of 32 concurrent requests; `GET /open` (the same, fail open) shows what is left;
+/// with the server killed, `/open` lets requests through without fields and `/closed` refuses
+/// them with `closed_status` and `Retry-After: 1`.
+#[cfg(feature = "redis")]
+pub fn redis_exact_then_dead(
+    base: &str,
+    server: &mut super::redis_server::RedisServer,
+    closed_status: u16,
+) {
+    let replies = burst(&format!("{base}/closed"), 8, 4, &[]);
+    assert_eq!(
+        statuses(&replies).get(&200),
+        Some(&10),
+        "{:?}",
+        statuses(&replies)
+    );
+    let r = get(&format!("{base}/open"), &[]);
+    assert_eq!(r.header("ratelimit"), Some("\"open\";r=9;t=60"), "{r:?}");
+    server.kill();
+    let r = get(&format!("{base}/open"), &[]);
+    assert_eq!(r.status, 200, "fail open: {r:?}");
+    assert_eq!(r.header("ratelimit"), None, "no fields without a decision");
+    let r = get(&format!("{base}/closed"), &[]);
+    assert_eq!(
+        (r.status, r.header("retry-after")),
+        (closed_status, Some("1")),
+        "{r:?}"
+    );
+}
+
+/// `GET /` on a sole hybrid instance (10 per minute): exactly 10 of 32 concurrent requests.
+pub fn sole_instance_is_exact(base: &str) {
+    let replies = burst(&format!("{base}/"), 8, 4, &[]);
+    assert_eq!(
+        statuses(&replies).get(&200),
+        Some(&10),
+        "{:?}",
+        statuses(&replies)
+    );
+    assert_eq!(statuses(&replies).get(&429), Some(&22));
+}
