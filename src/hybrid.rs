@@ -40,7 +40,12 @@
 //!   (first use on this instance, or idle at the last sync): the instance admits up to
 //!   `C / instances` on its own window until the next sync brings a reserve.
 //! - [`HybridOutage`](crate::Source::HybridOutage): no sync succeeded within half the reserve
-//!   lifetime: the [`OutagePolicy`] decides. Admissions are still recorded and reported when
+//!   lifetime, the Redis deadline and one sync interval: the [`OutagePolicy`] decides. A sync
+//!   that is only late (past half the reserve lifetime, within its deadline) is waited for:
+//!   meanwhile calls are rejected with a retry hint to the next sync (`HybridReserve`), as
+//!   when a reserve runs out, because the other instances may still be spending reserves
+//!   Redis granted them (a sole instance keeps deciding alone). On a loaded machine a slow
+//!   sync is common; deciding it by the outage policy passed the limit by 2–3 %. Admissions are still recorded and reported when
 //!   Redis answers again, into the buckets they belong to. Meanwhile each key keeps one
 //!   unsent report (later ones merge into it; deltas older than the window are dropped), and
 //!   after a failed call the sync actor sends a PING before queueing script calls again.

@@ -38,6 +38,11 @@ pub(crate) struct HybridCtx {
     instances: AtomicU64,
     /// Local ms until which the last successful sync vouches for reserves (0: never synced).
     healthy_until: AtomicU64,
+    /// Local ms from which the [`OutagePolicy`] decides: a sync late past `healthy_until`
+    /// may still answer until its deadline, and meanwhile calls wait for it (admitting on a
+    /// local share while other instances spend reserves Redis granted them would pass the
+    /// limit: a loaded machine's slow sync is not an outage).
+    outage_from: AtomicU64,
     /// Local ms of the next sync (retry hints of calls waiting for a reserve).
     next_sync_at: AtomicU64,
     /// Server ms minus local ms, as of the last sync.
@@ -68,6 +73,7 @@ impl HybridCtx {
         Self {
             instances: AtomicU64::new(1),
             healthy_until: AtomicU64::new(0),
+            outage_from: AtomicU64::new(0),
             next_sync_at: AtomicU64::new(0),
             offset: AtomicI64::new(0),
             policy,
@@ -171,6 +177,19 @@ impl HybridCtx {
 
     pub(crate) fn set_healthy_until(&self, t: u64) {
         self.healthy_until.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// After a successful sync: reserves and rooms are good until `t`, and the outage policy
+    /// takes over only `grace` ms later (the next sync's deadline and interval: until then a
+    /// late sync may still answer).
+    pub(crate) fn set_healthy(&self, t: u64, grace: u64) {
+        self.set_healthy_until(t);
+        self.outage_from
+            .fetch_max(t.saturating_add(grace), Ordering::Relaxed);
+    }
+
+    fn outage_from(&self) -> u64 {
+        self.outage_from.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_next_sync_at(&self, t: u64) {
@@ -324,6 +343,9 @@ enum Mode {
     Reserve,
     /// Nothing admitted until the next sync.
     Closed,
+    /// The last sync's reserves and rooms have run out and the next sync is late but may
+    /// still answer: nothing admitted until it does (or the outage policy takes over).
+    Late,
 }
 
 impl Mode {
@@ -334,6 +356,7 @@ impl Mode {
             Mode::Room(_) => SourceCode::Provisional,
             Mode::Reserve => SourceCode::Reserve,
             Mode::Closed => SourceCode::Outage,
+            Mode::Late => SourceCode::Reserve,
         }
     }
 }
@@ -342,6 +365,14 @@ impl<E> HybridKey<E> {
     fn mode(&self, now: u64, cap: u64, ctx: &HybridCtx) -> Mode {
         let n = ctx.instances();
         if now >= ctx.healthy_until() {
+            if now < ctx.outage_from() {
+                // (a sole instance needs no reserve: it keeps deciding alone)
+                return if ctx.solo(now) {
+                    Mode::Local(SourceCode::Solo)
+                } else {
+                    Mode::Late
+                };
+            }
             return match ctx.policy {
                 OutagePolicy::LocalShare => Mode::Share(n, SourceCode::Outage),
                 OutagePolicy::FailOpen => Mode::Local(SourceCode::Outage),
@@ -470,7 +501,7 @@ impl<E> HybridKey<E> {
                     d
                 }
             }
-            Mode::Closed => self.wait_for_sync(now, &req, ctx),
+            Mode::Closed | Mode::Late => self.wait_for_sync(now, &req, ctx),
         };
         if reports && d.is_allowed() {
             let f = self.flight.get_or_insert_with(Box::default);
@@ -521,7 +552,7 @@ impl<E> HybridKey<E> {
                     .min(cap.saturating_sub(held)),
                 flight.map_or(0, |f| f.reserve_until),
             ),
-            Mode::Closed => (0, 0),
+            Mode::Closed | Mode::Late => (0, 0),
         };
         let healthy = ctx.healthy_until();
         // The units' deltas go to the server bucket of now: they may be taken until it ends.
@@ -768,7 +799,7 @@ impl HybridKey<SuppressedExt> {
                 };
                 decide_suppressed(&mut self.ext.local, now, g, probe, draw)
             }
-            Mode::Closed => HARD_DENIAL,
+            Mode::Closed | Mode::Late => HARD_DENIAL,
             Mode::Room(_) | Mode::Reserve => {
                 let need = n.max(1);
                 let f = self.flight.as_deref();
@@ -1393,6 +1424,46 @@ mod tests {
             assert_eq!(k.source, SourceCode::Outage);
             assert_eq!(fl(&k).reserve, 1000, "an outage never spends a reserve");
         }
+    }
+
+    /// A sync late past the reserves' end is not an outage until its deadline could have
+    /// passed: meanwhile calls wait for it, whatever the policy (a CI run on a loaded machine
+    /// admitted on local shares during slow syncs while the other instances spent their
+    /// reserves: 204 in one window at C = 200).
+    #[test]
+    fn a_late_sync_is_waited_for_before_the_outage_policy_decides() {
+        for policy in [OutagePolicy::LocalShare, OutagePolicy::FailOpen] {
+            let ctx = HybridCtx::new(policy, 1000);
+            ctx.set_instances(4, 0);
+            ctx.set_reporting(true);
+            // reserves good until 40; the outage policy from 40 + 110
+            ctx.set_healthy(40, 110);
+            let mut k = reserved(1000, 60);
+            assert_eq!(
+                admitted(&mut k, 50, req(100.0, 1), &ctx, 200),
+                0,
+                "{policy:?}"
+            );
+            assert_eq!(k.source, SourceCode::Reserve);
+            assert_eq!(
+                admitted(&mut k, 149, req(100.0, 1), &ctx, 200),
+                0,
+                "{policy:?}"
+            );
+            let mut k = reserved(1000, 60);
+            assert!(
+                admitted(&mut k, 150, req(100.0, 1), &ctx, 200) > 0,
+                "{policy:?}"
+            );
+            assert_eq!(k.source, SourceCode::Outage);
+        }
+        // A sole instance keeps deciding alone while it waits.
+        let ctx = HybridCtx::new(OutagePolicy::LocalShare, 1000);
+        ctx.set_reporting(true);
+        ctx.set_healthy(40, 110);
+        let mut k = HybridKey::default();
+        assert_eq!(admitted(&mut k, 50, req(100.0, 1), &ctx, 200), 100);
+        assert_eq!(k.source, SourceCode::Solo);
     }
 
     fn sreq(cap_per_s: f64, n: u64) -> Request {

@@ -533,8 +533,10 @@ impl SyncActor {
             Ordering::Relaxed,
         );
         if result.is_ok() {
+            let grace =
+                self.config.deadline.as_millis() as u64 + self.config.interval.as_millis() as u64;
             self.ctx
-                .set_healthy_until(t0.saturating_add(self.half_ttl()));
+                .set_healthy(t0.saturating_add(self.half_ttl()), grace);
             self.counters.last_ok_ms.store(t0.max(1), Ordering::Relaxed);
         } else {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
