@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eyelet::{RateLimitDecision, RateLimiter, Source};
+use eyelet::{Clock, RateLimitDecision, RateLimiter, Source, SystemClock};
 use support::hybrid_value::HybridValue;
 use support::rate;
 use support::redis_server::RedisServer;
@@ -65,6 +65,22 @@ fn redis_totals(server: &RedisServer, prefix: &str, key: &str) -> (u64, u64) {
         .map_or((0, 0), |v| (v.admitted(), v.reserved()))
 }
 
+/// A decision with its retry hint made absolute: the instant (ms) the request would be free.
+fn free_at(d: &RateLimitDecision, at_ms: u64) -> RateLimitDecision {
+    match d.clone() {
+        RateLimitDecision::Rejected {
+            retry_after_ms,
+            remaining_after_waiting,
+            window,
+        } if retry_after_ms != eyelet::RETRY_NEVER => RateLimitDecision::Rejected {
+            retry_after_ms: at_ms + retry_after_ms,
+            remaining_after_waiting,
+            window,
+        },
+        other => other,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_instance_decides_like_the_local_provider_and_redis_holds_every_admission() {
     let _serial = SERIAL.lock().await;
@@ -75,8 +91,13 @@ async fn a_single_instance_decides_like_the_local_provider_and_redis_holds_every
     let mut admitted = 0;
     for i in 0..50 {
         let s = rl.hybrid().absolute().inc_stamped("k", &r, 1);
-        let local = rl.local().absolute().inc("k", &r, 1);
-        assert_eq!(s.decision, local, "call {i}: hybrid and local disagree");
+        let local = rl.local().absolute().inc_stamped("k", &r, 1);
+        // The clock may tick between the two calls: a retry hint is the same instant.
+        assert_eq!(
+            free_at(&s.decision, s.at_ms),
+            free_at(&local.decision, local.at_ms),
+            "call {i}: hybrid {s:?} and local {local:?} disagree"
+        );
         assert_eq!(s.source, Source::HybridSolo);
         admitted += u64::from(s.decision.is_allowed());
     }
@@ -97,23 +118,23 @@ async fn a_single_instance_decides_like_the_local_provider_and_redis_holds_every
     rl.hybrid().shutdown().await.expect("shutdown");
 }
 
-/// Admission instants of every instance, for the sliding-window oracle.
-type Tally = Arc<Mutex<Vec<Instant>>>;
+/// Admission stamps of every instance (ms on the instances' shared clock), for the
+/// sliding-window oracle.
+type Tally = Arc<Mutex<Vec<(u64, Source, usize)>>>;
 
-/// The most admissions in any window of `w` over sorted instants.
 /// The window the decision contract bounds, as these tests can measure it: `W − G` (990 ms).
 /// A request joins a bucket up to `G` old and expires with it, so it may count up to `G` less
-/// than `W` (`semantics.md`: the one imprecision allowed); the tests also stamp admissions
-/// after each call returns. Over a full 1 s window a run once read 204 at C = 200, the first
-/// window's last bucket (4 admissions, made on provisional shares by the local rule) and the
-/// next window's first burst.
-const CONTRACT_WINDOW: Duration = Duration::from_millis(990);
+/// than `W` (`semantics.md`: the one imprecision allowed). Over a full 1 s window a run once
+/// read 204 at C = 200, the first window's last bucket (4 admissions, made on provisional
+/// shares by the local rule) and the next window's first burst.
+const CONTRACT_WINDOW_MS: u64 = 990;
 
-fn most_in_any_window(t: &[Instant], w: Duration) -> usize {
+/// The most admissions in any window `[t, t + w)` of sorted stamps (ms).
+fn most_in_any_window(t: &[u64], w: u64) -> usize {
     let mut best = 0;
     let mut lo = 0;
     for hi in 0..t.len() {
-        while t[hi].duration_since(t[lo]) >= w {
+        while t[hi] - t[lo] >= w {
             lo += 1;
         }
         best = best.max(hi - lo + 1);
@@ -144,9 +165,20 @@ async fn shared_load_of(
     secs: f64,
     suppressed: bool,
 ) -> Load {
+    // One clock for all instances, so that the decisions' own stamps (the time each decision
+    // used, which the contract is about) compare across instances. Stamping admissions with
+    // `Instant::now()` after each call returned let a thread descheduled between its decision
+    // and its stamp move an admission into a later window (a CI run read 203 at C = 200).
+    let clock = SystemClock::new();
     let mut rls = Vec::new();
     for _ in 0..instances {
-        rls.push(instance(server, prefix).await);
+        rls.push(
+            builder(&server.url(), prefix)
+                .clock(clock.clone())
+                .connect()
+                .await
+                .expect("connect"),
+        );
     }
     // every instance registered before the load starts
     for rl in &rls {
@@ -158,11 +190,12 @@ async fn shared_load_of(
     let tally: Tally = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let r = rate(capacity);
-    let start = Instant::now();
+    let start = clock.now_ms();
     let threads: Vec<_> = rls
         .iter()
         .zip(offered)
-        .map(|(rl, &rps)| {
+        .enumerate()
+        .map(|(idx, (rl, &rps))| {
             let (rl, tally, stop) = (rl.clone(), tally.clone(), stop.clone());
             std::thread::spawn(move || {
                 let gap = Duration::from_secs_f64(1.0 / rps);
@@ -176,13 +209,13 @@ async fn shared_load_of(
                     }
                     // catch up in bursts if the thread fell behind (as a loaded server would)
                     while next <= now {
-                        let admitted = if suppressed {
-                            rl.hybrid().suppressed().inc("hot", &r, 1).is_allowed()
+                        let s = if suppressed {
+                            rl.hybrid().suppressed().inc_stamped("hot", &r, 1)
                         } else {
-                            rl.hybrid().absolute().inc("hot", &r, 1).is_allowed()
+                            rl.hybrid().absolute().inc_stamped("hot", &r, 1)
                         };
-                        if admitted {
-                            mine.push(Instant::now());
+                        if s.decision.is_allowed() {
+                            mine.push((s.at_ms, s.source, idx));
                         }
                         next += gap;
                     }
@@ -196,23 +229,26 @@ async fn shared_load_of(
     for t in threads {
         t.join().unwrap();
     }
-    let end = Instant::now();
+    let end = clock.now_ms();
     let mut all = tally.lock().unwrap().clone();
-    all.sort();
+    all.sort_by_key(|a| a.0);
     Load {
-        admitted: all,
+        admitted: all.iter().map(|a| a.0).collect(),
+        detail: all,
         start,
         end,
         instances: rls,
     }
 }
 
-/// What [`shared_load`] saw.
+/// What [`shared_load`] saw (times in ms on the instances' shared clock).
 struct Load {
-    /// Admission instants, sorted.
-    admitted: Vec<Instant>,
-    start: Instant,
-    end: Instant,
+    /// Admission stamps, sorted.
+    admitted: Vec<u64>,
+    /// The same admissions with what each was based on and the instance that made it.
+    detail: Vec<(u64, Source, usize)>,
+    start: u64,
+    end: u64,
     instances: Vec<Arc<RateLimiter>>,
 }
 
@@ -220,31 +256,53 @@ impl Load {
     /// The most admitted in any window, and the mean admitted per second after the first
     /// second (whole run). Windows are measured [`CONTRACT_WINDOW`] long.
     fn figures(&self) -> (usize, f64) {
-        let most = most_in_any_window(&self.admitted, CONTRACT_WINDOW);
-        let from = self.start + Duration::from_secs(1);
+        let most = most_in_any_window(&self.admitted, CONTRACT_WINDOW_MS);
+        let from = self.start + 1000;
         let steady = self.admitted.iter().filter(|&&t| t >= from).count();
-        let secs = self.end.duration_since(from).as_secs_f64();
+        let secs = self.end.saturating_sub(from) as f64 / 1000.0;
         (most, steady as f64 / secs)
     }
 
     /// Admissions in each whole second from the start.
     fn per_second(&self) -> Vec<usize> {
-        let secs = self.end.duration_since(self.start).as_secs() as usize;
+        let secs = (self.end.saturating_sub(self.start) / 1000) as usize;
         let mut v = vec![0; secs];
         for t in &self.admitted {
-            if let Some(c) = v.get_mut(t.duration_since(self.start).as_secs() as usize) {
+            if let Some(c) = v.get_mut((t.saturating_sub(self.start) / 1000) as usize) {
                 *c += 1;
             }
         }
         v
     }
 
+    /// The fullest [`CONTRACT_WINDOW_MS`] window: its start (ms from the load's start) and
+    /// its admissions counted by source and instance (for failure messages).
+    fn worst_window(&self) -> String {
+        let (mut best, mut at, mut lo) = (0, 0, 0);
+        for hi in 0..self.admitted.len() {
+            while self.admitted[hi] - self.admitted[lo] >= CONTRACT_WINDOW_MS {
+                lo += 1;
+            }
+            if hi - lo + 1 > best {
+                (best, at) = (hi - lo + 1, lo);
+            }
+        }
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for (_, source, idx) in self.detail.iter().skip(at).take(best) {
+            *by.entry(format!("{source:?}@{idx}")).or_default() += 1;
+        }
+        let t0 = self.admitted.get(at).map_or(0, |t| t - self.start);
+        format!("{best} from {t0} ms: {by:?}")
+    }
+
     /// Admissions per 100 ms slot from the start (for failure messages).
     fn profile(&self) -> Vec<usize> {
-        let slots = (self.end.duration_since(self.start).as_millis() / 100) as usize + 1;
+        let slots = (self.end.saturating_sub(self.start) / 100) as usize + 1;
         let mut v = vec![0; slots];
         for t in &self.admitted {
-            v[(t.duration_since(self.start).as_millis() / 100) as usize] += 1;
+            if let Some(c) = v.get_mut((t.saturating_sub(self.start) / 100) as usize) {
+                *c += 1;
+            }
         }
         v
     }
@@ -267,7 +325,11 @@ async fn four_instances_at_five_times_the_rate_share_one_limit() {
         rl.hybrid().flush().await.expect("sync");
         eprintln!("{:?}", rl.hybrid().status());
     }
-    assert!(most as f64 <= c * 1.01 + 1.0, "most in a window {most}");
+    assert!(
+        most as f64 <= c * 1.01 + 1.0,
+        "most in a window {most}: {}",
+        load.worst_window()
+    );
     assert!(mean >= 0.97 * c, "mean admitted per window {mean}");
 }
 
@@ -300,7 +362,8 @@ async fn instances_share_one_limit_at_every_load_and_skew() {
         );
         if most as f64 > (c * 1.01).max(c + 1.0) {
             failures.push(format!(
-                "{name}: {most} in one window; {:?}",
+                "{name}: {most} in one window ({}); {:?}",
+                load.worst_window(),
                 load.profile()
             ));
         }
@@ -379,7 +442,7 @@ async fn four_instances_suppressed_settle_at_the_target_and_never_pass_the_hard_
     for (i, load_factor) in [2.0, 4.0].into_iter().enumerate() {
         let offered = [s * load_factor / 4.0; 4];
         let load = shared_load_of(&server, &format!("sup{i}"), 4, s, &offered, 6.0, true).await;
-        let most = most_in_any_window(&load.admitted, CONTRACT_WINDOW);
+        let most = most_in_any_window(&load.admitted, CONTRACT_WINDOW_MS);
         let per_second = load.per_second();
         eprintln!(
             "suppressed, 4 instances, S = {s}, H = {h}, {load_factor}x: most in any W - G window {most} ({:.3} H); accepted per second {per_second:?}",
