@@ -141,7 +141,10 @@ async fn paused_server_every_call_returns_within_its_deadline() {
         "{} calls while paused, slowest returned after {worst:?}",
         calls.load(Ordering::Relaxed)
     );
-    assert!(worst <= deadline + Duration::from_millis(5), "{worst:?}");
+    // Bounded by the deadline, not by the 5 s pause. The slack is the timer's 1 ms tick plus
+    // waking 16 tasks on 2 workers on a shared 2-core machine (a CI run read 205.1 ms against
+    // a 5 ms slack).
+    assert!(worst <= deadline + Duration::from_millis(25), "{worst:?}");
 
     // Resumed: served again.
     let resumed = Instant::now();
