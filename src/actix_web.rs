@@ -165,6 +165,19 @@ impl RequestView for View<'_> {
     }
 }
 
+/// Appends: stacked limits (an app's and a scope's) each list their policy, as the fields'
+/// list syntax allows.
+fn add_headers(
+    map: &mut ::actix_web::http::header::HeaderMap,
+    headers: Vec<(&'static str, String)>,
+) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            map.append(HeaderName::from_static(name), value);
+        }
+    }
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 impl<S, B> Service<ServiceRequest> for RateLimitingMiddleware<S>
@@ -187,26 +200,14 @@ where
             match inner.limit.decide_outcome(outcome).await {
                 Verdict::Pass(headers) => {
                     let mut res = service.call(req).await?;
-                    // Appended: stacked limits (an app's and a scope's) each list their policy,
-                    // as the fields' list syntax allows.
-                    let map = res.headers_mut();
-                    for (name, value) in headers {
-                        if let Ok(value) = HeaderValue::try_from(value) {
-                            map.append(HeaderName::from_static(name), value);
-                        }
-                    }
+                    add_headers(res.headers_mut(), headers);
                     Ok(res.map_into_left_body())
                 }
                 Verdict::Deny { status, headers } => {
                     let status =
                         StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
                     let mut res = HttpResponse::new(status);
-                    let map = res.headers_mut();
-                    for (name, value) in headers {
-                        if let Ok(value) = HeaderValue::try_from(value) {
-                            map.insert(HeaderName::from_static(name), value);
-                        }
-                    }
+                    add_headers(res.headers_mut(), headers);
                     Ok(req.into_response(res).map_into_right_body())
                 }
             }

@@ -275,6 +275,8 @@ impl fmt::Display for IpRange {
 pub struct HttpLimit {
     limiter: Arc<RateLimiter>,
     rate: RateLimit,
+    /// `W_eff`, `C` and `H` of `rate` on `limiter` (both fixed at construction).
+    limits: Limits,
     name: Arc<str>,
     key: KeyBy,
     trusted: Arc<[IpRange]>,
@@ -305,9 +307,15 @@ impl HttpLimit {
     /// A limit of `rate` on `limiter`: named `default`, keyed by [`KeyBy::ClientIp`] (no trusted
     /// proxies), absolute strategy, local provider, fields on every response, fail open.
     pub fn new(limiter: Arc<RateLimiter>, rate: RateLimit) -> Self {
+        let limits = Limits::new(
+            limiter.window().as_millis() as u64,
+            &rate,
+            limiter.hard_limit_factor(),
+        );
         Self {
             limiter,
             rate,
+            limits,
             name: Arc::from("default"),
             key: KeyBy::ClientIp,
             trusted: Arc::from([]),
@@ -412,20 +420,12 @@ impl HttpLimit {
 
     /// The `RateLimit-Policy` field value this limit sends.
     pub fn policy_field(&self) -> String {
-        let l = self.limits();
+        let l = self.limits;
         format!(
             "\"{}\";q={};w={}",
             self.name,
             l.capacity,
             l.window_ms.div_ceil(1000)
-        )
-    }
-
-    fn limits(&self) -> Limits {
-        Limits::new(
-            self.limiter.window().as_millis() as u64,
-            &self.rate,
-            self.limiter.hard_limit_factor(),
         )
     }
 
@@ -566,7 +566,7 @@ impl HttpLimit {
                 },
             };
         };
-        let limits = self.limits();
+        let limits = self.limits;
         let window_s = limits.window_ms.div_ceil(1000);
         match decision {
             RateLimitDecision::Allowed
